@@ -1,0 +1,456 @@
+"""The ``cove`` command: edit a clip, look at its correspondence, or run the demo.
+
+    cove edit clip.mp4 -p "a green star and a blue circle on grass"
+    cove correspond clip.mp4 -o matches.mp4
+    cove demo -o cove-demo
+
+Heavy libraries (torch, diffusers) load inside the commands so that ``cove --help`` is quick.
+Errors the user can fix (missing input, bad size, bad option value) print one line,
+``cove: error: <message>``, and exit with status 2; outputs are written only at the end, each
+atomically, so a failed run leaves no partial file behind.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import ATTENTION_MODES, CORRESPONDENCE_SOURCES, CoveConfig
+
+DTYPES = ("float32", "float16", "bfloat16")
+# Share of the denoising steps with plug-and-play injection when --pnp-steps is not given:
+# the paper's 40 of 50 (Sec. 4.1), kept for any --denoise-steps.
+PNP_FRACTION = CoveConfig().pnp_steps / CoveConfig().denoise_steps
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+class PhaseProgress:
+    """A ``callback`` for ``cove.edit_video``: one tqdm bar per phase (``invert``, ``denoise``).
+
+    Args:
+        totals: expected steps per phase, e.g. ``{"invert": 100, "denoise": 50}``.
+        disable: no bars at all (``--quiet``).
+    """
+
+    def __init__(self, totals: dict[str, int], *, disable: bool = False, file=None):
+        self.totals, self.disable, self.file = dict(totals), disable, file or sys.stderr
+        self.phase, self.bar = None, None
+
+    def __call__(self, info: dict) -> None:
+        phase = info.get("phase", "step")
+        if phase != self.phase:
+            self.close()
+            from tqdm.auto import tqdm
+
+            self.phase = phase
+            self.bar = tqdm(
+                total=self.totals.get(phase), desc=f"{phase:>8}", unit="step",
+                disable=self.disable, file=self.file, leave=True, dynamic_ncols=True,
+            )
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.phase, self.bar = None, None
+
+
+def torch_dtype(name: str | None):
+    """``"float16"`` -> ``torch.float16``; ``None`` stays ``None`` (the loader's default)."""
+    if name is None:
+        return None
+    import torch
+
+    return getattr(torch, name)
+
+
+def natural_size(pipe) -> int:
+    """Image side the pipeline was trained at: ``unet.config.sample_size * vae_scale_factor``."""
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+
+def size_multiple(pipe) -> int:
+    """Image sides must be multiples of this so that every UNet level has an integer grid."""
+    levels = len(pipe.unet.config.down_block_types)
+    return int(pipe.vae_scale_factor * 2 ** (levels - 1))
+
+
+def default_output(input_path, suffix: str = "_edited.mp4") -> Path:
+    """``clips/dog.mp4`` -> ``clips/dog_edited.mp4``; a folder ``clips/dog/`` -> ``clips/dog_edited.mp4``."""
+    path = Path(input_path)
+    return path.with_name(path.stem + suffix) if path.suffix else path.parent / (path.name + suffix)
+
+
+def sibling(path: Path, tag: str) -> Path:
+    """``out/edit.mp4`` + ``"side_by_side"`` -> ``out/edit_side_by_side.mp4``."""
+    return path.with_name(f"{path.stem}_{tag}{path.suffix}")
+
+
+def check_output(path: Path, suffixes=(".mp4", ".gif")) -> Path:
+    """Fail before any long computation when an output path cannot be written."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"output {path} must end in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise ValueError(f"output {path} is a folder; expected a file name")
+    return path
+
+
+def config_from_args(args) -> CoveConfig:
+    """The ``CoveConfig`` of ``cove edit``'s options (unset options keep the paper's defaults)."""
+    base = CoveConfig()
+    denoise = args.denoise_steps if args.denoise_steps is not None else base.denoise_steps
+    pnp = args.pnp_steps if args.pnp_steps is not None else round(PNP_FRACTION * denoise)
+    return CoveConfig(
+        attention=args.attention,
+        k=args.k,
+        window=args.window,
+        merge_ratio=args.merge_ratio,
+        inversion_steps=args.inversion_steps if args.inversion_steps is not None else base.inversion_steps,
+        denoise_steps=denoise,
+        pnp_steps=pnp,
+        guidance_scale=args.guidance if args.guidance is not None else base.guidance_scale,
+    )
+
+
+def format_timings(timings: dict[str, float]) -> str:
+    """``{"invert": 1.23, ...}`` -> aligned ``name  seconds`` lines."""
+    width = max((len(k) for k in timings), default=0)
+    return "\n".join(f"  {name:<{width}}  {seconds:8.2f} s" for name, seconds in timings.items())
+
+
+def load_frames_for(pipe, args):
+    """Read ``args.input`` and crop / resize / subsample it for ``pipe`` -> uint8 (F, H, W, 3)."""
+    from . import io
+
+    frames = io.read_video(args.input)  # (F, H0, W0, 3)
+    size = args.size if args.size is not None else natural_size(pipe)
+    return io.prepare_frames(frames, size=size, num_frames=args.frames, multiple=size_multiple(pipe))
+
+
+def make_generator(pipe, seed: int):
+    import torch
+
+    return torch.Generator(device=pipe.device).manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------- cove edit
+
+
+def cmd_edit(args) -> int:
+    from . import io
+
+    out = check_output(args.output or default_output(args.input))
+    side = sibling(out, "side_by_side")
+    config = config_from_args(args)
+    timings = {}
+    start = time.perf_counter()
+    io.read_video(args.input, max_frames=1)  # fail fast on a bad input, before loading a model
+    from .loading import load_pipeline
+    from .pipeline import edit_video
+
+    pipe = load_pipeline(args.model, device=args.device, dtype=torch_dtype(args.dtype))
+    timings["load model"] = time.perf_counter() - start
+
+    tick = time.perf_counter()
+    frames = load_frames_for(pipe, args)  # (F, H, W, 3)
+    timings["read video"] = time.perf_counter() - tick
+    F, H, W, _ = frames.shape
+    print(f"cove edit: {F} frames of {H}x{W}, model {args.model}, attention {config.attention}")
+
+    progress = PhaseProgress(
+        {"invert": config.inversion_steps, "denoise": config.denoise_steps}, disable=args.quiet
+    )
+    tick = time.perf_counter()
+    try:
+        result = edit_video(
+            pipe, frames, args.prompt, source_prompt=args.source_prompt, config=config,
+            callback=progress, generator=make_generator(pipe, args.seed),
+        )
+    finally:
+        progress.close()
+    timings["edit"] = time.perf_counter() - tick
+    timings.update({f"  {k}": v for k, v in result.timings.items() if k != "total"})  # its stages
+
+    tick = time.perf_counter()
+    labels = ["source", f"{config.attention}: {args.prompt}"]
+    both = io.side_by_side(frames, result.frames, labels=labels)  # (F, H + bar, 2W, 3)
+    write_all({out: result.frames, side: both}, fps=args.fps)
+    timings["write"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - start
+    print(f"wrote {out}\nwrote {side}")
+    print("timings:\n" + format_timings(timings))
+    return 0
+
+
+def write_all(clips: dict, fps: float) -> None:
+    """Write every ``{path: frames}`` atomically; on any failure remove those already written."""
+    from . import io
+
+    done = []
+    try:
+        for path, frames in clips.items():
+            io.write_video(path, frames, fps=fps)
+            done.append(Path(path))
+    except BaseException:
+        for path in done:
+            path.unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------- cove correspond
+
+
+def query_grid(grid: tuple[int, int], points: int = 8) -> np.ndarray:
+    """About ``points x points`` evenly spread tokens of an ``(H, W)`` grid -> long (P,)."""
+    H, W = grid
+    ys = np.unique(np.round(np.linspace(0, H - 1, min(points, H) + 2)[1:-1]).astype(int))
+    xs = np.unique(np.round(np.linspace(0, W - 1, min(points, W) + 2)[1:-1]).astype(int))
+    return (ys[:, None] * W + xs[None, :]).reshape(-1)  # (P,) tokens n = y*W + x
+
+
+def point_colours(tokens: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """A colour per token from its position: hue along x, brightness along y -> uint8 (P, 3)."""
+    import cv2
+
+    H, W = grid
+    x, y = tokens % W, tokens // W
+    hue = (150 * x / max(W - 1, 1)).astype(np.uint8)  # OpenCV hue range 0..179
+    value = (255 - 100 * y / max(H - 1, 1)).astype(np.uint8)
+    hsv = np.stack([hue, np.full_like(hue, 230), value], axis=-1)[None]  # (1, P, 3)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]  # (P, 3)
+
+
+def draw_correspondence(frames: np.ndarray, correspondence, *, points: int = 8,
+                        min_side: int = 256) -> np.ndarray:
+    """Mark a grid of tokens of frame 0 and, in every frame j, their top-1 matches.
+
+    Args:
+        frames: uint8 (F, H_img, W_img, 3).
+        correspondence: ``Correspondence`` with ``index`` (F, N, F, K) on grid (H, W).
+        points: about ``points x points`` query tokens.
+        min_side: frames are enlarged (nearest, integer factor) to at least this side.
+
+    Returns:
+        uint8 (F, H_img * s, W_img * s, 3), s the enlargement factor.
+    """
+    from .viz import cell_to_pixel, draw_points, enlarge
+
+    grid = tuple(correspondence.grid)
+    H, W = grid
+    factor = max(1, math.ceil(min_side / min(frames.shape[1:3])))
+    big = enlarge(frames, factor)  # (F, H_img*s, W_img*s, 3)
+    tokens = query_grid(grid, points)  # (P,)
+    colours = point_colours(tokens, grid)  # (P, 3)
+    top1 = correspondence.top1()[0].detach().cpu().numpy()[tokens]  # (P, F) matches of frame 0's tokens
+    cells = np.stack([top1 % W, top1 // W], axis=-1)  # (P, F, 2) (x, y)
+    pixels = cell_to_pixel(cells, grid, big.shape[1:3])  # (P, F, 2)
+    radius = max(1, round(big.shape[2] / W / 4))
+    drawn = [draw_points(big[j], pixels[:, j], colours=colours, radius=radius) for j in range(len(big))]
+    return np.stack(drawn)  # (F, H_img * s, W_img * s, 3)
+
+
+def save_tensors(path: Path, payload: dict) -> None:
+    """``torch.save`` atomically (temporary file in the same folder, then rename)."""
+    import os
+    import tempfile
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.pt", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def cmd_correspond(args) -> int:
+    from . import io
+
+    out = check_output(args.output)
+    tensors = out.with_suffix(".pt")
+    io.read_video(args.input, max_frames=1)  # fail fast on a bad input
+    timings = {}
+    start = time.perf_counter()
+    if args.source == "flow":
+        from .correspondence import flow_correspondence
+
+        frames = io.prepare_frames(io.read_video(args.input), size=args.size, num_frames=args.frames)
+        grid = tuple(args.grid) if args.grid else (frames.shape[1] // 8, frames.shape[2] // 8)
+        timings["read video"] = time.perf_counter() - start
+        tick = time.perf_counter()
+        correspondence = flow_correspondence(frames, grid)
+        timings["optical flow"] = time.perf_counter() - tick
+    else:
+        from .loading import load_pipeline
+        from .pipeline import compute_correspondence
+
+        if args.grid:
+            raise ValueError("--grid applies to --source flow; diffusion features fix their own grid")
+        pipe = load_pipeline(args.model, device=args.device, dtype=torch_dtype(args.dtype))
+        timings["load model"] = time.perf_counter() - start
+        tick = time.perf_counter()
+        frames = load_frames_for(pipe, args)  # (F, H, W, 3)
+        timings["read video"] = time.perf_counter() - tick
+        # stages 1-3 exactly as `cove edit` runs them (window clamped to the feature grid)
+        config = CoveConfig(window=args.window, k=args.k)
+        correspondence, stage_timings = compute_correspondence(
+            pipe, frames, config, make_generator(pipe, args.seed)
+        )
+        timings.update(stage_timings)
+    F, H, W, _ = frames.shape
+    print(f"cove correspond: {F} frames of {H}x{W}, {args.source} correspondence on a "
+          f"{correspondence.grid[0]}x{correspondence.grid[1]} grid, K={correspondence.k}")
+
+    tick = time.perf_counter()
+    picture = draw_correspondence(frames, correspondence)  # (F, H*s, W*s, 3)
+    payload = {
+        "index": correspondence.index.cpu(),  # (F, N, F, K)
+        "score": correspondence.score.cpu(),  # (F, N, F, K)
+        "grid": tuple(correspondence.grid),
+        "source": args.source,
+        "frame_shape": (F, H, W),
+        "window": min(args.window, max(1, (min(correspondence.grid) - 1) // 2 * 2 + 1))
+        if args.source == "diffusion" else None,
+    }
+    save_tensors(tensors, payload)
+    try:
+        io.write_video(out, picture, fps=args.fps)
+    except BaseException:
+        tensors.unlink(missing_ok=True)
+        raise
+    timings["write"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - start
+    print(f"wrote {out}\nwrote {tensors}")
+    print("timings:\n" + format_timings(timings))
+    return 0
+
+
+# ---------------------------------------------------------------------------- cove demo
+
+
+def cmd_demo(args) -> int:
+    from .demo import format_summary, run_demo
+
+    start = time.perf_counter()
+    summary = run_demo(args.output, quick=args.quick, device=args.device)
+    print(format_summary(summary))
+    print(f"demo done in {time.perf_counter() - start:.1f} s; outputs in {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="cove-tiny",
+                   help="'cove-tiny' (embedded, 64x64), a diffusers folder or a hub id (default: cove-tiny)")
+    p.add_argument("--frames", type=_positive_int, default=None, metavar="N",
+                   help="keep N evenly spaced frames (default: all)")
+    p.add_argument("--size", type=_positive_int, default=None, metavar="S",
+                   help="centre-crop to a square and resize to SxS (default: the model's own size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="default: float32 on cpu, float16 on cuda")
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos (default: 8)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cove",
+        description="COVE: correspondence-guided consistent video editing (NeurIPS 2024).",
+    )
+    parser.add_argument("--version", action="version", version=f"cove {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    edit = commands.add_parser("edit", help="edit a clip with a text prompt",
+                               description="Invert a clip and regenerate it with a new prompt.")
+    edit.add_argument("input", help="a video (.mp4 ...), a .gif, or a folder of .png/.jpg frames")
+    edit.add_argument("-p", "--prompt", required=True, help="the target prompt")
+    edit.add_argument("--source-prompt", default="", help="a prompt describing the input (default: empty)")
+    edit.add_argument("-o", "--output", type=Path, default=None,
+                      help="output .mp4 or .gif (default: <input stem>_edited.mp4 next to the input)")
+    _add_model_options(edit)
+    defaults = CoveConfig()
+    edit.add_argument("--attention", choices=ATTENTION_MODES, default=defaults.attention)
+    edit.add_argument("--k", type=_positive_int, default=defaults.k, help="matches per frame (default: 3)")
+    edit.add_argument("--window", type=_positive_int, default=defaults.window,
+                      help="window side l (default: 9)")
+    edit.add_argument("--merge-ratio", type=float, default=defaults.merge_ratio,
+                      help="token merging ratio (default: 0.5)")
+    edit.add_argument("--inversion-steps", type=_positive_int, default=None, metavar="N",
+                      help=f"DDIM inversion steps (default: {defaults.inversion_steps})")
+    edit.add_argument("--denoise-steps", type=_positive_int, default=None, metavar="N",
+                      help=f"DDIM denoising steps (default: {defaults.denoise_steps})")
+    edit.add_argument("--pnp-steps", type=int, default=None, metavar="N",
+                      help="denoising steps with plug-and-play injection (default: 80%% of --denoise-steps)")
+    edit.add_argument("--guidance", type=float, default=None, metavar="G",
+                      help=f"classifier-free guidance scale (default: {defaults.guidance_scale})")
+    edit.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    edit.set_defaults(run=cmd_edit)
+
+    corr = commands.add_parser("correspond", help="compute and draw a clip's correspondence",
+                               description="Draw where a grid of frame-0 points goes in every frame; "
+                                           "also save index/score (F, N, F, K) to OUT with suffix .pt.")
+    corr.add_argument("input", help="a video (.mp4 ...), a .gif, or a folder of .png/.jpg frames")
+    corr.add_argument("-o", "--output", type=Path, required=True, help="output .mp4 or .gif")
+    _add_model_options(corr)
+    corr.add_argument("--k", type=_positive_int, default=defaults.k)
+    corr.add_argument("--window", type=_positive_int, default=defaults.window)
+    corr.add_argument("--source", choices=CORRESPONDENCE_SOURCES, default="diffusion",
+                      help="diffusion features (COVE) or OpenCV optical flow (default: diffusion)")
+    corr.add_argument("--grid", type=_positive_int, nargs=2, default=None, metavar=("H", "W"),
+                      help="token grid for --source flow (default: frame size / 8)")
+    corr.set_defaults(run=cmd_correspond)
+
+    demo = commands.add_parser("demo", help="edit the bundled ShapesWorld clip and score it",
+                               description="Edit the bundled clip with COVE and per-frame editing, "
+                                           "write videos and metrics.json.")
+    demo.add_argument("-o", "--output", default="cove-demo", help="output folder (default: cove-demo)")
+    demo.add_argument("--quick", action="store_true", help="fewer steps (a smoke test, not a result)")
+    demo.add_argument("--device", default=None)
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``cove`` command line; returns the exit status (0 ok, 2 usage or input error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or an argparse usage error
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:  # FileNotFoundError is an OSError
+        print(f"cove: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cove: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""One frozen configuration for the whole method; variants via ``dataclasses.replace``.
+
+Every default cites the part of the paper (``shared/PAPER.md`` restates it) it comes from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+ATTENTION_MODES = ("cove", "spatiotemporal", "per-frame")
+CORRESPONDENCE_SOURCES = ("diffusion", "flow")
+
+
+@dataclass(frozen=True)
+class CoveConfig:
+    """Settings of a COVE edit.
+
+    Important args:
+        attention: ``"cove"`` (spatial-temporal attention + correspondence-guided attention),
+            ``"spatiotemporal"`` (the paper's "w/o CGA" row of Table 2) or ``"per-frame"``
+            (plain image editing of each frame: the baseline).
+        k: matches kept per other frame (Table 2: K = 3 is the default).
+        window: side l of the sliding window (Sec. 3.2: l = 9).
+        merge_ratio: temporal token merging ratio (Sec. 3.3: 50%); 0 disables merging.
+
+    Args to tinker with:
+        inversion_steps / denoise_steps: DDIM steps (Sec. 4.1: 100 inversion, 50 denoising).
+        pnp_steps: plug-and-play injection during the first ``pnp_steps`` denoising steps
+            (FLATTEN-style reading of Sec. 4.1: 40 of 50).
+        guidance_scale: classifier-free guidance (not stated; prior code uses 7.5 to 20).
+        feature_t / feature_layer / feature_prompt / feature_ensemble: stage 1 (Sec. 3.1:
+            t = 261; layer ``None`` = the decoder block whose output grid equals the
+            highest-resolution self-attention grid, ``up_blocks.3`` on SD 2.1).
+        correspondence: ``"diffusion"`` (COVE) or ``"flow"`` (OpenCV optical flow, K = 1,
+            the comparison of Fig. 1).
+        pnp_resnets / pnp_attentions: module names whose ResNet outputs / self-attention
+            Q, K are injected; ``None`` = PnP's choice (``up_blocks.1.resnets.1``; every
+            self-attention of ``up_blocks[1:]``); ``()`` = none.
+        frame_chunk: spatial-temporal attention processes this many query frames at once
+            (bounds memory on long clips); ``None`` = all frames in one call.
+        token_chunk: correspondence-guided attention processes this many tokens at once.
+    """
+
+    # Setting (Sec. 4.1)
+    attention: str = "cove"
+    inversion_steps: int = 100
+    denoise_steps: int = 50
+    pnp_steps: int = 40
+    guidance_scale: float = 7.5
+    # Stage 1: diffusion features (Sec. 3.1)
+    feature_t: int = 261
+    feature_layer: str | None = None
+    feature_prompt: str = ""
+    feature_ensemble: int = 1
+    # Stages 2-3: sliding-window correspondence (Sec. 3.2)
+    correspondence: str = "diffusion"
+    window: int = 9
+    k: int = 3
+    # Stage 5: temporal token merging (Sec. 3.3)
+    merge_ratio: float = 0.5
+    # Engine knobs (not in the paper)
+    pnp_resnets: tuple[str, ...] | None = None
+    pnp_attentions: tuple[str, ...] | None = None
+    frame_chunk: int | None = None
+    token_chunk: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.correspondence not in CORRESPONDENCE_SOURCES:
+            raise ValueError(
+                f"correspondence must be one of {CORRESPONDENCE_SOURCES}, got {self.correspondence!r}"
+            )
+        for name in ("inversion_steps", "denoise_steps", "window", "k", "feature_ensemble"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.pnp_steps <= self.denoise_steps:
+            raise ValueError(f"pnp_steps must lie in 0..denoise_steps, got {self.pnp_steps}")
+        if not 0.0 <= self.merge_ratio <= 1.0:
+            raise ValueError(f"merge_ratio must lie in [0, 1], got {self.merge_ratio}")
+        if self.window % 2 == 0:
+            raise ValueError(f"window must be odd so that it has a centre, got {self.window}")
+        if not 0 <= self.feature_t < 1000:
+            raise ValueError(f"feature_t must lie in 0..999, got {self.feature_t}")
+        for name in ("frame_chunk", "token_chunk"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be None or >= 1, got {value}")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

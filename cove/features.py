@@ -1,0 +1,143 @@
+"""Stage 1: diffusion features (paper Sec. 3.1).
+
+For each frame: encode to a latent z_i, add forward noise at timestep t,
+
+    z_i^t = sqrt(abar_t) z_i + sqrt(1 - abar_t) eps,                          (Eq. 8)
+
+run the UNet once, read a decoder block's output F_i with a forward hook, and L2-normalise it
+along channels so that dot products are cosine similarities. One map per frame, computed once.
+The hook stops the UNet right after the block (nothing downstream is computed), so the cost is
+about half a UNet pass; no diffusers ``forward`` is copied.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .sd import device_dtype, encode_frames, encode_text
+
+
+class _Stop(Exception):
+    """Raised by the hook to end the UNet forward once the feature is captured."""
+
+
+def attention_grids(unet) -> dict[str, int]:
+    """Side of the token grid of every self-attention, from the UNet config (square latents).
+
+    Returns {block name: grid side}, e.g. SD 2.1: {'down_blocks.0': 64, ..., 'up_blocks.3': 64}.
+    """
+    cfg = unet.config
+    side = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    n = len(cfg.block_out_channels)
+    grids = {}
+    for d, kind in enumerate(cfg.down_block_types):
+        if "CrossAttn" in kind or "Attn" in kind:
+            grids[f"down_blocks.{d}"] = side // 2**d
+    for u, kind in enumerate(cfg.up_block_types):
+        if "CrossAttn" in kind or "Attn" in kind:
+            grids[f"up_blocks.{u}"] = side // 2 ** (n - 1 - u)
+    return grids
+
+
+def block_output_grid(unet, name: str) -> int:
+    """Side of the output grid of ``up_blocks.u`` (its upsampler included)."""
+    cfg = unet.config
+    side = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    n, u = len(cfg.up_block_types), int(name.split(".")[1])
+    return side if u == n - 1 else side // 2 ** (n - 2 - u)
+
+
+def default_feature_layer(unet) -> str:
+    """The decoder block whose output grid equals the highest-resolution attention grid.
+
+    SD 2.1 (64x64 latents): attention at 64, 32, 16 -> ``up_blocks.3`` (64x64, 320 channels),
+    matching the paper's C = 320. When several up blocks output that grid, the last one wins.
+    """
+    grids = attention_grids(unet)
+    if not grids:
+        raise ValueError("the UNet has no attention blocks; pass layer=... explicitly")
+    best = max(grids.values())
+    names = [f"up_blocks.{u}" for u in range(len(unet.config.up_block_types))
+             if block_output_grid(unet, f"up_blocks.{u}") == best]
+    if not names:
+        raise ValueError(f"no up block outputs the {best}x{best} grid; pass layer=... explicitly")
+    return names[-1]
+
+
+def feature_grid(pipe, size: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) of the default feature map (= the highest-resolution attention grid) for frames
+    of ``size`` (H_img, W_img): 64x64 for SD 2.1 at 512x512, 16x16 for cove-tiny at 64x64."""
+    cfg = pipe.unet.config
+    side = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    best = max(attention_grids(pipe.unet).values())
+    f = pipe.vae_scale_factor * side // best  # image pixels per feature cell
+    return size[0] // f, size[1] // f
+
+
+@torch.no_grad()
+def extract_features(pipe, frames, *, t: int = 261, layer: str | None = None, prompt: str = "",
+                     ensemble: int = 1, generator: torch.Generator | None = None,
+                     batch_size: int = 8) -> torch.Tensor:
+    """Diffusion features of each frame, L2-normalised over channels.
+
+    Important args:
+        pipe: a diffusers Stable Diffusion pipeline (SD 1.x/2.x, or cove-tiny).
+        frames: uint8 (F, H, W, 3).
+        t: noise timestep (paper: 261).
+        layer: UNet module name whose output is the feature; ``None`` =
+            :func:`default_feature_layer` (``up_blocks.3`` on SD 2.1).
+
+    Args to tinker with:
+        prompt: text condition of the pass (paper: not stated; empty by default).
+        ensemble: average the features of this many noise draws before normalising.
+        generator: torch.Generator for the noise (seeded -> deterministic features).
+        batch_size: frames per UNet call.
+
+    Returns:
+        float32 (F, C, H, W) on the pipeline's device, unit norm along C.
+    """
+    if not 0 <= t < pipe.scheduler.config.num_train_timesteps:
+        raise ValueError(f"t must lie in 0..{pipe.scheduler.config.num_train_timesteps - 1}, got {t}")
+    if ensemble < 1:
+        raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+    unet = pipe.unet
+    layer = layer or default_feature_layer(unet)
+    try:
+        module = unet.get_submodule(layer)
+    except AttributeError:
+        blocks = [n for n, _ in unet.named_children() if re.match(r"(up|down|mid)_block", n)]
+        raise ValueError(f"layer {layer!r} is not a UNet module (e.g. 'up_blocks.3'; {blocks})") from None
+    device, dtype = device_dtype(pipe)
+    latents = encode_frames(pipe, frames)  # (F, c, h, w)
+    cond = encode_text(pipe, [prompt])  # (1, L, D)
+    abar = pipe.scheduler.alphas_cumprod[t].to(device=device, dtype=torch.float32)
+    captured = []
+
+    def hook(_module, _inputs, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _Stop
+
+    handle = module.register_forward_hook(hook)
+    try:
+        total = None
+        for _ in range(ensemble):
+            noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32,
+                                device=generator.device if generator is not None else "cpu")
+            zt = abar.sqrt() * latents.float() + (1 - abar).sqrt() * noise.to(device)  # Eq. 8
+            maps = []
+            for z in zt.to(dtype).split(batch_size):  # (b, c, h, w)
+                captured.clear()
+                try:
+                    unet(z, torch.full((len(z),), t, device=device), cond.expand(len(z), -1, -1))
+                except _Stop:
+                    pass
+                if not captured:
+                    raise RuntimeError(f"layer {layer!r} did not run in the UNet forward")
+                maps.append(captured[0].float())
+            feats = torch.cat(maps)  # (F, C, H, W)
+            total = feats if total is None else total + feats
+    finally:
+        handle.remove()
+    return torch.nn.functional.normalize(total, dim=1)  # unit norm over C
+

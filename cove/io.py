@@ -1,0 +1,312 @@
+"""Reading, preparing and writing clips: ``uint8 (F, H, W, 3)`` numpy arrays at the boundary.
+
+* :func:`read_video` reads an ``.mp4`` (any container ffmpeg reads), a ``.gif`` or a folder of
+  ``.png`` / ``.jpg`` frames.
+* :func:`prepare_frames` centre-crops, resizes and subsamples a clip for a diffusion model
+  (sides a multiple of 8 for Stable Diffusion's VAE).
+* :func:`write_video` writes ``.mp4`` or ``.gif`` atomically: a failed write leaves no file.
+* :func:`side_by_side` puts clips next to each other, optionally under small labels.
+
+ffmpeg: the ``ffmpeg`` on ``PATH`` if there is one, else the binary shipped in the
+``imageio-ffmpeg`` wheel (a declared dependency), so no system install is needed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageSequence
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+WRITE_SUFFIXES = (".mp4", ".gif")
+
+
+# ---------------------------------------------------------------------------- ffmpeg
+
+
+def ffmpeg_path() -> str:
+    """The ffmpeg executable: ``ffmpeg`` from ``PATH``, else imageio-ffmpeg's bundled binary."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _mediapy():
+    """mediapy, pointed at a working ffmpeg (done on every call: cheap, and robust to resets)."""
+    import mediapy
+
+    mediapy.set_ffmpeg(ffmpeg_path())
+    return mediapy
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def check_frames(frames, name: str = "frames") -> np.ndarray:
+    """Return ``frames`` as a ``uint8 (F, H, W, 3)`` array or raise a one-line ValueError."""
+    if not isinstance(frames, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array uint8 (F, H, W, 3), got {type(frames).__name__}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 (F, H, W, 3), got dtype {frames.dtype}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or min(frames.shape[:3]) < 1:
+        raise ValueError(f"{name} must have shape (F, H, W, 3) with F, H, W >= 1, got {frames.shape}")
+    return frames
+
+
+def _natural_key(path: Path) -> list:
+    """Sort ``frame2.png`` before ``frame10.png``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _read_image(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+
+
+def _read_folder(folder: Path, max_frames: int | None) -> np.ndarray:
+    files = sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=_natural_key,
+    )
+    if not files:
+        raise ValueError(f"folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} frames")
+    files = files[:max_frames]
+    images = [_read_image(p) for p in files]
+    shapes = {image.shape for image in images}
+    if len(shapes) != 1:
+        raise ValueError(f"frames in {folder} must all have the same size, got {sorted(shapes)}")
+    return np.stack(images)  # (F, H, W, 3)
+
+
+def _read_gif(path: Path, max_frames: int | None) -> np.ndarray:
+    images = []
+    with Image.open(path) as gif:
+        for frame in ImageSequence.Iterator(gif):
+            if max_frames is not None and len(images) >= max_frames:
+                break
+            images.append(np.asarray(frame.convert("RGB"), dtype=np.uint8))  # (H, W, 3)
+    return np.stack(images)  # (F, H, W, 3)
+
+
+def _read_ffmpeg(path: Path, max_frames: int | None) -> np.ndarray:
+    media = _mediapy()
+    images = []
+    try:
+        with media.VideoReader(path) as reader:
+            for image in reader:
+                if max_frames is not None and len(images) >= max_frames:
+                    break
+                images.append(np.asarray(image[..., :3], dtype=np.uint8))  # (H, W, 3)
+    except RuntimeError as error:  # ffmpeg's multi-line report: keep its last line
+        last = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
+        raise ValueError(f"cannot decode video {path}: {last}") from None
+    if not images:
+        raise ValueError(f"video {path} holds no frames")
+    return np.stack(images)  # (F, H, W, 3)
+
+
+def read_video(path, *, max_frames: int | None = None, size=None) -> np.ndarray:
+    """Read a clip as ``uint8 (F, H, W, 3)``.
+
+    Important args:
+        path: a video file (``.mp4``, ``.mov``, ``.avi``, ``.mkv``, ``.webm``), a ``.gif``, or
+            a folder of ``.png`` / ``.jpg`` / ``.jpeg`` frames (natural sort order:
+            ``2.png`` before ``10.png``).
+        max_frames: keep only the first ``max_frames`` frames (stops decoding early).
+        size: ``None`` keeps the frames as stored; otherwise passed to :func:`prepare_frames`
+            (an int: centre-crop to a square then resize to ``size x size``; ``(H, W)``:
+            centre-crop to that aspect ratio then resize).
+
+    The input is only read, never modified.
+    """
+    path = Path(path)
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be None or >= 1, got {max_frames}")
+    if not path.exists():
+        raise FileNotFoundError(f"no such video, gif or frame folder: {path}")
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        frames = _read_folder(path, max_frames)
+    elif suffix == ".gif":
+        frames = _read_gif(path, max_frames)
+    elif suffix in VIDEO_SUFFIXES:
+        frames = _read_ffmpeg(path, max_frames)
+    else:
+        expected = ", ".join(VIDEO_SUFFIXES + (".gif",))
+        raise ValueError(f"cannot read {path.name!r}: expected a folder of frames or one of {expected}")
+    if size is not None:
+        frames = prepare_frames(frames, size=size)
+    return frames
+
+
+# ---------------------------------------------------------------------------- preparing
+
+
+def _centre_crop(frames: np.ndarray, aspect: float) -> np.ndarray:
+    """Largest centred crop of ``(F, H, W, 3)`` frames with width / height == ``aspect``."""
+    _, H, W, _ = frames.shape
+    if W / H > aspect:  # too wide: trim the sides
+        w = max(1, round(H * aspect))
+        x0 = (W - w) // 2
+        return frames[:, :, x0 : x0 + w]
+    h = max(1, round(W / aspect))  # too tall: trim top and bottom
+    y0 = (H - h) // 2
+    return frames[:, y0 : y0 + h]
+
+
+def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize ``(F, H, W, 3)`` frames: area averaging to shrink, bicubic to enlarge."""
+    _, H, W, _ = frames.shape
+    if (H, W) == (height, width):
+        return frames
+    interpolation = cv2.INTER_AREA if height * width < H * W else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(f, (width, height), interpolation=interpolation) for f in frames])
+
+
+def frame_indices(total: int, count: int | None) -> np.ndarray:
+    """``count`` evenly spaced frame indices in ``0 .. total - 1`` (first and last included)."""
+    if count is None or count >= total:
+        return np.arange(total)
+    if count < 1:
+        raise ValueError(f"number of frames must be >= 1, got {count}")
+    return np.round(np.linspace(0, total - 1, count)).astype(int)
+
+
+def prepare_frames(frames, size=512, num_frames: int | None = None, *, multiple: int = 8) -> np.ndarray:
+    """Crop, resize and subsample a clip for a diffusion model.
+
+    Args:
+        frames: uint8 ``(F, H, W, 3)``.
+        size: an int ``S``: centre-crop to a square, resize to ``(S, S)``; a pair ``(H', W')``:
+            centre-crop to that aspect ratio, resize to it; ``None``: no resize, only crop
+            each side down to a multiple of ``multiple``. Sides must be multiples of
+            ``multiple`` (8 for Stable Diffusion's VAE).
+        num_frames: keep this many evenly spaced frames (``None``: all).
+        multiple: required divisor of the output sides.
+
+    Returns:
+        uint8 ``(F', H', W', 3)`` with ``F' = min(F, num_frames)``.
+    """
+    frames = check_frames(frames)
+    frames = frames[frame_indices(len(frames), num_frames)]  # (F', H, W, 3)
+    _, H, W, _ = frames.shape
+    if size is None:
+        height, width = H // multiple * multiple, W // multiple * multiple
+        if height == 0 or width == 0:
+            raise ValueError(f"frames must be at least {multiple}x{multiple} pixels, got {H}x{W}")
+        y0, x0 = (H - height) // 2, (W - width) // 2
+        return np.ascontiguousarray(frames[:, y0 : y0 + height, x0 : x0 + width])
+    height, width = (size, size) if np.isscalar(size) else tuple(size)
+    height, width = int(height), int(width)
+    if height < multiple or width < multiple or height % multiple or width % multiple:
+        raise ValueError(f"size must be a positive multiple of {multiple}, got {height}x{width}")
+    frames = _centre_crop(frames, width / height)
+    return np.ascontiguousarray(_resize(frames, height, width))
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
+    images = [Image.fromarray(f) for f in frames]
+    duration = max(20, round(1000 / fps))  # ms per frame; browsers clamp faster gifs
+    images[0].save(
+        path, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0
+    )
+
+
+def write_video(path, frames, fps: float = 8) -> Path:
+    """Write uint8 ``(F, H, W, 3)`` frames to ``path`` (``.mp4`` or ``.gif``), atomically.
+
+    The clip goes to a temporary file in the target folder, renamed over ``path`` only once
+    complete: a failing write leaves neither a partial file nor a stale temporary one.
+    Missing parent folders are created. Returns ``path``.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise ValueError(f"cannot write {path.name!r}: expected a path ending in .mp4 or .gif")
+    frames = check_frames(frames)
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if suffix == ".gif":
+            _write_gif(tmp, frames, fps)
+        else:
+            _mediapy().write_video(tmp, frames, fps=fps)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------- side by side
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # scalable when Pillow has FreeType
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def label_bar(text: str, width: int, height: int) -> np.ndarray:
+    """A dark ``uint8 (height, width, 3)`` bar with ``text`` in white, clipped to fit."""
+    bar = Image.new("RGB", (width, height), (24, 24, 24))
+    draw = ImageDraw.Draw(bar)
+    font = _font(max(8, height - 4))
+    while text and draw.textlength(text, font=font) > width - 4:
+        text = text[:-2] + "…" if len(text) > 1 else ""
+    draw.text((2, height // 2), text, fill=(255, 255, 255), font=font, anchor="lm")
+    return np.asarray(bar)
+
+
+def label_height(height: int) -> int:
+    """Height of the label bar over clips of ``height`` pixels: 12 to 28 pixels."""
+    return int(np.clip(height // 10, 12, 28))
+
+
+def side_by_side(*clips, labels=None) -> np.ndarray:
+    """Concatenate clips along width: ``(F, H, W_1 + ... + W_n, 3)``.
+
+    Every clip is uint8 ``(F, H_i, W_i, 3)`` with the same ``F``; clips whose height differs
+    from the first are resized to its height (aspect kept). With ``labels`` (one string per
+    clip) a bar of ``label_height(H)`` pixels with the label is stacked on top of each clip,
+    so the output height is ``H + bar``.
+    """
+    if not clips:
+        raise ValueError("side_by_side needs at least one clip")
+    clips = [check_frames(c, name=f"clip {i}") for i, c in enumerate(clips)]
+    F, H = clips[0].shape[:2]
+    if any(len(c) != F for c in clips):
+        raise ValueError(f"clips must have the same number of frames, got {[len(c) for c in clips]}")
+    if labels is not None and len(labels) != len(clips):
+        raise ValueError(f"expected one label per clip ({len(clips)}), got {len(labels)}")
+    resized = []
+    for c in clips:
+        h, w = c.shape[1:3]
+        resized.append(c if h == H else _resize(c, H, max(1, round(w * H / h))))
+    if labels is not None:
+        bar_h = label_height(H)
+        bars = [label_bar(str(t), c.shape[2], bar_h) for t, c in zip(labels, resized)]  # (bar, W_i, 3)
+        resized = [
+            np.concatenate([np.broadcast_to(b, (F, *b.shape)), c], axis=1)  # (F, bar + H, W_i, 3)
+            for b, c in zip(bars, resized)
+        ]
+    return np.concatenate(resized, axis=2)  # (F, H', W_total, 3)

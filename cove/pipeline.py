@@ -1,0 +1,278 @@
+"""The editing pipeline: correspondence, DDIM inversion, guided denoising (paper Sec. 3-4).
+
+    # 1. check inputs            frames uint8 (F, H, W, 3), prompts, config
+    # 2. correspondence          stages 1-3, once: Correspondence (F, N, F, K)
+    # 3. encode                  latents (F, c, h, w)
+    # 4. DDIM inversion          source prompt, no guidance, processors on, PnP features saved
+    # 5. denoising               target prompt, classifier-free guidance, processors on, PnP
+    #                            injection during the first ``pnp_steps`` steps
+    # 6. decode                  uint8 (F, H, W, 3)
+
+Inversion runs ``inversion_steps`` (100) steps; denoising runs ``denoise_steps`` (50) and starts
+from the inverted latent at the timestep nearest its first one (with DDIM's default
+"leading" spacing the 50-step timesteps are a subset of the 100-step ones, so this is exact).
+PnP features are saved at the inversion timestep nearest each denoising timestep.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+
+from .config import CoveConfig
+from .correspondence import Correspondence, correspond, flow_correspondence
+from .features import extract_features, feature_grid
+from .processors import AttentionState, cove_attention, pnp_layers
+from .sd import check_frames, check_size, decode_latents, device_dtype, encode_frames, encode_text
+
+
+@dataclass
+class EditResult:
+    """What :func:`edit_video` returns.
+
+    frames: uint8 (F, H, W, 3) edited clip; correspondence: (F, N, F, K) or None (per-frame,
+    spatiotemporal); latents: inverted latents (F, c, h, w) the edit started from; timings:
+    seconds per stage; config: the CoveConfig used.
+    """
+
+    frames: np.ndarray
+    correspondence: Correspondence | None
+    latents: torch.Tensor
+    timings: dict[str, float]
+    config: CoveConfig
+    prompt: str = ""
+    source_prompt: str = ""
+    extras: dict = field(default_factory=dict)
+
+
+def ddim_scheduler(pipe) -> DDIMScheduler:
+    """A DDIM scheduler with the pipeline's noise schedule (COVE uses DDIM whatever the pipe has)."""
+    return DDIMScheduler.from_config(pipe.scheduler.config)
+
+
+def _alpha(scheduler: DDIMScheduler, t: int) -> torch.Tensor:
+    return scheduler.alphas_cumprod[t] if t >= 0 else scheduler.final_alpha_cumprod
+
+
+def _epsilon(scheduler, output, sample, t):
+    """Model output -> predicted noise, for epsilon- and v-prediction models."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return output
+    a = _alpha(scheduler, t).to(sample)
+    if kind == "v_prediction":
+        return a.sqrt() * output + (1 - a).sqrt() * sample
+    raise ValueError(f"prediction_type {kind!r} is not supported (epsilon or v_prediction)")
+
+
+def ddim_invert_step(eps, sample, a_from, a_to):
+    """One deterministic DDIM step from noise level a_from to a_to (Song et al. 2021, Eq. 12, eta=0).
+
+        x0 = (x - sqrt(1 - a_from) eps) / sqrt(a_from);   x' = sqrt(a_to) x0 + sqrt(1 - a_to) eps
+    """
+    x0 = (sample - (1 - a_from).sqrt() * eps) / a_from.sqrt()
+    return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
+
+
+def _timesteps(scheduler: DDIMScheduler, steps: int) -> list[int]:
+    scheduler.set_timesteps(steps)
+    return [int(t) for t in scheduler.timesteps]  # descending
+
+
+def _nearest(values: list[int], t: int) -> int:
+    return min(values, key=lambda v: (abs(v - t), v))
+
+
+def _state(pipe, frames: int, config: CoveConfig, corr) -> AttentionState:
+    resnets, attentions = pnp_layers(pipe.unet, config.pnp_resnets, config.pnp_attentions)
+    return AttentionState(
+        frames=frames, mode=config.attention, correspondence=corr, merge_ratio=config.merge_ratio,
+        frame_chunk=config.frame_chunk, token_chunk=config.token_chunk,
+        pnp_attentions=attentions if config.pnp_steps else frozenset(),
+        pnp_resnets=resnets if config.pnp_steps else frozenset(),
+    )
+
+
+@torch.no_grad()
+def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), prompt: str = "",
+           state: AttentionState | None = None, callback=None) -> dict[int, torch.Tensor]:
+    """DDIM inversion (no guidance): clean latents -> a trajectory of noisier latents.
+
+    Args:
+        latents: (F, c, h, w) clean latents (``cove.sd.encode_frames``).
+        prompt: the inversion prompt (paper: empty).
+        state: processors' state; if given, the UNet runs with :func:`cove_attention`, and PnP
+            features are saved at the inversion timesteps nearest the denoising ones.
+        callback: called with {'phase': 'invert', 'i', 't', 'latents'} after each step.
+
+    Returns:
+        {timestep: latents (F, c, h, w)}: the inverted latent at each inversion timestep.
+    """
+    scheduler = ddim_scheduler(pipe)
+    steps = _timesteps(scheduler, config.inversion_steps)[::-1]  # ascending: 1, 11, ..., 991
+    wanted = {_nearest(steps, t): t for t in _timesteps(ddim_scheduler(pipe), config.denoise_steps)[:config.pnp_steps]}
+    ratio = scheduler.config.num_train_timesteps // config.inversion_steps
+    f = latents.shape[0]
+    cond = encode_text(pipe, [prompt]).expand(f, -1, -1)  # (F, L, D)
+    state = state or AttentionState(frames=f, mode="per-frame")
+    x, trajectory = latents, {}
+    with cove_attention(pipe.unet, state):
+        for i, t in enumerate(steps):
+            state.phase, state.key = ("save", wanted[t]) if t in wanted else (None, None)
+            out = pipe.unet(x, t, cond).sample
+            eps = _epsilon(scheduler, out, x, t)
+            a_from = _alpha(scheduler, t - ratio).to(x.device, torch.float32)
+            a_to = _alpha(scheduler, t).to(x.device, torch.float32)
+            x = ddim_invert_step(eps.float(), x.float(), a_from, a_to).to(latents.dtype)
+            trajectory[t] = x
+            if callback is not None:
+                callback({"phase": "invert", "i": i, "t": t, "latents": x})
+    state.phase = state.key = None
+    return trajectory
+
+
+@torch.no_grad()
+def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
+            negative_embeds: torch.Tensor | None, *, config: CoveConfig = CoveConfig(),
+            state: AttentionState | None = None, callback=None) -> torch.Tensor:
+    """DDIM denoising with classifier-free guidance from noisy latents at the first timestep.
+
+        eps = eps_u + s (eps_c - eps_u),    x_{t-1} = DDIM(eps, t, x_t)
+
+    Args:
+        latents: (F, c, h, w) at timestep ``timesteps[0]`` of a ``denoise_steps`` schedule.
+        prompt_embeds / negative_embeds: (F, L, D); ``negative_embeds=None`` disables guidance.
+        state: processors' state; PnP injection during the first ``config.pnp_steps`` steps.
+
+    Returns:
+        clean latents (F, c, h, w).
+    """
+    scheduler = ddim_scheduler(pipe)
+    scheduler.set_timesteps(config.denoise_steps, device=latents.device)
+    guided = negative_embeds is not None and config.guidance_scale > 1
+    text = torch.cat([negative_embeds, prompt_embeds]) if guided else prompt_embeds  # (G*F, L, D)
+    state = state or AttentionState(frames=latents.shape[0], mode="per-frame")
+    x = latents
+    with cove_attention(pipe.unet, state):
+        for i, t in enumerate(scheduler.timesteps):
+            state.phase, state.key = ("inject", int(t)) if i < config.pnp_steps else (None, None)
+            model_in = torch.cat([x, x]) if guided else x  # (G*F, c, h, w)
+            out = pipe.unet(model_in, t, text).sample
+            if guided:
+                out_u, out_c = out.chunk(2)
+                out = out_u + config.guidance_scale * (out_c - out_u)
+            x = scheduler.step(out, t, x, eta=0.0).prev_sample
+            if callback is not None:
+                callback({"phase": "denoise", "i": i, "t": int(t), "latents": x})
+    state.phase = state.key = None
+    return x
+
+
+def start_latents(pipe, trajectory: dict[int, torch.Tensor], config: CoveConfig) -> torch.Tensor:
+    """The inverted latent at the inversion timestep nearest the first denoising timestep."""
+    first = _timesteps(ddim_scheduler(pipe), config.denoise_steps)[0]
+    return trajectory[_nearest(list(trajectory), first)]
+
+
+def compute_correspondence(pipe, frames, config: CoveConfig, generator=None) -> tuple[Correspondence, dict]:
+    """Stages 1-3 (or optical flow) on the feature grid; returns it and its timings."""
+    timings = {}
+    t0 = time.perf_counter()
+    if config.correspondence == "flow":
+        corr = flow_correspondence(frames, feature_grid(pipe, frames.shape[1:3]))
+        timings["correspondence"] = time.perf_counter() - t0
+        return corr, timings
+    feats = extract_features(pipe, frames, t=config.feature_t, layer=config.feature_layer,
+                             prompt=config.feature_prompt, ensemble=config.feature_ensemble,
+                             generator=generator)  # (F, C, H, W)
+    timings["features"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    corr = correspond(feats, window=min(config.window, _largest_odd(min(feats.shape[-2:]))), k=config.k)
+    timings["correspondence"] = time.perf_counter() - t0
+    return corr, timings
+
+
+def _largest_odd(n: int) -> int:
+    return n if n % 2 else n - 1
+
+
+def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "",
+               config: CoveConfig = CoveConfig(), callback=None,
+               generator: torch.Generator | None = None) -> EditResult:
+    """Edit a clip with a text prompt, consistently across frames (COVE).
+
+    Important args:
+        pipe: a Stable Diffusion pipeline (``cove.load_pipeline``).
+        frames: uint8 (F, H, W, 3); H, W multiples of the VAE factor (64x64 for cove-tiny,
+            512x512 for SD 2.1).
+        prompt: the target prompt ("a green star on grass").
+        source_prompt: prompt for inversion (paper: empty).
+        config: :class:`cove.CoveConfig` (``attention="cove" | "spatiotemporal" | "per-frame"``).
+
+    Args to tinker with:
+        callback: called with {'phase', 'i', 't', 'latents'} after every step.
+        generator: seeds the noise of the feature pass (everything else is deterministic).
+
+    Returns:
+        :class:`EditResult` with the edited frames, the correspondence, the inverted latents
+        and per-stage timings.
+    """
+    # 1. check inputs
+    frames = check_frames(frames)
+    check_size(pipe, frames)
+    if not isinstance(prompt, str) or not isinstance(source_prompt, str):
+        raise ValueError("prompt and source_prompt must be strings")
+    if not isinstance(config, CoveConfig):
+        raise ValueError(f"config must be a cove.CoveConfig, got {type(config).__name__}")
+    timings, t_start = {}, time.perf_counter()
+    f = len(frames)
+    # 2. correspondence (once)
+    corr = None
+    if config.attention == "cove" and f > 1:
+        corr, t = compute_correspondence(pipe, frames, config, generator)
+        timings.update(t)
+    # 3. encode
+    t0 = time.perf_counter()
+    latents = encode_frames(pipe, frames)  # (F, c, h, w)
+    timings["encode"] = time.perf_counter() - t0
+    state = _state(pipe, f, config, corr)
+    # 4. inversion (source prompt, no guidance), PnP features saved
+    t0 = time.perf_counter()
+    trajectory = invert(pipe, latents, config=config, prompt=source_prompt, state=state, callback=callback)
+    x_t = start_latents(pipe, trajectory, config)
+    timings["inversion"] = time.perf_counter() - t0
+    # 5. denoising with guidance and PnP injection
+    t0 = time.perf_counter()
+    cond = encode_text(pipe, [prompt]).expand(f, -1, -1)  # (F, L, D)
+    uncond = encode_text(pipe, [""]).expand(f, -1, -1)  # (F, L, D)
+    x0 = denoise(pipe, x_t, cond, uncond, config=config, state=state, callback=callback)
+    timings["denoising"] = time.perf_counter() - t0
+    # 6. decode
+    t0 = time.perf_counter()
+    out = decode_latents(pipe, x0)
+    timings["decode"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    state.store.clear()
+    return EditResult(frames=out, correspondence=corr, latents=x_t, timings=timings, config=config,
+                      prompt=prompt, source_prompt=source_prompt,
+                      extras={"calls": dict(state.calls)})
+
+
+def reconstruct(pipe, frames, *, prompt: str = "", config: CoveConfig = CoveConfig(),
+                callback=None) -> np.ndarray:
+    """DDIM inversion then reconstruction with the same prompt and no guidance (sanity check).
+
+    Uses ``denoise_steps = inversion_steps`` so both walk the same timesteps. Returns uint8
+    (F, H, W, 3) that should match ``frames`` closely (PSNR in ``cove.metrics.psnr``).
+    """
+    frames = check_frames(frames)
+    config = replace(config, attention="per-frame", denoise_steps=config.inversion_steps,
+                     pnp_steps=0, guidance_scale=1.0)
+    latents = encode_frames(pipe, frames)
+    trajectory = invert(pipe, latents, config=config, prompt=prompt, callback=callback)
+    x_t = start_latents(pipe, trajectory, config)
+    cond = encode_text(pipe, [prompt]).expand(len(frames), -1, -1)
+    return decode_latents(pipe, denoise(pipe, x_t, cond, None, config=config, callback=callback))

@@ -1,0 +1,95 @@
+"""Small helpers around a diffusers Stable Diffusion pipeline: frames, text, latents.
+
+Frames are ``uint8 (F, H, W, 3)`` numpy at the boundary and float ``[-1, 1]`` ``(F, 3, H, W)``
+inside (house rule 7). Everything runs on the pipeline's UNet device and dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def device_dtype(pipe) -> tuple[torch.device, torch.dtype]:
+    p = next(pipe.unet.parameters())
+    return p.device, p.dtype
+
+
+def frame_size(pipe) -> int:
+    """Side of the square frames the pipeline was trained on (512 for SD 2.1 base)."""
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+def check_frames(frames) -> np.ndarray:
+    """Validate ``uint8 (F, H, W, 3)`` frames; raise a one-line ValueError otherwise."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
+    if frames.shape[0] < 1:
+        raise ValueError("frames must hold at least one frame")
+    return frames
+
+
+def to_tensor(frames, device=None, dtype=torch.float32) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> float (F, 3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(check_frames(frames).copy())
+    x = x.permute(0, 3, 1, 2).to(device=device, dtype=torch.float32) / 127.5 - 1  # (F, 3, H, W)
+    return x.to(dtype)
+
+
+def to_frames(x: torch.Tensor) -> np.ndarray:
+    """float (F, 3, H, W) in [-1, 1] -> uint8 (F, H, W, 3)."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round()
+    return x.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()  # (F, H, W, 3)
+
+
+def check_size(pipe, frames: np.ndarray) -> None:
+    f = pipe.vae_scale_factor
+    _, h, w, _ = frames.shape
+    if h % f or w % f or h // f < 8 or w // f < 8:
+        raise ValueError(
+            f"frame size {h}x{w} must be a multiple of {f} and at least {8 * f} "
+            f"(this model works best at {frame_size(pipe)}x{frame_size(pipe)})"
+        )
+
+
+@torch.no_grad()
+def encode_text(pipe, prompts: list[str]) -> torch.Tensor:
+    """Prompts -> text embeddings (B, L, D), as the pipeline's own ``encode_prompt`` does."""
+    device, dtype = device_dtype(pipe)
+    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    cfg = pipe.text_encoder.config
+    mask = tok.attention_mask.to(device) if getattr(cfg, "use_attention_mask", False) else None
+    emb = pipe.text_encoder(tok.input_ids.to(device), attention_mask=mask)[0]  # (B, L, D)
+    return emb.to(dtype)
+
+
+@torch.no_grad()
+def encode_frames(pipe, frames, *, batch_size: int = 8) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> latents (F, c, H/f, W/f), scaled by the VAE's scaling factor.
+
+    The posterior *mean* is used (deterministic), as inversion papers do.
+    """
+    frames = check_frames(frames)
+    check_size(pipe, frames)
+    device, dtype = device_dtype(pipe)
+    vae_dtype = pipe.vae.dtype
+    out = []
+    for chunk in np.array_split(frames, max(1, int(np.ceil(len(frames) / batch_size)))):
+        x = to_tensor(chunk, device, vae_dtype)  # (f, 3, H, W)
+        out.append(pipe.vae.encode(x).latent_dist.mean)
+    z = torch.cat(out) * pipe.vae.config.scaling_factor  # (F, c, h, w)
+    return z.to(dtype)
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor, *, batch_size: int = 8) -> np.ndarray:
+    """latents (F, c, h, w) -> uint8 frames (F, H, W, 3)."""
+    vae_dtype = pipe.vae.dtype
+    out = []
+    for z in latents.split(batch_size):
+        x = pipe.vae.decode(z.to(vae_dtype) / pipe.vae.config.scaling_factor).sample
+        out.append(to_frames(x))
+    return np.concatenate(out)

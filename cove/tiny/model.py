@@ -1,0 +1,127 @@
+"""cove-tiny: a small text-to-image diffusion model in diffusers' own classes.
+
+Layout (chosen so that cove-tiny has the *same structure* as Stable Diffusion, scaled down):
+
+    image (3, 64, 64) in [-1, 1]
+      --PixelShuffleVAE.encode-->  "latent" (48, 16, 16)   lossless space-to-depth, factor 4
+      --UNet2DConditionModel-->    self-attention at 16x16 (in the last up block, like SD's
+                                   64x64) and 8x8; cross-attention on a small CLIP text model
+      --PixelShuffleVAE.decode-->  image (3, 64, 64)
+
+The "VAE" is an exact reshape (``torch.nn.functional.pixel_unshuffle``), so the model is a
+pixel-space diffusion model: a noisy latent decoded is literally the noisy image. It is a
+``ModelMixin``/``ConfigMixin`` so the folder is an ordinary diffusers pipeline folder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as nnf
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from transformers import CLIPTextConfig, CLIPTextModel
+
+IMAGE_SIZE = 64
+FACTOR = 4
+MAX_TOKENS = 16
+
+
+@dataclass
+class _LatentDist:
+    """The slice of diffusers' ``DiagonalGaussianDistribution`` API pipelines use (zero variance)."""
+
+    mean: torch.Tensor
+
+    def sample(self, generator=None) -> torch.Tensor:
+        return self.mean
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+
+@dataclass
+class _EncoderOutput:
+    latent_dist: _LatentDist
+
+
+@dataclass
+class _DecoderOutput:
+    sample: torch.Tensor
+
+
+class PixelShuffleVAE(ModelMixin, ConfigMixin):
+    """Lossless space-to-depth autoencoder: (B, 3, H, W) <-> (B, 3*f*f, H/f, W/f).
+
+    ``block_out_channels`` only exists because diffusers pipelines read
+    ``2 ** (len(vae.config.block_out_channels) - 1)`` as the VAE scale factor; its length is
+    ``log2(factor) + 1``. ``scaling_factor`` is 1: pixels in [-1, 1] are the latents.
+    """
+
+    @register_to_config
+    def __init__(self, factor: int = FACTOR, in_channels: int = 3, scaling_factor: float = 1.0,
+                 block_out_channels: tuple[int, ...] = (3, 12, 48)):
+        super().__init__()
+        if factor < 1 or factor & (factor - 1):
+            raise ValueError(f"factor must be a power of two, got {factor}")
+        if 2 ** (len(block_out_channels) - 1) != factor:
+            raise ValueError("len(block_out_channels) must be log2(factor) + 1")
+        # diffusers' loader expects a weights file in every model folder: keep one tiny,
+        # persistent buffer (the factor itself; it also tells the module's device and dtype).
+        self.register_buffer("factor_buffer", torch.tensor([float(factor)]))
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.in_channels * self.config.factor**2
+
+    def encode(self, x: torch.Tensor, return_dict: bool = True):
+        z = nnf.pixel_unshuffle(x, self.config.factor)  # (B, 3*f*f, H/f, W/f)
+        return _EncoderOutput(_LatentDist(z)) if return_dict else (_LatentDist(z),)
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None):
+        x = nnf.pixel_shuffle(z, self.config.factor)  # (B, 3, H, W)
+        return _DecoderOutput(x) if return_dict else (x,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x).latent_dist.mean).sample
+
+
+def unet_config() -> dict:
+    """The UNet: 16x16 and 8x8 levels, self-attention at both, cross-attention to the text."""
+    return dict(
+        sample_size=IMAGE_SIZE // FACTOR, in_channels=3 * FACTOR**2, out_channels=3 * FACTOR**2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(64, 128), layers_per_block=2, attention_head_dim=32,
+        cross_attention_dim=64, norm_num_groups=32,
+    )
+
+
+def text_config(vocab_size: int, bos: int, eos: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=MAX_TOKENS, bos_token_id=bos,
+        eos_token_id=eos, pad_token_id=eos, projection_dim=64,
+    )
+
+
+def scheduler() -> DDIMScheduler:
+    """DDPM's linear schedule (pixel-space models use it), DDIM sampling, epsilon prediction."""
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    )
+
+
+def build_pipeline(tokenizer, *, seed: int = 0) -> StableDiffusionPipeline:
+    """Fresh (untrained, seeded) cove-tiny components assembled as a StableDiffusionPipeline."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_config())
+    text_encoder = CLIPTextModel(text_config(len(tokenizer), tokenizer.bos_token_id,
+                                             tokenizer.eos_token_id))
+    return StableDiffusionPipeline(
+        vae=PixelShuffleVAE(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )

@@ -1,0 +1,587 @@
+"""ipywidgets explorers for the notebooks: thin layers over cached results.
+
+Every builder returns a :class:`Panel` (an ``ipywidgets.VBox``) whose callbacks call the same
+pure functions the tests call (``cove.correspondence``, ``cove.attention``, ``cove.merging``,
+``cove.pipeline``, ``cove.metrics``) and draw with ``cove.viz``. Conventions:
+
+- sliders use ``continuous_update=False`` (work happens when the slider is released);
+- slow work (an edit) sits behind a button;
+- errors are shown in the panel's status line (red) and kept in ``panel.error``, never
+  swallowed;
+- the last computed numbers are kept in ``panel.state`` and the controls in
+  ``panel.controls``, so the panels can be tested without a browser: set ``.value``, call
+  ``button.click()``, read ``panel.state``.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import time
+import traceback
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from . import viz
+
+__all__ = [
+    "Panel",
+    "frame_viewer",
+    "feature_explorer",
+    "window_explorer",
+    "correspondence_explorer",
+    "attention_explorer",
+    "merge_explorer",
+    "edit_panel",
+    "predict_clean",
+    "decoder_layers",
+    "table_html",
+]
+
+
+def _widgets():
+    import ipywidgets
+
+    return ipywidgets
+
+
+class Panel:
+    """Controls + pictures + a status line, and the state behind them.
+
+    Attributes:
+        widget: the ``ipywidgets.VBox`` shown in the notebook (a panel displays as it).
+        controls: ``{name: widget}`` of the sliders, dropdowns and buttons.
+        images: ``{name: ipywidgets.Image}`` of the pictures.
+        status: ``ipywidgets.HTML`` line: numbers of the last update, or the error.
+        output: ``ipywidgets.Output`` for rich output (tables, plots).
+        state: numbers and arrays of the last update (what the pictures show).
+        error: the exception of the last update, ``None`` when it succeeded.
+    """
+
+    def __init__(self, controls: dict, images: dict, *, title: str | None = None, extra=()):
+        w = _widgets()
+        self.controls, self.images = controls, images
+        self.status = w.HTML()
+        self.output = w.Output()
+        self.state: dict = {}
+        self.error: Exception | None = None
+        self.updates = 0
+        rows = [w.HTML(f"<b>{html.escape(title)}</b>")] if title else []
+        rows += [w.HBox(list(controls.values()), layout=w.Layout(flex_flow="row wrap"))]
+        rows += [w.HBox(list(images.values()))] if images else []
+        rows += [*extra, self.status, self.output]
+        self.widget = w.VBox(rows)
+
+    def _ipython_display_(self):  # a Panel shows as its VBox
+        from IPython.display import display
+
+        display(self.widget)
+
+    def guarded(self, update):
+        """Wrap ``update`` so an exception is shown in the status line and kept in ``error``."""
+
+        @functools.wraps(update)
+        def run(*_):
+            self.error = None
+            try:
+                update()
+                self.updates += 1
+            except Exception as exc:  # noqa: BLE001 - shown to the learner, kept for tests
+                self.error = exc
+                self.status.value = (
+                    f'<pre style="color:#b00020;white-space:pre-wrap">{type(exc).__name__}: '
+                    f"{html.escape(str(exc))}\n\n{html.escape(traceback.format_exc(limit=-3))}</pre>"
+                )
+        return run
+
+    def observe(self, update, *names):
+        """Call ``update`` (guarded) now and whenever one of the named controls changes."""
+        run = self.guarded(update)
+        for name in names or list(self.controls):
+            control = self.controls[name]
+            if hasattr(control, "on_click"):
+                control.on_click(run)
+            else:
+                control.observe(run, names="value")
+        run()
+        return run
+
+    def show(self, name: str, image: np.ndarray) -> None:
+        self.images[name].value = viz.to_png(image)
+
+
+def _slider(description, value, lo, hi, step=1, kind="int", **kwargs):
+    w = _widgets()
+    cls = w.IntSlider if kind == "int" else w.FloatSlider
+    return cls(value=value, min=lo, max=hi, step=step, description=description,
+               continuous_update=False, style={"description_width": "initial"}, **kwargs)
+
+
+def _image(width: int | None = None):
+    w = _widgets()
+    layout = w.Layout(width=f"{width}px" if width else "auto")
+    return w.Image(format="png", layout=layout)
+
+
+def table_html(rows: list[dict]) -> str:
+    """A small HTML table, one row per dict, columns in first-seen order (floats to 3 digits);
+    show it with ``IPython.display.HTML``."""
+    if not rows:
+        return ""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
+    head = "".join(f"<th style='padding:0 8px'>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='padding:0 8px'>{cell(r.get(c, ''))}</td>" for c in columns) + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+# ---------------------------------------------------------------------------------------------
+# 00: frames side by side
+# ---------------------------------------------------------------------------------------------
+
+
+def frame_viewer(clips: dict, *, scale: int = 4, frame: int = 0) -> Panel:
+    """A frame slider over several clips shown side by side (e.g. source | edit | truth).
+
+    Args:
+        clips: ``{label: uint8 (F, H, W, 3)}``, all with the same ``F`` and ``H``.
+        scale: nearest-neighbour enlargement of the 64x64 frames.
+    """
+    from .io import side_by_side
+
+    clips = {k: viz.to_numpy(v) for k, v in clips.items()}
+    strip = side_by_side(*clips.values(), labels=list(clips))  # (F, H + bar, sum W, 3)
+    F = strip.shape[0]
+    controls = {"frame": _slider("frame", min(frame, F - 1), 0, F - 1)}
+    panel = Panel(controls, {"frames": _image()})
+
+    def update():
+        f = controls["frame"].value
+        panel.state = {"frame": f, "image": viz.enlarge(strip[f], scale)}
+        panel.show("frames", panel.state["image"])
+        panel.status.value = f"frame {f} of {F - 1}"
+
+    panel.observe(update)
+    return panel
+
+
+# ---------------------------------------------------------------------------------------------
+# 01: diffusion features
+# ---------------------------------------------------------------------------------------------
+
+
+def decoder_layers(pipe) -> list[str]:
+    """Names of the UNet decoder blocks, ``["up_blocks.0", ...]`` (feature layer candidates)."""
+    return [f"up_blocks.{u}" for u in range(len(pipe.unet.up_blocks))]
+
+
+def feature_explorer(pipe, frames, *, t: int = 261, layer: str | None = None, seed: int = 0,
+                     scale: int = 3) -> Panel:
+    """Noise level ``t`` and decoder layer as controls; features shown as PCA colours per frame.
+
+    Calls ``cove.features.extract_features`` (cached per ``(t, layer)``) and
+    ``cove.viz.pca_rgb``. Top row: the frames; bottom row: their features, one PCA fitted on
+    all frames so that equal colours mean similar features.
+    """
+    from .features import default_feature_layer, extract_features
+
+    w = _widgets()
+    frames = viz.to_numpy(frames)
+    layer = layer or default_feature_layer(pipe.unet)
+    controls = {
+        "t": _slider("noise level t", t, 0, 999, step=1),
+        "layer": w.Dropdown(options=decoder_layers(pipe), value=layer, description="layer"),
+    }
+    panel = Panel(controls, {"features": _image()})
+    cache: dict = {}
+
+    def update():
+        key = (controls["t"].value, controls["layer"].value)
+        if key not in cache:
+            generator = torch.Generator().manual_seed(seed)
+            cache[key] = extract_features(pipe, frames, t=key[0], layer=key[1], generator=generator)
+        features = cache[key]  # (F, C, h, w)
+        colours = viz.pca_rgb(features)  # (F, h, w, 3)
+        size = frames.shape[1] // colours.shape[1]
+        picture = viz.montage([frames, viz.enlarge(colours, size)])
+        panel.state = {"t": key[0], "layer": key[1], "features": features, "colours": colours}
+        panel.show("features", viz.enlarge(picture, scale))
+        C, h, w_ = features.shape[1:]
+        panel.status.value = f"t = {key[0]}, {key[1]}: features (F, C, H, W) = ({len(frames)}, {C}, {h}, {w_})"
+
+    panel.observe(update)
+    return panel
+
+
+# ---------------------------------------------------------------------------------------------
+# 02: one sliding window
+# ---------------------------------------------------------------------------------------------
+
+
+def window_explorer(features, frames, *, window: int = 9, frame: int = 0, point=None,
+                    k: int = 3, scale: int = 4) -> Panel:
+    """Pick a token of frame ``i``; see its similarity inside the ``l x l`` window of frame ``i+1``.
+
+    Three pictures: frame ``i`` with the query; frame ``i+1`` with the window's similarities
+    (``cove.correspondence.window_similarity``) and its top-``K`` cells; the similarity with
+    *every* token of frame ``i+1``, i.e. what a full search would compare (window outlined).
+    """
+    from .correspondence import window_similarity
+
+    features = torch.as_tensor(features)
+    frames = viz.to_numpy(frames)
+    F, C, H, W = features.shape
+    x0, y0 = point if point is not None else (W // 2, H // 2)
+    controls = {
+        "frame": _slider("frame i", frame, 0, max(F - 2, 0)),
+        "x": _slider("x", x0, 0, W - 1),
+        "y": _slider("y", y0, 0, H - 1),
+        "window": _slider("window l", window, 1, min(H, W) if min(H, W) % 2 else min(H, W) - 1, step=2),
+    }
+    images = {"query": _image(), "window": _image(), "full": _image()}
+    panel = Panel(controls, images)
+    size = frames.shape[1:3]
+    big = (size[0] * scale, size[1] * scale)
+
+    def update():
+        i, x, y, l = (controls[n].value for n in ("frame", "x", "y", "window"))
+        n = y * W + x
+        query = features[i].flatten(1)[:, n][None]  # (1, C)
+        centre = torch.tensor([[x, y]])  # (1, 2)
+        sim, index = window_similarity(query, features[i + 1], centre, l)  # (1, l*l) each
+        top = sim[0].topk(min(k, l * l))
+        best = index[0, top.indices]  # (K,) token indices, best first
+        cells = torch.stack([best % W, best // W], -1)  # (K, 2) (x, y)
+        start = int(index[0, 0])  # top-left cell of the (inward-shifted) window
+        corner = viz.cell_to_pixel(np.array([start % W, start // W]) - 0.5, (H, W), big)
+        box = (*corner, corner[0] + l * big[1] / W, corner[1] + l * big[0] / H)
+        thick = max(1, scale // 2)
+        query_px = viz.cell_to_pixel([[x, y]], (H, W), big)
+        panel.show("query", viz.draw_points(viz.enlarge(frames[i], scale), query_px, radius=scale))
+        heat = viz.scatter_grid(sim[0], index[0], (H, W))  # (H, W), NaN outside the window
+        pic = viz.overlay(viz.enlarge(frames[i + 1], scale), heat, alpha=0.8, vmin=-1, vmax=1)
+        pic = viz.draw_points(viz.draw_box(pic, box, thickness=thick), viz.cell_to_pixel(cells, (H, W), big),
+                              radius=thick)
+        panel.show("window", pic)
+        full = (query @ features[i + 1].flatten(1))[0]  # (N,) full search: every token of i+1
+        full_best = int(full.argmax())
+        full_pic = viz.overlay(viz.enlarge(frames[i + 1], scale), full.view(H, W), alpha=0.8, vmin=-1, vmax=1)
+        panel.show("full", viz.draw_box(full_pic, box, thickness=thick))
+        panel.state = {"frame": i, "token": n, "window": l, "similarity": sim[0], "index": index[0],
+                       "top": best, "full_best": full_best}
+        panel.status.value = (
+            f"token n = {n} at (x, y) = ({x}, {y}) in frame {i}; window l = {l}: {l * l} of "
+            f"{H * W} cells compared; best match ({int(cells[0, 0])}, {int(cells[0, 1])}), "
+            f"cosine {float(top.values[0]):.3f}"
+        )
+
+    panel.observe(update)
+    return panel
+
+
+# ---------------------------------------------------------------------------------------------
+# 03: chained top-K correspondence
+# ---------------------------------------------------------------------------------------------
+
+
+def correspondence_explorer(frames, corr, gt=None, *, frame: int = 0, point=None,
+                            k: int | None = None, scale: int = 3) -> Panel:
+    """Pick a point in frame ``i``; see its ``K`` matches in every frame, best first.
+
+    Args:
+        frames: uint8 ``(F, H_img, W_img, 3)``.
+        corr: a ``Correspondence`` or ``{name: Correspondence}`` (e.g. diffusion features and
+            optical flow), one row each.
+        gt: optional ``(positions (F, N, F, 2), visible (F, N, F))`` on the same grid
+            (``Clip.ground_truth(grid)``): the true position is drawn as a white square and
+            PCK (``cove.metrics.pck``) is reported per row.
+    """
+    from . import metrics
+
+    frames = viz.to_numpy(frames)
+    corrs = corr if isinstance(corr, dict) else {"correspondence": corr}
+    first = next(iter(corrs.values()))
+    H, W = first.grid
+    F = first.frames
+    max_k = max(c.k for c in corrs.values())
+    x0, y0 = point if point is not None else (W // 2, H // 2)
+    controls = {
+        "frame": _slider("frame i", frame, 0, F - 1),
+        "x": _slider("x", x0, 0, W - 1),
+        "y": _slider("y", y0, 0, H - 1),
+        "k": _slider("K", k or max_k, 1, max_k),
+    }
+    panel = Panel(controls, {"matches": _image()})
+    big = (frames.shape[1] * scale, frames.shape[2] * scale)
+    scores = {name: metrics.pck(c, *gt) for name, c in corrs.items()} if gt is not None else {}
+
+    def update():
+        i, x, y, K = (controls[n].value for n in ("frame", "x", "y", "k"))
+        n = y * W + x
+        rows, found = [], {}
+        for name, c in corrs.items():
+            pos = c.positions()[i, n, :, : min(K, c.k)]  # (F, K', 2) cell (x, y), best first
+            found[name] = pos
+            row = []
+            for j in range(F):
+                pic = viz.enlarge(frames[j], scale)
+                if gt is not None and gt[1][i, n, j]:
+                    truth = viz.cell_to_pixel(gt[0][i, n, j][None], (H, W), big)
+                    pic = viz.draw_points(pic, truth, colours=(255, 255, 255), radius=scale + 1)
+                marks = viz.cell_to_pixel(pos[j].flip(0), (H, W), big)  # best drawn last, on top
+                colours = viz.PALETTE[np.arange(len(marks))[::-1] % len(viz.PALETTE)]
+                row.append(viz.draw_points(pic, marks, colours=colours, radius=max(1, scale - 1)))
+            rows.append(row)
+        panel.show("matches", viz.montage(rows))
+        panel.state = {"frame": i, "token": n, "k": K, "positions": found, "pck": scores}
+        text = f"token n = {n} at ({x}, {y}) in frame {i}; rows: {', '.join(corrs)}; K = {K}"
+        if scores:
+            text += " | PCK@1 cell: " + ", ".join(f"{k_} {v:.3f}" for k_, v in scores.items())
+        panel.status.value = text
+
+    panel.observe(update)
+    return panel
+
+
+# ---------------------------------------------------------------------------------------------
+# 04: correspondence-guided attention
+# ---------------------------------------------------------------------------------------------
+
+
+def attention_explorer(q, k, index, frames, *, grid: tuple[int, int], heads: int = 1,
+                       merge_ratio: float = 0.0, frame: int = 0, point=None,
+                       scale: int = 3) -> Panel:
+    """For a chosen token, where guided attention looks and with what weight.
+
+    Calls ``cove.attention.attention_weights`` (the same code as ``guided_attention``) for the
+    token, averages the heads and spreads the weights onto the frames with
+    ``cove.viz.attention_maps``. The query's own frame gets nothing: CGA leaves it out.
+
+    Args:
+        q, k: ``(F, N, C)`` queries and keys on the ``grid`` ``(H, W)``; index: long
+            ``(F, N, F, K)``; frames: uint8 ``(F, H_img, W_img, 3)``.
+    """
+    from .attention import attention_weights
+
+    frames = viz.to_numpy(frames)
+    q, k, index = torch.as_tensor(q), torch.as_tensor(k), torch.as_tensor(index)
+    F = q.shape[0]
+    H, W = grid
+    x0, y0 = point if point is not None else (W // 2, H // 2)
+    controls = {
+        "frame": _slider("frame i", frame, 0, F - 1),
+        "x": _slider("x", x0, 0, W - 1),
+        "y": _slider("y", y0, 0, H - 1),
+        "merge_ratio": _slider("merge ratio", merge_ratio, 0.0, 1.0, step=0.05, kind="float"),
+    }
+    panel = Panel(controls, {"attention": _image()})
+    big = (frames.shape[1] * scale, frames.shape[2] * scale)
+
+    def update():
+        i, x, y, ratio = (controls[n].value for n in ("frame", "x", "y", "merge_ratio"))
+        n = y * W + x
+        weights = attention_weights(q, k, index, heads, merge_ratio=ratio, tokens=[n])
+        row = weights[i, 0].mean(0)  # ((F-1)*K,) mean over heads
+        maps = viz.attention_maps(row, index[i, n], i, grid)  # (F, H, W)
+        shown = np.where(maps > 0, maps, np.nan)
+        pics = [viz.overlay(viz.enlarge(frames[j], scale), shown[j], vmin=0, vmax=float(maps.max()), alpha=0.8)
+                for j in range(F)]
+        pics[i] = viz.draw_points(pics[i], viz.cell_to_pixel([[x, y]], grid, big), radius=scale)
+        panel.show("attention", viz.montage([pics]))
+        panel.state = {"frame": i, "token": n, "weights": row, "maps": maps, "merge_ratio": ratio}
+        top = np.unravel_index(np.argsort(maps, axis=None)[::-1][:3], maps.shape)
+        where = ", ".join(f"frame {j} ({xx}, {yy}): {maps[j, yy, xx]:.2f}" for j, yy, xx in zip(*top))
+        panel.status.value = (f"token ({x}, {y}) of frame {i} attends to {len(row)} gathered tokens; "
+                              f"largest weights: {where}")
+
+    panel.observe(update)
+    return panel
+
+
+def predict_clean(pipe, latents, t: int, prompt: str, *, state=None, guidance_scale: float = 7.5):
+    """One denoising evaluation: the clean frames the model predicts from ``latents`` at ``t``.
+
+    ``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (DDIM, Song et al. 2021, Eq. 12) with
+    classifier-free guidance, the UNet running under ``cove.processors.cove_attention(state)``
+    (``state=None``: plain per-frame attention). Used by notebook 04 to compare one step with
+    and without correspondence-guided attention.
+
+    Args:
+        latents: ``(F, c, h, w)`` noisy latents at timestep ``t``.
+
+    Returns:
+        uint8 ``(F, H, W, 3)``.
+    """
+    from .pipeline import _epsilon, ddim_scheduler
+    from .processors import AttentionState, cove_attention
+    from .sd import decode_latents, encode_text
+
+    F = latents.shape[0]
+    state = state or AttentionState(frames=F, mode="per-frame")
+    text = torch.cat([encode_text(pipe, [""]), encode_text(pipe, [prompt])]).repeat_interleave(F, 0)  # (2F, L, D)
+    scheduler = ddim_scheduler(pipe)
+    with torch.no_grad(), cove_attention(pipe.unet, state):
+        out = pipe.unet(torch.cat([latents, latents]), t, text).sample  # (2F, c, h, w)
+    out_u, out_c = out.chunk(2)
+    eps = _epsilon(scheduler, out_u + guidance_scale * (out_c - out_u), latents, t)
+    abar = scheduler.alphas_cumprod[t].to(latents)
+    x0 = (latents - (1 - abar).sqrt() * eps) / abar.sqrt()  # (F, c, h, w)
+    return decode_latents(pipe, x0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 05: temporal token merging
+# ---------------------------------------------------------------------------------------------
+
+
+def merge_explorer(tokens, index, frames, *, grid: tuple[int, int], ratio: float = 0.5,
+                   frame: int = 0, point=None, scale: int = 3) -> Panel:
+    """Which of a token's gathered correspondents merge at a given ratio.
+
+    For the chosen token, gathers its ``(F-1)*K`` correspondents
+    (``cove.attention.gather_correspondents``), runs bipartite merging on them
+    (``cove.merging.make_merge`` via ``cove.viz.merge_groups``) and draws each gathered token
+    in the colour of the merged token it joins: one colour, one key after merging.
+
+    Args:
+        tokens: ``(F, N, C)`` (e.g. diffusion features, or keys); index: ``(F, N, F, K)``.
+    """
+    from .attention import gather_correspondents, other_frames
+    from .merging import merge_count
+
+    frames = viz.to_numpy(frames)
+    tokens, index = torch.as_tensor(tokens), torch.as_tensor(index)
+    F, N, _ = tokens.shape
+    K = index.shape[-1]
+    H, W = grid
+    x0, y0 = point if point is not None else (W // 2, H // 2)
+    controls = {
+        "frame": _slider("frame i", frame, 0, F - 1),
+        "x": _slider("x", x0, 0, W - 1),
+        "y": _slider("y", y0, 0, H - 1),
+        "ratio": _slider("merge ratio", ratio, 0.0, 1.0, step=0.05, kind="float"),
+    }
+    panel = Panel(controls, {"groups": _image()})
+    big = (frames.shape[1] * scale, frames.shape[2] * scale)
+    rng = np.random.default_rng(0)
+    colours = rng.integers(40, 256, size=((F - 1) * K, 3), dtype=np.uint8)  # one per merged token
+
+    def update():
+        i, x, y, r_ = (controls[n].value for n in ("frame", "x", "y", "ratio"))
+        n = y * W + x
+        gathered = gather_correspondents(tokens, index[:, [n]])[i, 0]  # ((F-1)*K, C)
+        T = gathered.shape[0]
+        r = merge_count(T, r_)
+        groups = viz.merge_groups(gathered, r)  # (T,) merged token of each gathered token
+        others = other_frames(F)[i].tolist()
+        pics = [viz.enlarge(frames[j], scale) for j in range(F)]
+        pics[i] = viz.draw_points(pics[i], viz.cell_to_pixel([[x, y]], grid, big), colours=(255, 255, 255), radius=scale)
+        for t in range(T):
+            j = others[t // K]
+            m = int(index[i, n, j, t % K])
+            at = viz.cell_to_pixel([[m % W, m // W]], grid, big)
+            pics[j] = viz.draw_points(pics[j], at, colours=colours[groups[t]], radius=max(1, scale - 1))
+        panel.show("groups", viz.montage([pics]))
+        panel.state = {"frame": i, "token": n, "tokens": T, "merged_away": r, "kept": T - r, "groups": groups}
+        panel.status.value = (f"{T} gathered tokens = (F-1)*K = {F - 1}*{K}; ratio {r_:.2f} merges "
+                              f"r = {r} away, {T - r} keys and values remain (same colour = merged)")
+
+    panel.observe(update)
+    return panel
+
+
+# ---------------------------------------------------------------------------------------------
+# 06: the full edit behind a button
+# ---------------------------------------------------------------------------------------------
+
+
+def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", config=None, clip=None,
+               truth=None, target_phrase: str | None = None, seed: int = 0, scale: int = 3) -> Panel:
+    """The full COVE edit with its settings as widgets and a Run button.
+
+    Each click runs ``cove.pipeline.edit_video`` with the chosen prompt, attention mode, ``K``,
+    ``l``, merge ratio and steps, then scores the result with ``cove.metrics``: flicker
+    (``warp_error`` along ``clip``'s true motion, lower is better) and fidelity (PSNR and
+    colour accuracy against the ground-truth edit ``truth``, via ``cove.demo.fidelity``).
+    Every run is added to a table, so runs can be compared (the paper's ablation in miniature).
+
+    Args:
+        frames: uint8 ``(F, H, W, 3)``; prompt / source_prompt: initial prompts.
+        config: starting ``CoveConfig`` (steps are taken from it).
+        clip: the source ``world.Clip`` (its motion scores flicker); optional.
+        truth: the ground-truth edited ``world.Clip``; optional. target_phrase: the edited
+            object ("yellow star"), for colour accuracy.
+    """
+    from . import metrics
+    from .config import ATTENTION_MODES, CoveConfig
+    from .demo import fidelity
+    from .io import side_by_side
+    from .pipeline import edit_video
+
+    w = _widgets()
+    frames = viz.to_numpy(frames)
+    config = config or CoveConfig()
+    controls = {
+        "prompt": w.Text(value=prompt, description="prompt", layout=w.Layout(width="420px")),
+        "attention": w.Dropdown(options=list(ATTENTION_MODES), value=config.attention, description="attention"),
+        "k": _slider("K", config.k, 1, 9),
+        "window": _slider("window l", config.window, 1, 15, step=2),
+        "merge_ratio": _slider("merge ratio", config.merge_ratio, 0.0, 1.0, step=0.05, kind="float"),
+        "steps": _slider("denoise steps", config.denoise_steps, 2, 50),
+        "run": w.Button(description="Run edit", button_style="primary", icon="play"),
+    }
+    progress = w.IntProgress(value=0, min=0, max=1, description="progress")
+    frame = _slider("frame", 0, 0, len(frames) - 1)
+    runs = w.HTML()
+    panel = Panel(controls, {"result": _image()}, extra=[progress, frame, runs])
+    panel.state = {"runs": [], "result": None, "strip": None}
+
+    def settings() -> CoveConfig:
+        steps = controls["steps"].value
+        return replace(
+            config, attention=controls["attention"].value, k=controls["k"].value,
+            window=controls["window"].value, merge_ratio=controls["merge_ratio"].value,
+            denoise_steps=steps, pnp_steps=min(config.pnp_steps * steps // max(config.denoise_steps, 1), steps),
+            inversion_steps=max(config.inversion_steps, steps),
+        )
+
+    def show_frame(*_):
+        if panel.state["strip"] is not None:
+            panel.show("result", viz.enlarge(panel.state["strip"][frame.value], scale))
+
+    def run():
+        cfg = settings()
+        total = cfg.inversion_steps + cfg.denoise_steps
+        progress.max, progress.value = total, 0
+        panel.status.value = f"running {cfg.attention} ({total} steps)..."
+        callback = lambda info: setattr(progress, "value", progress.value + 1)  # noqa: E731
+        start = time.perf_counter()
+        result = edit_video(pipe, frames, controls["prompt"].value, source_prompt=source_prompt,
+                            config=cfg, callback=callback, generator=torch.Generator().manual_seed(seed))
+        row = {"run": len(panel.state["runs"]) + 1, "prompt": controls["prompt"].value,
+               "attention": cfg.attention, "K": cfg.k, "l": cfg.window, "merge": cfg.merge_ratio,
+               "steps": cfg.denoise_steps, "seconds": time.perf_counter() - start}
+        if clip is not None:
+            row["flicker (warp error)"] = metrics.warp_error(result.frames, clip)
+        if truth is not None:
+            scores = fidelity(result.frames, truth, target_phrase) if target_phrase else \
+                {"psnr": metrics.psnr(result.frames, truth.frames)}
+            row.update({f"fidelity {k_}": v for k_, v in scores.items()})
+        clips = {"source": frames, f"run {row['run']}: {cfg.attention}": result.frames}
+        if truth is not None:
+            clips["ground truth"] = truth.frames
+        panel.state["strip"] = side_by_side(*clips.values(), labels=list(clips))
+        panel.state["runs"].append(row)
+        panel.state["result"] = result
+        runs.value = table_html(panel.state["runs"])
+        show_frame()
+        panel.status.value = f"run {row['run']} done in {row['seconds']:.1f} s"
+
+    frame.observe(show_frame, names="value")
+    controls["run"].on_click(panel.guarded(run))
+    panel.status.value = "choose the settings and press Run edit"
+    return panel

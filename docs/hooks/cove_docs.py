@@ -1,0 +1,156 @@
+"""MkDocs hook for the cove docs (registered in ``mkdocs.yml`` under ``hooks:``).
+
+1. ``on_files``: publishes the notebooks of ``notebooks/`` (outside ``docs/``) as pages at
+   ``notebooks/<name>.ipynb``, so mkdocs-jupyter renders them (``execute: false``) without a
+   copy or a symlink in ``docs/``.
+2. ``on_page_markdown``:
+   - ``<!-- cove:api cove.module -->`` becomes ``::: cove.module`` (mkdocstrings) when the
+     module exists in the checkout, and a note saying it is missing otherwise;
+   - ``<!-- cove:benchmarks -->`` becomes tables (and figures) generated from
+     ``docs/quality.json`` and ``docs/benchmarks*.json`` as written by the benchmark scripts,
+     or a note saying that they have not been run yet.
+
+The rendering functions are pure (JSON in, Markdown out) and unit-tested in ``tests/test_docs.py``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File
+
+ROOT = Path(__file__).resolve().parents[2]
+API_MARK = re.compile(r"<!--\s*cove:api\s+([\w.]+)\s*-->")
+BENCH_MARK = "<!-- cove:benchmarks -->"
+
+
+# -- notebooks ------------------------------------------------------------------------------
+
+
+@event_priority(100)  # before mkdocs-jupyter turns .ipynb files into pages
+def on_files(files, config):
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        src = f"notebooks/{path.name}"
+        if files.get_file_from_path(src) is None:
+            files.append(File(src, str(ROOT), config["site_dir"], config["use_directory_urls"]))
+    return files
+
+
+# -- API pages -------------------------------------------------------------------------------
+
+
+def module_exists(name: str, root: Path = ROOT) -> bool:
+    """Whether ``cove.x.y`` exists as ``cove/x/y.py`` or ``cove/x/y/__init__.py`` under root."""
+    path = root.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def api_block(name: str, root: Path = ROOT) -> str:
+    if module_exists(name, root):
+        return f"::: {name}"
+    return (
+        f'!!! warning "`{name}` is not in this checkout"\n'
+        f"    The module has not been written yet; this page fills itself once it exists.\n"
+    )
+
+
+# -- benchmarks ------------------------------------------------------------------------------
+
+
+def fmt(value) -> str:
+    """One table cell: floats to 4 significant digits, everything else as text."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)) and all(not isinstance(v, (dict, list)) for v in value):
+        return ", ".join(fmt(v) for v in value)
+    if isinstance(value, (dict, list)):
+        return f"`{json.dumps(value)[:80]}`"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _is_scalar(value) -> bool:
+    return not isinstance(value, (dict, list)) or (
+        isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value)
+    )
+
+
+def table(rows: list[dict], first: str | None = None) -> str:
+    """Markdown table from a list of flat dicts; columns in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    if first is not None:
+        columns = [first] + [c for c in columns if c != first]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_json(data, level: int = 3) -> str:
+    """Markdown for one JSON document of unknown schema, best effort but never failing.
+
+    - a dict of scalars -> a two-column table;
+    - a list of flat dicts -> one table, one row per item;
+    - a dict of flat dicts -> one table, one row per key;
+    - anything else nested -> a subsection per key (up to ``####``), then a JSON block.
+    """
+    if isinstance(data, dict) and data and all(_is_scalar(v) for v in data.values()):
+        return table([{"name": k, "value": v} for k, v in data.items()])
+    if isinstance(data, list) and data and all(
+        isinstance(r, dict) and all(_is_scalar(v) for v in r.values()) for r in data
+    ):
+        return table(data)
+    if isinstance(data, dict) and data and all(
+        isinstance(r, dict) and r and all(_is_scalar(v) for v in r.values()) for r in data.values()
+    ):
+        return table([{"": k, **r} for k, r in data.items()], first="")
+    if isinstance(data, dict) and data and level <= 4:
+        parts = []
+        scalars = {k: v for k, v in data.items() if _is_scalar(v)}
+        if scalars:
+            parts.append(render_json(scalars, level))
+        for key, value in data.items():
+            if key not in scalars:
+                parts.append(f"{'#' * level} {key}\n\n{render_json(value, level + 1)}")
+        return "\n\n".join(parts)
+    return "```json\n" + json.dumps(data, indent=2)[:4000] + "\n```"
+
+
+def benchmarks_markdown(docs_dir: Path) -> str:
+    """The generated part of the benchmarks page: one section per JSON file and figure."""
+    sources = [p for p in [docs_dir / "quality.json"] if p.is_file()]
+    sources += sorted(docs_dir.glob("benchmarks*.json"))
+    figures = sorted(
+        p for p in docs_dir.iterdir() if p.suffix in (".png", ".svg") and p.stem.startswith(("quality", "benchmarks"))
+    ) if docs_dir.is_dir() else []  # fmt: skip
+    if not sources and not figures:
+        return (
+            '!!! note "No benchmark results in this build"\n'
+            "    `docs/quality.json` and `docs/benchmarks*.json` are absent: the benchmark "
+            "scripts have not been run in this checkout. Run them (see below) and rebuild.\n"
+        )
+    parts = []
+    for path in sources:
+        try:
+            data = json.loads(path.read_text())
+            body = render_json(data)
+        except (OSError, ValueError) as exc:
+            body = f'!!! failure "Could not read `{path.name}`"\n    {exc}\n'
+        parts.append(f"## `{path.name}`\n\n{body}\n\n[raw JSON]({path.name})")
+    for path in figures:
+        parts.append(f"![{path.stem}]({path.name})")
+    return "\n\n".join(parts)
+
+
+def on_page_markdown(markdown, page, config, files):
+    markdown = API_MARK.sub(lambda m: api_block(m.group(1)), markdown)
+    if BENCH_MARK in markdown:
+        markdown = markdown.replace(BENCH_MARK, benchmarks_markdown(Path(config["docs_dir"])))
+    return markdown

@@ -1,0 +1,140 @@
+"""Stage 4: correspondence-guided attention (Eqs. 11-14)."""
+import math
+
+import pytest
+import torch
+
+from cove.attention import attention_weights, gather_correspondents, guided_attention, other_frames
+from cove.correspondence import correspond
+from cove.merging import make_merge, merge_count, merge_with_sizes
+
+
+def example(F=4, N=12, C=8, K=2, seed=0):
+    """Random q, k, v (F, N, C) and a random index (F, N, F, K) with index[i, n, i] = n."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(F, N, C, generator=g, dtype=torch.float64) for _ in range(3))
+    index = torch.randint(0, N, (F, N, F, K), generator=g)
+    index[torch.arange(F), :, torch.arange(F)] = torch.arange(N)[:, None]
+    return q, k, v, index
+
+
+def naive_guided_attention(q, k, v, index, heads, merge_ratio=0.0):
+    """Reference: one query token and one head at a time, explicit loops over frames."""
+    F, N, C = q.shape
+    K, d = index.shape[-1], C // heads
+    out = torch.zeros_like(q)
+    for i in range(F):
+        for n in range(N):
+            rows = [(j, int(index[i, n, j, m])) for j in range(F) if j != i for m in range(K)]
+            keys = torch.stack([k[j, t] for j, t in rows])  # (T, C)
+            values = torch.stack([v[j, t] for j, t in rows])  # (T, C)
+            size = torch.ones(len(rows), 1, dtype=q.dtype)
+            r = merge_count(len(rows), merge_ratio)
+            if r:
+                merge, _ = make_merge(keys, r)
+                keys, size = merge_with_sizes(merge, keys)
+                values, _ = merge_with_sizes(merge, values)
+            for h in range(heads):
+                c = slice(h * d, (h + 1) * d)
+                logits = keys[:, c] @ q[i, n, c] / math.sqrt(d) + size[:, 0].log()
+                out[i, n, c] = logits.softmax(0) @ values[:, c]
+    return out
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+@pytest.mark.parametrize("merge_ratio", [0.0, 0.5])
+def test_equals_naive_reference(heads, merge_ratio):
+    q, k, v, index = example(F=4, N=12, C=8, K=3)
+    expected = naive_guided_attention(q, k, v, index, heads, merge_ratio)
+    out = guided_attention(q, k, v, index, heads, merge_ratio=merge_ratio)
+    torch.testing.assert_close(out, expected)
+    chunked = guided_attention(q, k, v, index, heads, merge_ratio=merge_ratio, token_chunk=5)
+    torch.testing.assert_close(chunked, out, rtol=0, atol=1e-12)
+
+
+def test_merging_changes_the_output():
+    q, k, v, index = example(F=5, K=3, seed=1)
+    a = guided_attention(q, k, v, index, 2)
+    b = guided_attention(q, k, v, index, 2, merge_ratio=0.5)
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_own_frame_is_excluded():
+    q, k, v, index = example(F=4, seed=2)
+    out = guided_attention(q, k, v, index, 2, merge_ratio=0.5)
+    k2, v2 = k.clone(), v.clone()
+    k2[1], v2[1] = torch.randn_like(k[1]), torch.randn_like(v[1])  # change frame 1 only
+    changed = guided_attention(q, k2, v2, index, 2, merge_ratio=0.5)
+    torch.testing.assert_close(changed[1], out[1], rtol=0, atol=0)
+    assert (changed[0] - out[0]).abs().max() > 1e-3  # other frames do look at frame 1
+
+
+def test_heads_are_separate():
+    q, k, v, index = example(C=8, seed=3)
+    q[..., :4] = 0  # head 0 of 2 sees flat logits: the plain mean of its gathered values
+    out = guided_attention(q, k, v, index, heads=2)
+    mean = gather_correspondents(v, index)[..., :4].mean(dim=-2)  # (F, N, 4)
+    torch.testing.assert_close(out[..., :4], mean)
+    assert (out[..., 4:] - gather_correspondents(v, index)[..., 4:].mean(dim=-2)).abs().max() > 1e-2
+
+
+def test_gather_correspondents_order():
+    F, N, C, K = 3, 5, 2, 2
+    x = torch.arange(F * N, dtype=torch.float32)[:, None].repeat(1, C).view(F, N, C)  # x[j, t] = j*N + t
+    index = torch.randint(0, N, (F, N, F, K), generator=torch.Generator().manual_seed(4))
+    g = gather_correspondents(x, index)
+    assert g.shape == (F, N, (F - 1) * K, C)
+    assert other_frames(3).tolist() == [[1, 2], [0, 2], [0, 1]]
+    for i in range(F):
+        for n in range(N):
+            want = [j * N + int(index[i, n, j, m]) for j in range(F) if j != i for m in range(K)]
+            assert g[i, n, :, 0].tolist() == want
+    assert torch.equal(gather_correspondents(x, index[:, 1:3]), g[:, 1:3])  # a chunk of queries
+
+
+@pytest.mark.parametrize("merge_ratio", [0.0, 0.5])
+def test_attention_weights_explain_the_output(merge_ratio):
+    q, k, v, index = example(F=5, K=3, seed=5)
+    w = attention_weights(q, k, index, 2, merge_ratio=merge_ratio)
+    assert w.shape == (5, 12, 2, 12)
+    torch.testing.assert_close(w.sum(-1), torch.ones(5, 12, 2, dtype=w.dtype))
+    values = gather_correspondents(v, index).view(5, 12, 12, 2, 4).transpose(2, 3)  # (F, N, heads, T, d)
+    out = torch.einsum("fnht,fnhtd->fnhd", w, values).reshape(5, 12, 8)
+    torch.testing.assert_close(out, guided_attention(q, k, v, index, 2, merge_ratio=merge_ratio))
+    one = attention_weights(q, k, index, 2, merge_ratio=merge_ratio, tokens=[7])
+    torch.testing.assert_close(one[:, 0], w[:, 7])
+
+
+def test_with_a_real_correspondence_on_a_static_clip():
+    """Identical frames: every query gathers its own token from the other frames, so with
+    v = k = q the output at (i, n) is exactly v[i, n]."""
+    g = torch.Generator().manual_seed(6)
+    frame = torch.randn(1, 8, 5, 6, generator=g)
+    features = (frame / frame.norm(dim=1, keepdim=True)).repeat(3, 1, 1, 1)  # (F, C, H, W)
+    c = correspond(features, window=3, k=1)
+    x = torch.randn(1, 30, 8, generator=g).repeat(3, 1, 1)  # (F, N, C), the same each frame
+    torch.testing.assert_close(guided_attention(x, x, x, c.index, 2, merge_ratio=0.5), x)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(heads=3), "divisible"),
+        (dict(index=torch.zeros(4, 12, 3, 2, dtype=torch.long)), r"\(F, N, F, K\)"),
+        (dict(k=torch.zeros(4, 11, 8)), r"\(F, N, C\)"),
+        (dict(merge_ratio=2.0), "merge_ratio"),
+        (dict(token_chunk=0), "token_chunk"),
+    ],
+)
+def test_invalid_arguments_raise(change, message):
+    q, k, v, index = example()
+    args = dict(q=q, k=k, v=v, index=index, heads=2) | change
+    kwargs = {name: args.pop(name) for name in ("merge_ratio", "token_chunk") if name in args}
+    with pytest.raises(ValueError, match=message):
+        guided_attention(**args, **kwargs)
+
+
+def test_single_frame_raises():
+    q, k, v, index = example(F=1)
+    with pytest.raises(ValueError, match="2 frames"):
+        guided_attention(q, k, v, index, 2)

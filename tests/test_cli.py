@@ -1,0 +1,235 @@
+"""The ``cove`` command line (edit, correspond, demo) and the demo it runs."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cove import cli, io
+from cove.config import CoveConfig
+
+
+def textured_clip(F=4, size=64, shift=8, seed=0):
+    """uint8 (F, size, size, 3): a smooth random texture panned left by ``shift`` px per frame."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    big = rng.integers(0, 256, size=(size // 4, (size + shift * F) // 4, 3)).astype(np.uint8)
+    big = cv2.resize(big, (big.shape[1] * 4, big.shape[0] * 4), interpolation=cv2.INTER_CUBIC)
+    return np.stack([big[:, f * shift : f * shift + size] for f in range(F)])  # (F, H, W, 3)
+
+
+def error_lines(capsys):
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------- parsing, errors
+
+
+def test_help_and_version(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "edit" in capsys.readouterr().out
+    for command in ("edit", "correspond", "demo"):
+        assert cli.main([command, "--help"]) == 0
+        assert f"usage: cove {command}" in capsys.readouterr().out
+    assert cli.main(["--version"]) == 0
+    assert cli.main(["frobnicate"]) == 2  # argparse usage error, not an exception
+
+
+@pytest.mark.parametrize("command", [["edit", "-p", "a dog"], ["correspond", "-o", "x.mp4"]])
+def test_missing_input_is_one_line_error(tmp_path, capsys, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "missing.mp4"
+    assert cli.main([command[0], str(missing), *command[1:]]) == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith("cove: error:") and "missing.mp4" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_bad_extensions_are_one_line_errors(tmp_path, capsys):
+    clip = io.write_video(tmp_path / "clip.gif", textured_clip(F=2))
+    assert cli.main(["edit", str(clip), "-p", "x", "-o", str(tmp_path / "out.avi")]) == 2
+    assert error_lines(capsys) == [f"cove: error: output {tmp_path / 'out.avi'} must end in .mp4 or .gif"]
+    (tmp_path / "notes.txt").write_text("hi")
+    assert cli.main(["edit", str(tmp_path / "notes.txt"), "-p", "x"]) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith("cove: error: cannot read 'notes.txt'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif", "notes.txt"]
+
+
+def test_config_from_args_scales_pnp_steps():
+    parser = cli.build_parser()
+    args = parser.parse_args(["edit", "in.mp4", "-p", "x", "--denoise-steps", "10", "--k", "5"])
+    config = cli.config_from_args(args)
+    assert (config.denoise_steps, config.pnp_steps, config.k) == (10, 8, 5)
+    assert config.inversion_steps == CoveConfig().inversion_steps
+    args = parser.parse_args(["edit", "in.mp4", "-p", "x", "--denoise-steps", "2", "--pnp-steps", "3"])
+    with pytest.raises(ValueError, match="pnp_steps"):
+        cli.config_from_args(args)
+
+
+def test_default_output_paths(tmp_path):
+    assert cli.default_output("clips/dog.mp4").as_posix() == "clips/dog_edited.mp4"
+    assert cli.default_output("clips/dog").as_posix() == "clips/dog_edited.mp4"
+    assert cli.sibling(tmp_path / "e.mp4", "side_by_side") == tmp_path / "e_side_by_side.mp4"
+
+
+def test_write_all_is_all_or_nothing(tmp_path):
+    good = textured_clip(F=2)
+    with pytest.raises(ValueError, match="uint8"):
+        cli.write_all({tmp_path / "a.mp4": good, tmp_path / "b.mp4": good.astype(np.float32)}, fps=8)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_phase_progress_one_bar_per_phase():
+    import io as stdio
+
+    sink = stdio.StringIO()
+    progress = cli.PhaseProgress({"invert": 3, "denoise": 2}, file=sink)
+    counts = []
+    for phase, steps in (("invert", 3), ("denoise", 2)):
+        for i in range(steps):
+            progress({"phase": phase, "i": i, "t": 0, "latents": None})
+        counts.append((progress.phase, progress.bar.n, progress.bar.total))
+    progress.close()
+    assert counts == [("invert", 3, 3), ("denoise", 2, 2)]
+    assert "invert" in sink.getvalue() and "3/3" in sink.getvalue() and "2/2" in sink.getvalue()
+
+
+# ---------------------------------------------------------------------------- correspond
+
+
+def test_query_grid_and_drawing():
+    tokens = cli.query_grid((16, 16), points=4)
+    assert len(tokens) == 16 and len(set(tokens.tolist())) == 16
+    from cove.correspondence import Correspondence
+
+    F, H, W = 3, 8, 8
+    index = torch.arange(H * W)[None, :, None, None].repeat(F, 1, F, 1)  # (F, N, F, 1) identity
+    identity = Correspondence(index, torch.ones(F, H * W, F, 1), (H, W))
+    frames = np.full((F, 32, 32, 3), 128, np.uint8)
+    drawn = cli.draw_correspondence(frames, identity, points=4, min_side=64)
+    assert drawn.shape == (F, 64, 64, 3)
+    assert (drawn != 128).any(axis=-1).any(axis=(1, 2)).all()  # points drawn in every frame
+    assert np.array_equal(drawn[0], drawn[2])  # identity matches: the same marks everywhere
+
+
+def test_correspond_flow_tracks_a_pan(tmp_path, capsys):
+    clip = textured_clip(F=4, size=64, shift=8)  # 8 px per frame = 1 cell of an 8x8 grid
+    io.write_video(tmp_path / "pan.gif", clip)
+    out = tmp_path / "vis" / "pan.mp4"
+    assert cli.main(["correspond", str(tmp_path / "pan.gif"), "-o", str(out), "--source", "flow"]) == 0
+    saved = torch.load(out.with_suffix(".pt"))
+    F, N = 4, 64
+    assert saved["index"].shape == (F, N, F, 1) and saved["grid"] == (8, 8)
+    # interior tokens of frame 0 move one cell left per frame
+    x0 = torch.arange(N) % 8
+    interior = (x0 >= 4) & (x0 <= 6) & (torch.arange(N) // 8 >= 1) & (torch.arange(N) // 8 <= 6)
+    x1 = saved["index"][0, :, 1, 0] % 8
+    assert ((x0 - x1)[interior] == 1).float().mean() > 0.8
+    assert io.read_video(out).shape[0] == F
+    assert "wrote" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- end to end on a tiny model
+
+
+@pytest.fixture
+def tiny_folder(tiny_pipe, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    tiny_pipe.save_pretrained(folder)
+    return folder
+
+
+def test_edit_end_to_end(tiny_pipe, tiny_folder, tmp_path, capsys):
+    clip = textured_clip(F=5, size=48, shift=4)
+    source = io.write_video(tmp_path / "in" / "walk.gif", clip)
+    before = source.read_bytes()
+    argv = ["edit", str(source), "-p", "a red star", "--model", str(tiny_folder), "--frames", "3",
+            "--inversion-steps", "2", "--denoise-steps", "2", "--guidance", "3", "--window", "3"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    out, side = tmp_path / "in" / "walk_edited.mp4", tmp_path / "in" / "walk_edited_side_by_side.mp4"
+    edited = io.read_video(out)
+    size = cli.natural_size(tiny_pipe)  # unet.config.sample_size * vae_scale_factor
+    assert edited.shape == (3, size, size, 3)
+    both = io.read_video(side)
+    assert both.shape[0] == 3 and both.shape[2] == 2 * size and both.shape[1] > size
+    assert "timings:" in captured.out and "total" in captured.out
+    assert "invert" in captured.err and "denoise" in captured.err  # progress bars per phase
+    assert source.read_bytes() == before  # the input is untouched
+
+
+def test_edit_failure_leaves_no_output(tiny_folder, tmp_path, capsys, monkeypatch):
+    source = io.write_video(tmp_path / "walk.gif", textured_clip(F=3, size=32))
+    write = io.write_video
+
+    def full_disk(path, frames, fps=8):  # the edited clip is written, the side-by-side fails
+        if "side_by_side" in str(path):
+            raise OSError("No space left on device\nsecond line")
+        return write(path, frames, fps)
+
+    monkeypatch.setattr(io, "write_video", full_disk)
+    argv = ["edit", str(source), "-p", "x", "--model", str(tiny_folder), "--attention", "per-frame",
+            "--inversion-steps", "2", "--denoise-steps", "2", "-o", str(tmp_path / "out" / "e.mp4")]
+    assert cli.main(argv) == 2
+    assert error_lines(capsys)[-1:] == ["cove: error: No space left on device"]
+    assert list((tmp_path / "out").iterdir()) == []  # the finished first clip is removed too
+
+
+def test_correspond_diffusion_end_to_end(tiny_folder, tmp_path):
+    source = io.write_video(tmp_path / "walk.gif", textured_clip(F=3, size=32))
+    out = tmp_path / "corr.mp4"
+    argv = ["correspond", str(source), "-o", str(out), "--model", str(tiny_folder),
+            "--k", "2", "--window", "3"]
+    assert cli.main(argv) == 0
+    saved = torch.load(out.with_suffix(".pt"))
+    H, W = saved["grid"]
+    assert saved["index"].shape == (3, H * W, 3, 2) and saved["score"].shape == (3, H * W, 3, 2)
+    assert saved["index"].max() < H * W
+    assert io.read_video(out).shape[0] == 3
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+def test_demo_quick(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    assert cli.main(["demo", "-o", str(out_dir), "--quick"]) == 0
+    printed = capsys.readouterr().out
+    assert "COVE" in printed and "per-frame" in printed and "demo done in" in printed
+    names = {"source.mp4", "edited.mp4", "per_frame.mp4", "side_by_side.mp4", "metrics.json"}
+    assert {p.name for p in out_dir.iterdir()} == names
+    summary = json.loads((out_dir / "metrics.json").read_text())
+    F, H, W = summary["frames"]
+    assert io.read_video(out_dir / "edited.mp4").shape == (F, H, W, 3)
+    from cove.demo import DISPLAY_SCALE
+
+    assert io.read_video(out_dir / "side_by_side.mp4").shape[2] == 4 * W * DISPLAY_SCALE
+    for name in ("source", "per_frame", "cove", "ground_truth"):
+        assert math.isfinite(summary["metrics"][name]["warp_error"])
+    # the ground truth is its own reference: infinite PSNR, stored as null
+    assert summary["metrics"]["ground_truth"]["psnr"] is None
+    assert 0.0 <= summary["pck"]["diffusion"] <= 1.0 and 0.0 <= summary["pck"]["flow"] <= 1.0
+    assert summary["config"]["attention"] == "cove" and summary["quick"] is True
+    assert summary["timings"]["edit cove"] > 0 and summary["machine"]["torch"] == torch.__version__
+
+
+def test_format_summary_handles_missing_values():
+    from cove.demo import _finite_or_none, format_summary
+
+    metrics = {"warp_error": 1.5, "psnr": float("inf"), "background_psnr": 30.0,
+               "object_psnr": float("nan"), "attribute_accuracy": np.float64(0.5)}
+    summary = _finite_or_none({
+        "frames": [8, 64, 64], "edit": ["red star", "yellow star"], "prompt": "a yellow star",
+        "quick": False, "metrics": {"cove": metrics},
+        "pck": {"diffusion": 0.9, "flow": 0.8, "grid": [16, 16]},
+        "timings": {"edit cove": 1.0, "edit per-frame": 2.0, "total": 4.0}, "machine": {"device": "cpu"},
+    })
+    assert summary["metrics"]["cove"]["psnr"] is None and summary["metrics"]["cove"]["object_psnr"] is None
+    json.dumps(summary, allow_nan=False)  # strict JSON
+    text = format_summary(summary)
+    (cove_line,) = [line for line in text.splitlines() if line.split()[:1] == ["COVE"] and "demo" not in line]
+    assert cove_line.split()[1:] == ["1.50", "-", "30.00", "-", "0.50"]
+    assert "diffusion features 0.900, optical flow 0.800" in text

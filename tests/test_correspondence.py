@@ -1,0 +1,204 @@
+"""Stages 2-3: sliding-window similarity and chained top-K correspondence."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cove.correspondence import (
+    Correspondence,
+    correspond,
+    flow_correspondence,
+    window_indices,
+    window_similarity,
+)
+
+
+def random_features(*shape, seed=0, dtype=torch.float32):
+    """Random features L2-normalised over C (dim -3), as extract_features returns them."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g, dtype=dtype)
+    return x / x.norm(dim=-3, keepdim=True)
+
+
+def shifted_clip(frames, grid, shift, channels=16, seed=0):
+    """(F, C, H, W) crops of one random map, moved by `shift` (dx, dy) cells per frame."""
+    H, W = grid
+    pad = frames * max(abs(s) for s in shift)
+    base = random_features(channels, H + 2 * pad, W + 2 * pad, seed=seed)
+    dx, dy = shift
+    # content at base cell (u, v) shows at frame cell (u - pad + t*dx, v - pad + t*dy)
+    crops = [base[:, pad - t * dy : pad - t * dy + H, pad - t * dx : pad - t * dx + W] for t in range(frames)]
+    return torch.stack(crops)  # (F, C, H, W)
+
+
+def naive_correspond(features, window, k):
+    """Per-token Python reference: explicit chains, explicit windows, sorted lists."""
+    F, C, H, W = features.shape
+    half = window // 2
+    index = torch.zeros(F, H * W, F, k, dtype=torch.long)
+    score = torch.zeros(F, H * W, F, k, dtype=features.dtype)
+    for i in range(F):
+        for n in range(H * W):
+            index[i, n, i], score[i, n, i] = n, 1.0
+            for step in (1, -1):
+                x, y, query, j = n % W, n // W, features[i, :, n // W, n % W], i + step
+                while 0 <= j < F:
+                    x0 = min(max(x - half, 0), W - window)
+                    y0 = min(max(y - half, 0), H - window)
+                    cands = [
+                        (float(query @ features[j, :, yy, xx]), yy * W + xx)
+                        for yy in range(y0, y0 + window)
+                        for xx in range(x0, x0 + window)
+                    ]
+                    cands.sort(key=lambda c: -c[0])
+                    for r, (s, m) in enumerate(cands[:k]):
+                        index[i, n, j, r], score[i, n, j, r] = m, s
+                    best = cands[0][1]
+                    x, y, query = best % W, best // W, features[j, :, best // W, best % W]
+                    j += step
+    return index, score
+
+
+def test_identical_frames_match_themselves():
+    frame = random_features(1, 8, 6, 7, seed=1)
+    c = correspond(frame.repeat(4, 1, 1, 1), window=3, k=2)
+    n = torch.arange(6 * 7)
+    assert c.index.shape == (4, 42, 4, 2) and c.score.shape == (4, 42, 4, 2)
+    assert torch.equal(c.top1(), n[None, :, None].expand(4, 42, 4))
+    torch.testing.assert_close(c.score[..., 0], torch.ones(4, 42, 4))
+    other = ~torch.eye(4, dtype=torch.bool)  # (F, F) pairs i != j
+    assert (c.score.transpose(1, 2)[other][..., 1] < 0.999).all()  # the second match differs
+
+
+@pytest.mark.parametrize("shift", [(1, 0), (1, -1), (0, 1)])
+def test_shifted_clip_is_tracked_both_ways_across_many_frames(shift):
+    F, H, W = 5, 8, 10
+    c = correspond(shifted_clip(F, (H, W), shift), window=3, k=3)
+    dx, dy = shift
+    checked = 0
+    for i in range(F):
+        for j in range(F):
+            x, y = torch.arange(H * W) % W, torch.arange(H * W) // W
+            tx, ty = x + (j - i) * dx, y + (j - i) * dy  # true cell in frame j
+            inside = (tx >= 0) & (tx < W) & (ty >= 0) & (ty < H)
+            assert torch.equal(c.top1()[i, inside, j], (ty * W + tx)[inside]), (i, j)
+            torch.testing.assert_close(c.score[i, inside, j, 0], torch.ones(int(inside.sum())))
+            checked += int(inside.sum()) * (abs(i - j) >= 3)
+    assert checked > 50  # chains of three or more steps were really checked
+
+
+def test_vectorised_equals_naive_reference():
+    features = random_features(3, 8, 6, 5, seed=2, dtype=torch.float64)
+    c = correspond(features, window=3, k=2)
+    index, score = naive_correspond(features, window=3, k=2)
+    assert torch.equal(c.index, index)
+    torch.testing.assert_close(c.score, score)
+
+
+def test_chunk_does_not_change_the_result():
+    features = random_features(4, 8, 7, 9, seed=3)
+    a, b = correspond(features, window=5, k=3), correspond(features, window=5, k=3, chunk=7)
+    assert torch.equal(a.index, b.index) and torch.equal(a.score, b.score)
+
+
+def test_scores_sorted_best_first_and_self_entries():
+    features = random_features(4, 8, 7, 9, seed=4)
+    c = correspond(features, window=5, k=4)
+    assert (c.score.diff(dim=-1) <= 0).all()
+    own = c.index.diagonal(dim1=0, dim2=2)  # (N, K, F): index[i, n, i, :]
+    assert torch.equal(own, torch.arange(63)[:, None, None].expand(63, 4, 4))
+    assert (c.score.diagonal(dim1=0, dim2=2) == 1).all()
+    assert (c.index >= 0).all() and (c.index < 63).all()
+
+
+def test_window_is_shifted_inward_at_the_borders():
+    H, W, l = 7, 9, 5
+    target = random_features(8, H, W, seed=5)
+    centre = torch.tensor([[0, 0], [W - 1, H - 1], [4, 3]])  # top-left, bottom-right, interior
+    sim, index = window_similarity(torch.randn(3, 8), target, centre, l)
+    assert sim.shape == index.shape == (3, l * l)
+    cells = lambda x0, y0: {y * W + x for y in range(y0, y0 + l) for x in range(x0, x0 + l)}  # noqa: E731
+    assert set(index[0].tolist()) == cells(0, 0)
+    assert set(index[1].tolist()) == cells(W - l, H - l)
+    assert set(index[2].tolist()) == cells(2, 1)
+    # with k = l*l the corner token's candidates in the next frame are the top-left window
+    c = correspond(random_features(2, 8, H, W, seed=6), window=l, k=l * l)
+    assert set(c.index[0, 0, 1].tolist()) == cells(0, 0)
+    assert set(c.index[1, H * W - 1, 0].tolist()) == cells(W - l, H - l)
+
+
+def test_window_similarity_is_the_dot_product_with_the_window():
+    target = random_features(8, 6, 6, seed=7)
+    query = torch.randn(2, 8)
+    centre = torch.tensor([[3, 2], [5, 5]])
+    sim, index = window_similarity(query, target, centre, 3)
+    tokens = target.flatten(1).T  # (N, C)
+    torch.testing.assert_close(sim, torch.einsum("mc,mlc->ml", query, tokens[index]))
+    assert torch.equal(index, window_indices(centre, 3, (6, 6)))
+    assert index[0].tolist() == [y * 6 + x for y in (1, 2, 3) for x in (2, 3, 4)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(window=4), "odd"),
+        (dict(window=9), "does not fit"),  # H = 8
+        (dict(window=3, k=0), "k must"),
+        (dict(window=3, k=10), "k must"),
+        (dict(window=3, chunk=0), "chunk"),
+    ],
+)
+def test_invalid_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        correspond(random_features(2, 4, 8, 12), **kwargs)
+
+
+def test_invalid_shapes_raise():
+    with pytest.raises(ValueError, match="does not fit"):
+        correspond(random_features(2, 4, 12, 8), window=9)  # W = 8
+    with pytest.raises(ValueError, match=r"\(F, C, H, W\)"):
+        correspond(random_features(4, 8, 8), window=3)
+    with pytest.raises(ValueError, match="channels"):
+        window_similarity(torch.randn(2, 5), torch.randn(4, 6, 6), torch.zeros(2, 2, dtype=torch.long), 3)
+
+
+def test_correspondence_helpers():
+    c = correspond(random_features(3, 4, 5, 6, seed=8), window=3, k=2)
+    assert (c.frames, c.k, c.grid) == (3, 2, (5, 6))
+    pos = c.positions()
+    assert pos.shape == (3, 30, 3, 2, 2) and pos.dtype == torch.float32
+    assert torch.equal(pos[..., 1] * 6 + pos[..., 0], c.index.float())
+    moved = c.to("cpu")
+    assert isinstance(moved, Correspondence) and torch.equal(moved.index, c.index)
+
+
+def translated_texture(frames, size, step, seed=0):
+    """uint8 (F, size, size, 3): a smooth random texture seen by a camera panning right by
+    `step` pixels per frame, so the content moves left by `step`."""
+    rng = np.random.default_rng(seed)
+    big = rng.uniform(0, 255, (size + 40, size + frames * step + 40, 3)).astype(np.float32)
+    big = cv2.GaussianBlur(big, (0, 0), 1.5)
+    big = (255 * (big - big.min()) / (big.max() - big.min())).astype(np.uint8)
+    return np.stack([big[20 : 20 + size, 20 + t * step : 20 + t * step + size] for t in range(frames)])
+
+
+def test_flow_correspondence_tracks_a_translation():
+    F, size, grid = 5, 64, (16, 16)  # 4 pixels per cell; content moves 1 cell left per frame
+    c = flow_correspondence(translated_texture(F, size, step=4), grid)
+    assert c.index.shape == (F, 256, F, 1) and c.k == 1
+    x, y = torch.arange(256) % 16, torch.arange(256) // 16
+    hits = total = 0
+    for i in range(F):
+        for j in range(F):
+            tx = x - (j - i)
+            inside = (tx >= 1) & (tx < 15) & (y >= 1) & (y < 15)  # away from the image border
+            hits += int((c.top1()[i, inside, j] == (y * 16 + tx)[inside]).sum())
+            total += int(inside.sum())
+    assert hits / total > 0.95  # PCK at 0.5 cell
+    assert c.score[:, :, :, 0].median() > 0.5
+    assert torch.equal(c.top1()[2, :, 2], torch.arange(256))
+
+
+def test_flow_correspondence_rejects_float_frames():
+    with pytest.raises(ValueError, match="uint8"):
+        flow_correspondence(np.zeros((2, 8, 8, 3), np.float32), (4, 4))

@@ -1,0 +1,318 @@
+"""Tests of cove.metrics: PCK, warp error, PSNR, edit fidelity and the ShapesWorld judge."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cove import metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _translation_truth(F, H, W, shift=(1, 0)):
+    """Ground truth of a grid translated by ``shift`` cells per frame: positions, visible, index."""
+    y, x = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    start = np.stack([x, y], -1).reshape(H * W, 2).astype(float)  # (N, 2)
+    step = np.array(shift, float)
+    offset = (np.arange(F)[None, :] - np.arange(F)[:, None])[:, None, :, None]  # (F, 1, F, 1) j - i
+    positions = start[None, :, None, :] + offset * step  # (F, N, F, 2)
+    visible = (
+        (positions[..., 0] >= 0) & (positions[..., 0] <= W - 1)
+        & (positions[..., 1] >= 0) & (positions[..., 1] <= H - 1)
+    )  # (F, N, F)
+    clipped = np.clip(np.rint(positions), 0, [W - 1, H - 1]).astype(np.int64)
+    index = clipped[..., 1] * W + clipped[..., 0]  # (F, N, F)
+    return positions, visible, index
+
+
+class _Corr:
+    """Duck-typed Correspondence (index (F, N, F, K), grid)."""
+
+    def __init__(self, index, grid):
+        self.index, self.grid = index, grid
+
+
+# ---------------------------------------------------------------------------------------------
+# PCK
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pck_is_one_for_ground_truth_and_zero_for_wrong_matches():
+    F, H, W = 4, 6, 7
+    positions, visible, index = _translation_truth(F, H, W)
+    index_k = torch.from_numpy(np.repeat(index[..., None], 3, -1))  # (F, N, F, K)
+    assert metrics.pck(_Corr(index_k, (H, W)), positions, visible) == 1.0
+    assert metrics.pck(index, positions, visible, grid=(H, W)) == 1.0
+    # every match three rows away (cyclically) is wrong
+    wrong = (index + 3 * W) % (H * W)
+    assert metrics.pck(wrong, positions, visible, grid=(H, W)) == 0.0
+    # all matches at token 0 are right only where the truth is within 1 cell of (0, 0)
+    zero = np.zeros_like(index)
+    near = (np.linalg.norm(positions, axis=-1) <= 1) & visible
+    near[np.arange(F), :, np.arange(F)] = False
+    counted = visible.copy()
+    counted[np.arange(F), :, np.arange(F)] = False
+    assert metrics.pck(zero, positions, visible, grid=(H, W)) == pytest.approx(near.sum() / counted.sum())
+
+
+def test_pck_threshold_and_visibility():
+    F, H, W = 3, 5, 5
+    positions, visible, index = _translation_truth(F, H, W, shift=(0, 0))
+    x, y = index % W, index // W
+    one_off = y * W + np.clip(x + 1, 0, W - 1)  # one cell to the right (or on the truth at the border)
+    diagonal = np.clip(y + 1, 0, H - 1) * W + np.clip(x + 1, 0, W - 1)  # sqrt(2) cells away
+    assert metrics.pck(one_off, positions, visible, 1.0, grid=(H, W)) == 1.0
+    assert metrics.pck(one_off, positions, visible, 0.5, grid=(H, W)) == pytest.approx(1 / 5)
+    assert metrics.pck(diagonal, positions, visible, 1.0, grid=(H, W)) < 1.0
+    assert metrics.pck(diagonal, positions, visible, 1.5, grid=(H, W)) == 1.0
+    # wrong matches where the point is hidden do not count
+    hidden = np.zeros_like(visible)
+    hidden[:, : H * W // 2] = True
+    broken = index.copy()
+    broken[:, H * W // 2 :] = (index[:, H * W // 2 :] + 2 * W) % (H * W)
+    assert metrics.pck(broken, positions, visible & hidden, grid=(H, W)) == 1.0
+    assert metrics.pck(broken, positions, visible, grid=(H, W)) < 0.7
+    assert math.isnan(metrics.pck(index, positions, np.zeros_like(visible), grid=(H, W)))
+
+
+def test_pck_self_pairs_and_offsets():
+    F, H, W = 4, 4, 4
+    positions, visible, index = _translation_truth(F, H, W, shift=(0, 0))
+    wrong_self = index.copy()
+    wrong_self[np.arange(F), :, np.arange(F)] = (index[np.arange(F), :, np.arange(F)] + 2 * W) % (H * W)
+    assert metrics.pck(wrong_self, positions, visible, grid=(H, W)) == 1.0
+    assert metrics.pck(wrong_self, positions, visible, grid=(H, W), exclude_self=False) == pytest.approx(0.75)
+    # break only the pairs two frames apart
+    far = index.copy()
+    i, j = np.nonzero(np.abs(np.arange(F)[:, None] - np.arange(F)[None, :]) == 2)
+    far[i, :, j] = (index[i, :, j] + 2 * W) % (H * W)
+    by_offset = metrics.pck_by_offset(far, positions, visible, grid=(H, W))
+    assert sorted(by_offset) == [1, 2, 3]
+    assert by_offset[1] == 1.0 and by_offset[3] == 1.0 and by_offset[2] == 0.0
+    assert 0 in metrics.pck_by_offset(far, positions, visible, grid=(H, W), exclude_self=False)
+
+
+def test_pck_rejects_bad_shapes():
+    positions, visible, index = _translation_truth(2, 3, 3)
+    with pytest.raises(ValueError, match="grid"):
+        metrics.pck(index, positions, visible)
+    with pytest.raises(ValueError, match="tokens"):
+        metrics.pck(index, positions, visible, grid=(2, 3))
+    with pytest.raises(ValueError, match="gt_positions"):
+        metrics.pck(index, positions[:, :4], visible, grid=(3, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# warp error
+# ---------------------------------------------------------------------------------------------
+
+
+def _translated_clip(F=4, H=20, W=24, seed=0):
+    """A random texture translated by one pixel per frame (exact, no interpolation) + its truth."""
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 256, (H, W + F, 3), dtype=np.uint8)
+    frames = np.stack([texture[:, F - i : F - i + W] for i in range(F)])  # (F, H, W, 3) moves right
+    positions, visible, _ = _translation_truth(F, H, W, shift=(1, 0))
+    return frames, positions, visible
+
+
+def test_warp_error_zero_for_consistent_clip_and_positive_for_flicker():
+    frames, positions, visible = _translated_clip()
+    assert metrics.warp_error(frames, positions, visible) == pytest.approx(0.0, abs=1e-9)
+    flicker = frames.astype(int)
+    flicker[1::2] += 20
+    flicker = np.clip(flicker, 0, 255).astype(np.uint8)
+    error = metrics.warp_error(flicker, positions, visible)
+    assert 10 < error < 21
+    per_pair = metrics.warp_error(flicker, positions, visible, reduce=False)
+    assert per_pair.shape == (3,) and (per_pair > 10).all()
+    # motion in the wrong direction is not consistent
+    assert metrics.warp_error(frames, positions[:, :, ::-1], visible[:, :, ::-1]) > 30
+
+
+def test_warp_error_bilinear_half_pixel():
+    # a horizontal ramp; the truth says every pixel moved half a pixel: sampling is bilinear
+    ramp = np.tile((np.arange(16) * 10).astype(np.uint8)[None, :, None], (8, 1, 3))  # (H, W, 3)
+    frames = np.stack([ramp, ramp])  # (2, H, W, 3)
+    positions, visible, _ = _translation_truth(2, 8, 16, shift=(0.5, 0))
+    assert not visible[0, 15, 1]  # the last column leaves the image and does not count
+    assert metrics.warp_error(frames, positions, visible) == pytest.approx(5.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# PSNR and edit fidelity
+# ---------------------------------------------------------------------------------------------
+
+
+def test_psnr_known_values():
+    a = np.full((2, 4, 4, 3), 100, np.uint8)
+    assert metrics.psnr(a, a) == math.inf
+    b = a + 1
+    assert metrics.psnr(a, b) == pytest.approx(20 * math.log10(255))
+    c = a.copy()
+    c[0, 0, 0] = 110  # one pixel off by 10: MSE = 100 / 32
+    assert metrics.psnr(a, c) == pytest.approx(10 * math.log10(255**2 * 32 / 100))
+    mask = np.zeros((2, 4, 4), bool)
+    mask[1] = True
+    assert metrics.psnr(a, c, mask) == math.inf
+    assert metrics.psnr(a, c, ~mask) < metrics.psnr(a, c)
+    with pytest.raises(ValueError):
+        metrics.psnr(a, a[0])
+
+
+def test_edit_fidelity_synthetic():
+    palette = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220)}
+    target = np.full((2, 8, 8, 3), 128, np.uint8)
+    mask = np.zeros((2, 8, 8), bool)
+    mask[:, 2:5, 2:5] = True
+    target[mask] = palette["green"]
+    perfect = metrics.edit_fidelity(target, target, mask, "green", palette=palette)
+    assert perfect["psnr"] == perfect["background_psnr"] == perfect["object_psnr"] == math.inf
+    assert perfect["attribute_accuracy"] == 1.0
+    edited = target.copy()
+    edited[0][mask[0]] = palette["red"]  # first frame not edited
+    edited[:, 0, 0] = 0
+    result = metrics.edit_fidelity(edited, target, mask, (30, 200, 40), palette=palette)
+    assert result["attribute_accuracy"] == pytest.approx(0.5)
+    assert result["object_psnr"] < 15 and result["background_psnr"] > 20
+    assert result["psnr"] < result["background_psnr"]
+
+
+def test_edit_fidelity_rejects_mismatched_shapes():
+    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="object_mask"):
+        metrics.edit_fidelity(frames, frames, np.zeros((2, 8, 7), bool), (0, 0, 0), palette={"k": (0, 0, 0)})
+
+
+# ---------------------------------------------------------------------------------------------
+# with ShapesWorld
+# ---------------------------------------------------------------------------------------------
+
+from cove import world  # noqa: E402
+from cove.tiny import quality  # noqa: E402
+
+
+def test_warp_error_of_a_rendered_clip_is_small_and_flicker_raises_it():
+    clip = world.render(world.random_scene(1, frames=4))
+    error = metrics.warp_error(clip.frames, clip)
+    assert 0 < error < 3  # anti-aliasing and bilinear resampling of the texture only
+    positions, visible = clip.ground_truth(grid=clip.frames.shape[1:3])  # pixel level
+    assert metrics.warp_error(clip.frames, positions, visible) == pytest.approx(error)
+    flicker = clip.frames.astype(int)
+    flicker[1::2] += 15
+    assert metrics.warp_error(np.clip(flicker, 0, 255).astype(np.uint8), clip) > error + 8
+
+
+def test_edit_fidelity_of_the_ground_truth_edit_is_perfect():
+    clip = world.render(world.demo_scene(frames=4))
+    task = quality.colour_edit_task(clip, 0)
+    assert task["source"] in clip.caption and task["target"] in task["target_prompt"]
+    perfect = metrics.edit_fidelity(task["truth"], task["truth"], task["mask"], task["target_colour"])
+    assert perfect == {"psnr": math.inf, "background_psnr": math.inf, "object_psnr": math.inf,
+                       "attribute_accuracy": 1.0}
+    # the unedited clip has the right background (up to the anti-aliased outline just outside
+    # the mask) but the wrong colour
+    unedited = metrics.edit_fidelity(clip.frames, task["truth"], task["mask"], task["target_colour"])
+    assert unedited["attribute_accuracy"] == 0.0 and unedited["background_psnr"] > 35
+    assert unedited["object_psnr"] < 15
+
+
+def test_parse_caption():
+    assert metrics.parse_caption("a red star and an orange circle on grass") == {
+        "objects": [("red", "star"), ("orange", "circle")], "background": "grass"}
+    assert metrics.parse_caption("squares on snow") == {"objects": [(None, "square")], "background": "snow"}
+
+
+def test_judge_is_accurate_on_single_object_renders():
+    # random frames of moving scenes: rotation, scale, partly outside the frame
+    correct = {"colour": 0, "shape": 0, "background": 0, "all": 0}
+    n = 100
+    for seed in range(n):
+        scene = world.random_scene(seed, frames=8, n_objects=1)
+        image = world.render(scene).frames[seed % 8]
+        followed = metrics.prompt_followed(image, scene.caption)
+        for key in correct:
+            correct[key] += followed[key]
+    accuracy = {key: value / n for key, value in correct.items()}
+    assert min(accuracy.values()) >= 0.95, accuracy
+
+
+def test_prompt_followed_detects_wrong_colour_shape_and_background():
+    scene = world.random_scene(3, frames=1, n_objects=1)
+    image = world.render(scene).frames[0]
+    obj = scene.objects[0]
+    assert metrics.prompt_followed(image, scene.caption)["all"]
+    judged = metrics.judge_image(image)
+    assert judged["background"] == scene.background and judged["objects"] == [(obj.colour, obj.shape)]
+    other_colour = next(c for c in world.COLOURS if c != obj.colour)
+    other_shape = next(s for s in world.SHAPES if s != obj.shape)
+    other_background = next(b for b in world.BACKGROUNDS if b != scene.background)
+    wrong = metrics.prompt_followed(image, f"a {other_colour} {obj.shape} on {scene.background}")
+    assert wrong == {"colour": False, "shape": True, "background": True, "all": False}
+    wrong = metrics.prompt_followed(image, f"a {obj.colour} {other_shape} on {other_background}")
+    assert wrong == {"colour": True, "shape": False, "background": False, "all": False}
+    # an empty background follows no object prompt
+    empty = world.render(world.Scene((), scene.background, frames=1)).frames[0]
+    assert metrics.judge_image(empty)["objects"] == []
+    assert not metrics.prompt_followed(empty, scene.caption)["colour"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the quality gate's pure parts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_quality_prompts_gates_and_table():
+    prompts = quality.single_object_prompts()
+    assert len(prompts) == len(world.COLOURS) * len(world.SHAPES) * len(world.BACKGROUNDS)
+    assert "an orange circle on sand" in prompts
+    sample = quality.single_object_prompts(12, seed=0)
+    assert len(set(sample)) == 12 and set(sample) <= set(prompts)
+    assert sample == quality.single_object_prompts(12, seed=0)
+    results = {"prompt_following": {"colour": 1.0, "shape": 0.95, "background": 0.5, "all": 0.5},
+               "reconstruction": {"psnr": 31.0}}
+    gates = quality.check_gates(results)
+    assert gates["reconstruction.psnr"]["passed"] and not gates["prompt_following.background"]["passed"]
+    assert "edit.cove.psnr" not in gates
+    results["gates"] = gates
+    table = quality.format_table(results)
+    assert "prompt_following.background" in table and "NO" in table
+    assert quality._jsonable({"a": math.nan, "b": np.float32(1.5), "c": (math.inf,)}) == {
+        "a": None, "b": 1.5, "c": ["inf"]}
+
+
+def test_quality_moving_clips_move():
+    clips = quality.moving_clips(2, seed=0, frames=4)
+    for clip in clips:
+        task = quality.colour_edit_task(clip)
+        travel = max(quality._travel(o) for o in clip.scene.objects)
+        assert travel >= 8 and task["mask"].shape == clip.frames.shape[:3]
+
+
+def test_quality_measures_run_on_a_tiny_pipeline(tiny_pipe):
+    # plumbing only: an untrained pipeline follows no prompt, its figures are just well formed
+    result = quality.measure_prompt_following(tiny_pipe, 2, seed=0, steps=2, batch_size=2, return_images=True)
+    assert result["images"].shape == (2, 32, 32, 3) and result["images"].dtype == np.uint8
+    assert result["n"] == 2 and all(0.0 <= result[k] <= 1.0 for k in ("colour", "shape", "background", "all"))
+    corr = quality.measure_correspondence(tiny_pipe, 1, seed=0, frames=3)
+    assert corr["grid"] == [16, 16] and [row["clip"] for row in corr["per_clip"]] == ["shapes/0", "photo/chelsea"]
+    assert 0.0 <= corr["diffusion"] <= 1.0 and 0.0 <= corr["flow"] <= 1.0
+    assert sorted(corr["per_clip"][0]["flow_by_offset"]) == [1, 2]
+
+
+def test_quality_reconstruction_and_edit_run_on_a_tiny_pipeline(tiny_pipe):
+    from cove import CoveConfig
+
+    fast = CoveConfig(inversion_steps=2, denoise_steps=2, pnp_steps=1, window=5)
+    rec = quality.measure_reconstruction(tiny_pipe, 1, seed=0, frames=2, config=fast)
+    assert len(rec["per_clip"]) == 1 and rec["psnr"] == rec["per_clip"][0] and rec["steps"] == 2
+    edit = quality.measure_edit(tiny_pipe, 1, seed=0, frames=2, config=fast, return_frames=True)
+    for attention in ("cove", "per-frame"):
+        row = edit[attention]
+        assert set(row) >= {"psnr", "background_psnr", "object_psnr", "attribute_accuracy", "warp_error"}
+        assert edit["frames"][attention][0].shape == (2, 32, 32, 3)
+    assert edit["truth_warp_error"] < edit["cove"]["warp_error"]  # an untrained model flickers

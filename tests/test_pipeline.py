@@ -1,0 +1,173 @@
+"""Engine tests on a tiny seeded SD pipeline: parity, processors, features, loading, errors."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import cove
+from cove import CoveConfig
+from cove.features import default_feature_layer, extract_features, feature_grid
+from cove.pipeline import ddim_scheduler, denoise, edit_video, invert, start_latents
+from cove.processors import AttentionState, CoveAttnProcessor, cove_attention, self_attention_names
+from cove.sd import encode_frames, encode_text
+
+FAST = CoveConfig(inversion_steps=4, denoise_steps=2, pnp_steps=1, window=5, k=2)
+
+
+def test_parity_with_diffusers_pipeline(tiny_pipe):
+    """per-frame attention, no injection: our denoising == StableDiffusionPipeline's."""
+    pipe = tiny_pipe
+    saved = pipe.scheduler
+    pipe.scheduler = ddim_scheduler(pipe)
+    try:
+        lat = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+        cond = encode_text(pipe, ["a red star"]).expand(3, -1, -1)
+        uncond = encode_text(pipe, [""]).expand(3, -1, -1)
+        cfg = CoveConfig(attention="per-frame", denoise_steps=5, pnp_steps=0, guidance_scale=7.5)
+        ours = denoise(pipe, lat, cond, uncond, config=cfg)
+        ref = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, latents=lat.clone(),
+                   num_inference_steps=5, guidance_scale=7.5, output_type="latent",
+                   height=32, width=32).images
+    finally:
+        pipe.scheduler = saved
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    assert ref.abs().max() > 0.1  # a real denoising happened
+
+
+def test_processor_runs_and_originals_restored(tiny_pipe):
+    unet = tiny_pipe.unet
+    before = {k: type(v) for k, v in unet.attn_processors.items()}
+    state = AttentionState(frames=2, mode="spatiotemporal")
+    lat = torch.randn(2, 4, 16, 16)
+    text = encode_text(tiny_pipe, [""]).expand(2, -1, -1)
+    with pytest.raises(RuntimeError, match="boom"):
+        with cove_attention(unet, state) as procs:
+            assert sum(isinstance(p, CoveAttnProcessor) for p in procs.values()) == len(self_attention_names(unet))
+            unet(lat, 10, text)
+            raise RuntimeError("boom")
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == before
+    assert not any(isinstance(p, CoveAttnProcessor) for p in unet.attn_processors.values())
+    # every self-attention layer ran exactly once in the forward
+    assert all(state.calls[n] == 1 for n in self_attention_names(unet))
+
+
+def test_spatiotemporal_differs_from_per_frame_and_chunks_agree(tiny_pipe):
+    unet = tiny_pipe.unet
+    lat = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = encode_text(tiny_pipe, [""]).expand(3, -1, -1)
+    outs = {}
+    for mode, chunk in [("per-frame", None), ("spatiotemporal", None), ("spatiotemporal", 1)]:
+        with torch.no_grad(), cove_attention(unet, AttentionState(frames=3, mode=mode, frame_chunk=chunk)):
+            outs[mode, chunk] = unet(lat, 10, text).sample
+    with torch.no_grad():
+        plain = unet(lat, 10, text).sample
+    torch.testing.assert_close(outs["per-frame", None], plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outs["spatiotemporal", 1], outs["spatiotemporal", None], rtol=1e-4, atol=1e-5)
+    assert (outs["spatiotemporal", None] - plain).abs().max() > 1e-3
+    # a single frame's spatial-temporal attention is its own attention: frame 0 alone
+    with torch.no_grad(), cove_attention(unet, AttentionState(frames=1, mode="spatiotemporal")):
+        single = unet(lat[:1], 10, text[:1]).sample
+    torch.testing.assert_close(single, plain[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_edit_video_modes_run_cga_only_in_cove(tiny_pipe, tiny_clip):
+    calls = {}
+    for mode in ("cove", "spatiotemporal", "per-frame"):
+        seen = []
+        res = edit_video(tiny_pipe, tiny_clip, "a green star", config=replace(FAST, attention=mode),
+                         callback=seen.append)
+        assert res.frames.shape == tiny_clip.shape and res.frames.dtype == np.uint8
+        assert [s["phase"] for s in seen] == ["invert"] * 4 + ["denoise"] * 2
+        assert {"inversion", "denoising", "total"} <= set(res.timings)
+        calls[mode] = res.extras["calls"].get("cga", 0)
+        assert (res.correspondence is not None) == (mode == "cove")
+    # CGA runs in the 16x16 self-attention layers only: 3 layers x 6 UNet calls (4 inv + 2 x 1 CFG batch)
+    assert calls == {"cove": 3 * 6, "spatiotemporal": 0, "per-frame": 0}
+
+
+def test_edit_video_pnp_injection_changes_result(tiny_pipe, tiny_clip):
+    a = edit_video(tiny_pipe, tiny_clip, "a green star", config=replace(FAST, pnp_steps=0)).frames
+    b = edit_video(tiny_pipe, tiny_clip, "a green star", config=replace(FAST, pnp_steps=2)).frames
+    assert np.abs(a.astype(int) - b).max() > 0
+
+
+def test_flow_correspondence_option(tiny_pipe, tiny_clip):
+    res = edit_video(tiny_pipe, tiny_clip, "a star", config=replace(FAST, correspondence="flow"))
+    assert res.correspondence.k == 1 and res.correspondence.grid == (16, 16)
+
+
+def test_inversion_trajectory_and_start(tiny_pipe, tiny_clip):
+    cfg = CoveConfig(inversion_steps=10, denoise_steps=5)
+    z = encode_frames(tiny_pipe, tiny_clip)
+    traj = invert(tiny_pipe, z, config=cfg)
+    assert sorted(traj) == list(range(1, 1000, 100))
+    # the 5-step schedule starts at 801, which the 10-step inversion visited
+    assert start_latents(tiny_pipe, traj, cfg) is traj[801]
+
+
+def test_features_shape_norm_and_determinism(tiny_pipe, tiny_clip):
+    assert default_feature_layer(tiny_pipe.unet) == "up_blocks.1"
+    f1 = extract_features(tiny_pipe, tiny_clip, generator=torch.Generator().manual_seed(0))
+    f2 = extract_features(tiny_pipe, tiny_clip, generator=torch.Generator().manual_seed(0))
+    assert f1.shape == (4, 32, 16, 16) and feature_grid(tiny_pipe, (32, 32)) == (16, 16)
+    torch.testing.assert_close(f1.norm(dim=1), torch.ones(4, 16, 16))
+    torch.testing.assert_close(f1, f2)
+    f3 = extract_features(tiny_pipe, tiny_clip, ensemble=2, generator=torch.Generator().manual_seed(0))
+    assert (f3 - f1).abs().max() > 0
+    coarse = extract_features(tiny_pipe, tiny_clip, layer="up_blocks.0.resnets.0")
+    assert coarse.shape[-1] == 8
+
+
+def test_features_hook_removed_and_unet_untouched(tiny_pipe, tiny_clip):
+    module = tiny_pipe.unet.get_submodule("up_blocks.1")
+    extract_features(tiny_pipe, tiny_clip)
+    assert not module._forward_hooks
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(t=1000), "t must lie"), (dict(layer="up_blocks.9"), "not a UNet module"), (dict(ensemble=0), "ensemble"),
+])
+def test_features_bad_input(tiny_pipe, tiny_clip, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        extract_features(tiny_pipe, tiny_clip, **kwargs)
+
+
+@pytest.mark.parametrize("frames, match", [
+    (np.zeros((2, 32, 32, 3), np.float32), "uint8"), (np.zeros((2, 32, 32), np.uint8), "uint8"),
+    (np.zeros((2, 30, 32, 3), np.uint8), "multiple"), (np.zeros((2, 8, 8, 3), np.uint8), "at least"),
+])
+def test_edit_video_bad_frames(tiny_pipe, frames, match):
+    with pytest.raises(ValueError, match=match):
+        edit_video(tiny_pipe, frames, "a star", config=FAST)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(attention="magic"), "attention must be"), (dict(window=4), "odd"), (dict(k=0), "k must"),
+    (dict(pnp_steps=60), "pnp_steps"), (dict(merge_ratio=1.5), "merge_ratio"), (dict(correspondence="x"), "correspondence"),
+])
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CoveConfig(**kwargs)
+
+
+def test_load_pipeline_from_folder_roundtrip(tiny_pipe, tmp_path, tiny_clip):
+    tiny_pipe.save_pretrained(tmp_path / "sd")
+    pipe = cove.load_pipeline(tmp_path / "sd")
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    a = extract_features(pipe, tiny_clip, generator=torch.Generator().manual_seed(0))
+    b = extract_features(tiny_pipe, tiny_clip, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("model, match", [("not-a-model", "hub id"), ("./missing", "hub id")])
+def test_load_pipeline_bad_names(model, match):
+    with pytest.raises(ValueError, match=match):
+        cove.load_pipeline(model)
+
+
+def test_load_pipeline_folder_without_index(tmp_path):
+    with pytest.raises(ValueError, match="model_index.json"):
+        cove.load_pipeline(tmp_path)

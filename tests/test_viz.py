@@ -1,0 +1,138 @@
+"""Pure plotting helpers of cove.viz: shapes, dtypes and properties that can fail."""
+import numpy as np
+import pytest
+import torch
+
+from cove import viz
+
+
+def _features(seed=0, F=3, C=8, H=5, W=6):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(F, C, H, W, generator=g)
+
+
+def test_pca_rgb_shape_dtype_and_range():
+    rgb = viz.pca_rgb(_features())
+    assert rgb.shape == (3, 5, 6, 3) and rgb.dtype == np.uint8
+    assert rgb.min() == 0 and rgb.max() == 255  # stretched to the full range per component
+
+
+def test_pca_rgb_same_feature_same_colour_across_frames():
+    f = _features()
+    f[2, :, 1, 1] = f[0, :, 3, 4]  # the same surface point seen in frames 0 and 2
+    rgb = viz.pca_rgb(f)
+    assert np.array_equal(rgb[2, 1, 1], rgb[0, 3, 4])
+
+
+def test_pca_rgb_first_component_follows_dominant_direction():
+    # tokens vary along one direction only: channel 0 of the colour must be monotone in it
+    F, C, H, W = 1, 4, 1, 10
+    direction = torch.tensor([1.0, 2.0, 0.0, -1.0])
+    amount = torch.linspace(-1, 1, W)
+    f = (amount[None, :] * direction[:, None]).reshape(F, C, H, W)
+    red = viz.pca_rgb(f, clip=0.0)[0, 0, :, 0].astype(int)
+    assert np.all(np.diff(red) > 0) or np.all(np.diff(red) < 0)
+
+
+def test_pca_rgb_accepts_fewer_than_three_channels_and_rejects_bad_shape():
+    rgb = viz.pca_rgb(np.random.default_rng(0).normal(size=(2, 2, 3, 3)))
+    assert rgb.shape == (2, 3, 3, 3) and np.all(rgb[..., 2] == 0)
+    with pytest.raises(ValueError, match="F, C, H, W"):
+        viz.pca_rgb(np.zeros((3, 4, 5)))
+
+
+def test_cell_pixel_round_trip_and_convention():
+    grid, size = (16, 16), (64, 64)
+    cells = np.array([[0.0, 0.0], [15.0, 3.0], [7.25, 9.5]])
+    assert np.allclose(viz.pixel_to_cell(viz.cell_to_pixel(cells, grid, size), grid, size), cells)
+    # centre of cell (0, 0) is the centre of the first 4x4 pixel block
+    assert np.allclose(viz.cell_to_pixel([0.0, 0.0], grid, size), [2.0, 2.0])
+    # non-square grid: x scales with W, y with H
+    assert np.allclose(viz.cell_to_pixel([1.0, 1.0], (8, 16), (64, 64)), [6.0, 12.0])
+
+
+def test_upsample_nearest_keeps_cells_as_blocks():
+    heat = np.arange(6, dtype=float).reshape(2, 3)
+    up = viz.upsample(heat, (4, 6))
+    assert up.shape == (4, 6)
+    assert np.array_equal(up[::2, ::2], heat) and np.array_equal(up[1::2, 1::2], heat)
+    with pytest.raises(ValueError, match="integer multiple"):
+        viz.upsample(heat, (5, 6))
+
+
+def test_colourise_is_monotone_in_brightness_and_nan_is_black():
+    heat = np.array([0.0, 0.5, 1.0, np.nan])
+    rgb = viz.colourise(heat, cmap="gray")
+    assert rgb.shape == (4, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 0] < rgb[1, 0] < rgb[2, 0] and np.all(rgb[3] == 0)
+
+
+def test_overlay_leaves_nan_cells_untouched_and_tints_others():
+    image = np.full((8, 8, 3), 100, np.uint8)
+    heat = np.full((2, 2), np.nan)
+    heat[0, 1] = 1.0
+    out = viz.overlay(image, heat, alpha=0.5)
+    assert np.array_equal(out[4:, :], image[4:, :]) and np.array_equal(out[:4, :4], image[:4, :4])
+    assert not np.array_equal(out[:4, 4:], image[:4, 4:])
+
+
+def test_draw_points_marks_the_pixel_and_skips_outside():
+    image = np.zeros((10, 10, 3), np.uint8)
+    out = viz.draw_points(image, [[2.5, 7.5], [50.0, 50.0]], colours=(255, 0, 0), radius=0)
+    assert np.array_equal(out[7, 2], [255, 0, 0])
+    assert (out.sum(-1) > 0).sum() == 1  # the second point is outside: nothing drawn
+    assert image.sum() == 0  # the input is not modified
+
+
+def test_draw_box_outline_only():
+    out = viz.draw_box(np.zeros((10, 10, 3), np.uint8), (2, 2, 7, 7), colour=(9, 9, 9))
+    assert np.all(out[2, 2:7] == 9) and np.all(out[6, 2:7] == 9) and np.all(out[2:7, 2] == 9)
+    assert np.all(out[3:6, 3:6] == 0)
+
+
+def test_scatter_grid_places_values_at_token_indices():
+    grid = viz.scatter_grid([1.0, 2.0], [0, 5], (2, 3))
+    assert grid[0, 0] == 1.0 and grid[1, 2] == 2.0 and np.isnan(grid).sum() == 4
+
+
+def test_montage_and_enlarge_shapes():
+    a = np.zeros((3, 4, 5, 3), np.uint8)
+    m = viz.montage([a, a[:2]], pad=1)
+    assert m.shape == (2 * 4 + 3, 3 * 5 + 4, 3)
+    assert viz.enlarge(a, 3).shape == (3, 12, 15, 3)
+    with pytest.raises(ValueError, match="same size|must be"):
+        viz.montage([[np.zeros((4, 5, 3), np.uint8), np.zeros((5, 5, 3), np.uint8)]])
+
+
+def test_attention_maps_put_weights_on_matched_cells():
+    F, K, grid = 3, 2, (2, 2)
+    index = np.array([[0, 1], [3, 3], [2, 0]])  # the query's matches in frames 0, 1, 2
+    weights = np.array([0.1, 0.2, 0.3, 0.4])  # frame 0 is the query's own: frames 1 and 2
+    maps = viz.attention_maps(weights, index, frame=0, grid=grid)
+    assert maps.shape == (3, 2, 2) and np.all(maps[0] == 0)
+    assert np.isclose(maps[1, 1, 1], 0.3)  # both matches in frame 1 are cell 3: they add up
+    assert np.isclose(maps[2, 1, 0], 0.3) and np.isclose(maps[2, 0, 0], 0.4)
+    assert np.isclose(maps.sum(), 1.0)
+    with pytest.raises(ValueError, match="F-1"):
+        viz.attention_maps(np.ones(3), index, frame=0, grid=grid)
+
+
+def test_merge_groups_merges_identical_tokens_and_keeps_count():
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(6, 4))
+    tokens[1] = tokens[0]  # A-token 0 and B-token 1 are the same point
+    groups = viz.merge_groups(tokens, r=1)
+    assert groups[0] == groups[1]
+    assert len(np.unique(groups)) == 5  # T - r
+    assert len(np.unique(viz.merge_groups(tokens, r=0))) == 6  # r = 0: nothing merges
+
+
+def test_to_png_round_trip():
+    from io import BytesIO
+
+    from PIL import Image
+
+    image = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(Image.open(BytesIO(viz.to_png(image)))), image)
+    with pytest.raises(ValueError, match="uint8"):
+        viz.to_png(image.astype(float))

@@ -1,0 +1,126 @@
+"""The notebook widgets, driven without a browser: set ``.value``, ``click()``, read ``state``."""
+import numpy as np
+import pytest
+import torch
+
+from cove import metrics, widgets
+from cove.config import CoveConfig
+from cove.correspondence import correspond
+
+
+def shifted_features(F=4, C=8, H=12, W=12, shift=1, seed=0):
+    """Unit features of a texture moving ``shift`` cells right per frame: (F, C, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.nn.functional.normalize(torch.randn(C, H, W + F * shift, generator=g), dim=0)
+    return torch.stack([base[:, :, f * shift : f * shift + W] for f in range(F)][::-1])  # content moves right
+
+
+def frames_for(features, size=48):
+    F = features.shape[0]
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (F, size, size, 3), dtype=np.uint8)
+
+
+def test_frame_viewer_slider_changes_the_picture():
+    clips = {"a": np.zeros((3, 8, 8, 3), np.uint8), "b": np.full((3, 8, 8, 3), 50, np.uint8)}
+    clips["b"][2] = 200
+    panel = widgets.frame_viewer(clips, scale=2)
+    before = panel.images["frames"].value
+    panel.controls["frame"].value = 2
+    assert panel.state["frame"] == 2 and panel.images["frames"].value != before
+    assert panel.error is None and panel.controls["frame"].continuous_update is False
+
+
+def test_window_explorer_finds_the_shifted_token_and_follows_l():
+    feats = shifted_features()
+    panel = widgets.window_explorer(feats, frames_for(feats), window=5, point=(4, 6))
+    n_next = 6 * 12 + 5  # the texture moved one cell right
+    assert int(panel.state["top"][0]) == n_next and panel.state["full_best"] == n_next
+    assert panel.state["similarity"].shape == (25,)
+    panel.controls["window"].value = 3
+    assert panel.state["similarity"].shape == (9,) and panel.state["window"] == 3
+    panel.controls["x"].value = 0  # border: the window is shifted inward, still l*l cells
+    assert panel.state["index"].min() >= 0 and len(set(panel.state["index"].tolist())) == 9
+    assert panel.error is None
+
+
+def test_correspondence_explorer_k_slider_and_pck():
+    feats = shifted_features()
+    corr = correspond(feats, window=5, k=3)
+    F, N = corr.frames, 12 * 12
+    # ground truth of the shift: token (x, y) of frame i is at (x + j - i, y) in frame j
+    cells = torch.stack([torch.arange(N) % 12, torch.arange(N) // 12], -1).float()  # (N, 2)
+    offset = (torch.arange(F)[None, :] - torch.arange(F)[:, None]).float()  # (F, F)
+    pos = cells[None, :, None].repeat(F, 1, F, 1)  # (F, N, F, 2)
+    pos[..., 0] += offset[:, None, :]
+    visible = (pos[..., 0] >= 0) & (pos[..., 0] < 12)
+    panel = widgets.correspondence_explorer(frames_for(feats), {"diffusion": corr}, gt=(pos, visible),
+                                            point=(3, 3))
+    assert panel.state["positions"]["diffusion"].shape == (F, 3, 2)
+    assert panel.state["pck"]["diffusion"] == pytest.approx(metrics.pck(corr, pos, visible))
+    assert panel.state["pck"]["diffusion"] > 0.9
+    panel.controls["k"].value = 1
+    assert panel.state["positions"]["diffusion"].shape == (F, 1, 2)
+    assert torch.equal(panel.state["positions"]["diffusion"][1, 0], torch.tensor([4.0, 3.0]))
+
+
+def test_attention_explorer_weights_sum_to_one_and_skip_own_frame():
+    feats = shifted_features(F=3)
+    corr = correspond(feats, window=5, k=2)
+    tokens = feats.flatten(2).transpose(1, 2)  # (F, N, C)
+    panel = widgets.attention_explorer(tokens, tokens, corr.index, frames_for(feats), grid=(12, 12),
+                                       frame=1, point=(5, 5))
+    maps = panel.state["maps"]
+    assert maps.shape == (3, 12, 12) and np.all(maps[1] == 0)
+    assert maps.sum() == pytest.approx(1.0, abs=1e-5)
+    panel.controls["merge_ratio"].value = 0.5
+    assert panel.state["merge_ratio"] == 0.5 and panel.state["maps"].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_merge_explorer_counts_follow_the_ratio():
+    feats = shifted_features(F=5)
+    corr = correspond(feats, window=5, k=3)
+    tokens = feats.flatten(2).transpose(1, 2)  # (F, N, C)
+    panel = widgets.merge_explorer(tokens, corr.index, frames_for(feats), grid=(12, 12), ratio=0.0)
+    assert panel.state["tokens"] == 12 and panel.state["kept"] == 12  # (F-1)*K = 4*3
+    panel.controls["ratio"].value = 0.5
+    assert panel.state["merged_away"] == 6 and len(np.unique(panel.state["groups"])) == 6
+
+
+def test_feature_explorer_recomputes_on_t_and_layer(tiny_pipe, tiny_clip):
+    panel = widgets.feature_explorer(tiny_pipe, tiny_clip, t=261)
+    first = panel.state["features"]
+    assert first.shape[0] == len(tiny_clip) and panel.state["colours"].dtype == np.uint8
+    panel.controls["t"].value = 900
+    assert panel.state["t"] == 900 and not torch.allclose(panel.state["features"], first)
+    panel.controls["layer"].value = widgets.decoder_layers(tiny_pipe)[0]
+    assert panel.error is None and panel.state["layer"] == "up_blocks.0"
+
+
+def test_edit_panel_runs_on_click_scores_and_shows_errors(tiny_pipe):
+    from cove import world
+
+    scene = world.demo_scene(frames=3, size=32)
+    clip, truth = world.render(scene), world.render(world.edit(scene, *world.DEMO_EDIT))
+    config = CoveConfig(inversion_steps=2, denoise_steps=2, pnp_steps=1, window=5)
+    panel = widgets.edit_panel(tiny_pipe, clip.frames, prompt=truth.caption, source_prompt=clip.caption,
+                               config=config, clip=clip, truth=truth, target_phrase=world.DEMO_EDIT[1])
+    assert panel.state["runs"] == []  # nothing runs before the button is pressed
+    panel.controls["run"].click()
+    assert panel.error is None, panel.status.value
+    (row,) = panel.state["runs"]
+    assert row["attention"] == "cove" and np.isfinite(row["flicker (warp error)"])
+    assert "fidelity psnr" in row and panel.state["result"].frames.shape == clip.frames.shape
+    assert panel.images["result"].value  # the picture is drawn
+    panel.controls["window"].value, panel.controls["k"].value = 1, 3  # K > l*l: a ValueError
+    panel.controls["run"].click()
+    assert isinstance(panel.error, ValueError) and "ValueError" in panel.status.value
+    assert len(panel.state["runs"]) == 1
+
+
+def test_panel_guard_keeps_and_clears_the_error():
+    panel = widgets.Panel({}, {})
+    panel.guarded(lambda: 1 / 0)()
+    assert isinstance(panel.error, ZeroDivisionError) and "ZeroDivisionError" in panel.status.value
+    panel.guarded(lambda: None)()
+    assert panel.error is None
