@@ -254,6 +254,7 @@ def drive_browser(url: str, notebook: str, profile: Path, shot: Path, chromium: 
             run_all_cells(page, deadline)
             state = wait_for_cells(page, deadline, cells_budget)
             before, after = move_slider(page, deadline, budget=60)
+            page.get_by_text("| Idle").first.wait_for(timeout=deadline.ms(30))
             page.screenshot(path=str(shot), timeout=deadline.ms(20))
             return f"{notebook}: {state['n']} code cells ran; slider {before} -> {after} changed the output"
         except (PlaywrightError, CheckFailed) as exc:

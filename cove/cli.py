@@ -191,18 +191,28 @@ def cmd_edit(args) -> int:
 
 
 def write_all(clips: dict, fps: float) -> None:
-    """Write every ``{path: frames}`` atomically; on any failure remove those already written."""
+    """Write every ``{path: frames}`` clip, all or none.
+
+    Each clip first goes to a hidden ``.pending`` file next to its target; only when every one
+    is written are they renamed into place. On failure the pending files are removed and any
+    earlier files at the target paths are left as they were.
+    """
+    import os
+
     from . import io
 
-    done = []
+    pending = []
     try:
         for path, frames in clips.items():
-            io.write_video(path, frames, fps=fps)
-            done.append(Path(path))
-    except BaseException:
-        for path in done:
-            path.unlink(missing_ok=True)
-        raise
+            path = Path(path)
+            tmp = path.with_name(f".{path.stem}.pending-{os.getpid()}{path.suffix}")
+            pending.append((tmp, path))
+            io.write_video(tmp, frames, fps=fps)
+        for tmp, path in pending:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- cove correspond

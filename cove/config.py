@@ -25,7 +25,7 @@ class CoveConfig:
     Args to tinker with:
         inversion_steps / denoise_steps: DDIM steps (Sec. 4.1: 100 inversion, 50 denoising).
         pnp_steps: plug-and-play injection during the first ``pnp_steps`` denoising steps
-            (FLATTEN-style reading of Sec. 4.1: 40 of 50).
+            (FLATTEN-style reading of Sec. 4.1: 40 of 50); more than ``denoise_steps`` means all.
         guidance_scale: classifier-free guidance (not stated; prior code uses 7.5 to 20).
         feature_t / feature_layer / feature_prompt / feature_ensemble: stage 1 (Sec. 3.1:
             t = 261; layer ``None`` = the decoder block whose output grid equals the
@@ -73,8 +73,8 @@ class CoveConfig:
         for name in ("inversion_steps", "denoise_steps", "window", "k", "feature_ensemble"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.pnp_steps <= self.denoise_steps:
-            raise ValueError(f"pnp_steps must lie in 0..denoise_steps, got {self.pnp_steps}")
+        if self.pnp_steps < 0:
+            raise ValueError(f"pnp_steps must be >= 0, got {self.pnp_steps}")
         if not 0.0 <= self.merge_ratio <= 1.0:
             raise ValueError(f"merge_ratio must lie in [0, 1], got {self.merge_ratio}")
         if self.window % 2 == 0:

@@ -38,8 +38,12 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, *, device=None, dtype=None,
         local_files_only: for hub ids, only use the local cache (default: True for cove-tiny
             and folders; the Hugging Face default for hub ids).
     """
+    import warnings
+
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as dlogging
+
+    from .tiny import model as _tiny_model  # noqa: F401  diffusers loads its VAE class by name
 
     device, dtype = _resolve_device(device, dtype)
     if str(model) == TINY:
@@ -59,9 +63,12 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, *, device=None, dtype=None,
     verbosity = dlogging.get_verbosity()
     dlogging.set_verbosity_error()  # the tiny VAE is not an AutoencoderKL: silence the type note
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(model), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, **kwargs
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype (diffusers 0.4x)
+            pipe = StableDiffusionPipeline.from_pretrained(
+                str(model), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+                **kwargs,
+            )
     finally:
         dlogging.set_verbosity(verbosity)
     pipe.set_progress_bar_config(disable=True)

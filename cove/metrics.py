@@ -12,11 +12,15 @@ Everything here is a pure function of arrays (numpy or torch) so the quality gat
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from functools import lru_cache
 
+import cv2
 import numpy as np
+
+from . import world
 
 __all__ = [
     "pck",
@@ -27,6 +31,10 @@ __all__ = [
     "judge_image",
     "prompt_followed",
     "parse_caption",
+    "nearest_colour",
+    "object_components",
+    "refine_mask",
+    "shape_descriptors",
 ]
 
 
@@ -262,12 +270,6 @@ def psnr(a, b, mask=None, *, peak: float = 255.0) -> float:
     return math.inf if mse == 0 else float(10 * np.log10(peak**2 / mse))
 
 
-def _world():
-    from . import world
-
-    return world
-
-
 def _resolve_colour(colour, palette: dict) -> tuple[int, int, int]:
     if isinstance(colour, str):
         if colour not in palette:
@@ -289,8 +291,6 @@ def nearest_colour(pixels, palette: dict) -> np.ndarray:
 
 def _erode(mask: np.ndarray, pixels: int) -> np.ndarray:
     """Erode each frame of a bool (F, H, W) mask by ``pixels`` (3 x 3 square)."""
-    import cv2
-
     if pixels <= 0:
         return mask
     kernel = np.ones((3, 3), np.uint8)
@@ -322,7 +322,7 @@ def edit_fidelity(edited, target, object_mask, target_colour, *, palette: dict |
     if edited.shape != target.shape or object_mask.shape != edited.shape[:-1]:
         raise ValueError(f"expected edited, target (F, H, W, 3) and object_mask (F, H, W) of matching "
                          f"shapes, got {edited.shape}, {target.shape}, {object_mask.shape}")
-    palette = {k: tuple(int(c) for c in v) for k, v in (_world().COLOURS if palette is None else palette).items()}
+    palette = {k: tuple(int(c) for c in v) for k, v in (world.COLOURS if palette is None else palette).items()}
     target_colour = _resolve_colour(target_colour, palette)
     if target_colour not in palette.values():
         palette["target"] = target_colour
@@ -352,7 +352,6 @@ def parse_caption(caption: str) -> dict:
     "background": "grass"}. A shape without a colour word gets colour None; unknown
     background -> None.
     """
-    world = _world()
     text = caption.lower()
     colours = "|".join(sorted(map(re.escape, world.COLOURS), key=len, reverse=True))
     shapes = "|".join(sorted(map(re.escape, world.SHAPES), key=len, reverse=True))
@@ -396,8 +395,6 @@ def shape_descriptors(mask) -> np.ndarray:
     hull circularity 4 pi A / P^2]: a circle fills its circle, a square its rectangle, a
     triangle its triangle, and a star is the only non-convex shape.
     """
-    import cv2
-
     mask = _numpy(mask).astype(bool)
     area = float(mask.sum())
     if area == 0:
@@ -431,12 +428,10 @@ def object_components(image, *, tolerance: float = 80.0, min_area: float = 0.004
     object colour). Blobs are 8-connected; those under ``min_area`` x H x W pixels are dropped
     (anti-aliasing fringes, noise).
     """
-    import cv2
-
     image = _numpy(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an image of shape (H, W, 3), got {image.shape}")
-    palette = _world().COLOURS if palette is None else palette
+    palette = world.COLOURS if palette is None else palette
     colours = np.array(list(palette.values()), np.float64)  # (P, 3)
     distance = np.linalg.norm(image.astype(np.float64)[..., None, :] - colours, axis=-1)  # (H, W, P)
     nearest = distance.argmin(-1)  # (H, W)
@@ -467,8 +462,6 @@ def refine_mask(image, blob, others=None, *, ring: int = 3, residual_limit: floa
     Returns:
         bool (H, W), the connected part overlapping ``blob``.
     """
-    import cv2
-
     image = _numpy(image).astype(np.float64)
     blob = _numpy(blob).astype(bool)
     kernel = np.ones((3, 3), np.uint8)
@@ -500,14 +493,11 @@ def _object_masks(image, blobs) -> list[np.ndarray]:
 
 
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    import cv2
-
     return image if sigma == 0 else cv2.GaussianBlur(image, (0, 0), sigma)
 
 
 def _single_object_renders(n: int, seed: int, size: int = 64):
     """n single-object ShapesWorld frames: [(image uint8 (H, W, 3), colour, shape, background)]."""
-    world = _world()
     out = []
     for s in range(n):
         scene = world.random_scene(seed + s, frames=1, size=size, n_objects=1)
@@ -527,7 +517,6 @@ def _shape_model(n: int = 480, seed: int = 1_000_000) -> tuple[tuple[str, ...], 
 
     Returns (shape names, means (S, 5), spreads (S, 5)). Seeds >= 1e6: disjoint from tests.
     """
-    world = _world()
     descriptors: dict[str, list] = {shape: [] for shape in world.SHAPES}
     for k, (image, colour, shape, _) in enumerate(_single_object_renders(n, seed)):
         image = _blur(image, _CALIBRATION_BLUR[k % len(_CALIBRATION_BLUR)])
@@ -543,9 +532,6 @@ def _shape_model(n: int = 480, seed: int = 1_000_000) -> tuple[tuple[str, ...], 
 @lru_cache(maxsize=None)
 def _background_model(n: int = 200, seed: int = 2_000_000) -> tuple[tuple[str, ...], np.ndarray]:
     """Per-background centroid of ``_background_descriptors``, calibrated on ShapesWorld renders."""
-    import dataclasses
-
-    world = _world()
     descriptors: dict[str, list] = {b: [] for b in world.BACKGROUNDS}
     for s in range(n):
         scene = world.random_scene(seed + s, frames=1, n_objects=1)
@@ -558,8 +544,6 @@ def _background_model(n: int = 200, seed: int = 2_000_000) -> tuple[tuple[str, .
 
 def _background_descriptors(image: np.ndarray, blobs) -> np.ndarray:
     """Mean RGB and half the RGB spread of the pixels away from every object blob, (6,)."""
-    import cv2
-
     covered = np.zeros(image.shape[:2], np.uint8)
     for _, mask in blobs:
         covered |= mask.astype(np.uint8)

@@ -64,8 +64,8 @@ def test_config_from_args_scales_pnp_steps():
     config = cli.config_from_args(args)
     assert (config.denoise_steps, config.pnp_steps, config.k) == (10, 8, 5)
     assert config.inversion_steps == CoveConfig().inversion_steps
-    args = parser.parse_args(["edit", "in.mp4", "-p", "x", "--denoise-steps", "2", "--pnp-steps", "3"])
-    with pytest.raises(ValueError, match="pnp_steps"):
+    args = parser.parse_args(["edit", "in.mp4", "-p", "x", "--window", "4"])
+    with pytest.raises(ValueError, match="window must be odd"):
         cli.config_from_args(args)
 
 
@@ -77,9 +77,14 @@ def test_default_output_paths(tmp_path):
 
 def test_write_all_is_all_or_nothing(tmp_path):
     good = textured_clip(F=2)
+    (tmp_path / "a.gif").write_bytes(b"old")
     with pytest.raises(ValueError, match="uint8"):
-        cli.write_all({tmp_path / "a.mp4": good, tmp_path / "b.mp4": good.astype(np.float32)}, fps=8)
-    assert list(tmp_path.iterdir()) == []
+        cli.write_all({tmp_path / "a.gif": good, tmp_path / "b.gif": good.astype(np.float32)}, fps=8)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.gif"]  # no new or pending file
+    assert (tmp_path / "a.gif").read_bytes() == b"old"  # an earlier output is kept
+    cli.write_all({tmp_path / "a.gif": good, tmp_path / "b.gif": good}, fps=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "b.gif"]
+    assert io.read_video(tmp_path / "a.gif").shape == good.shape
 
 
 def test_phase_progress_one_bar_per_phase():

@@ -241,6 +241,18 @@ def test_judge_is_accurate_on_single_object_renders():
     assert min(accuracy.values()) >= 0.95, accuracy
 
 
+def test_judge_tolerates_blur():
+    # generated images have softer outlines than renders
+    import cv2
+
+    hits = 0
+    for seed in range(200, 240):
+        scene = world.random_scene(seed, frames=1, n_objects=1)
+        image = cv2.GaussianBlur(world.render(scene).frames[0], (0, 0), 1.0)
+        hits += metrics.prompt_followed(image, scene.caption)["all"]
+    assert hits >= 36
+
+
 def test_prompt_followed_detects_wrong_colour_shape_and_background():
     scene = world.random_scene(3, frames=1, n_objects=1)
     image = world.render(scene).frames[0]

@@ -1,4 +1,9 @@
-"""The notebook widgets, driven without a browser: set ``.value``, ``click()``, read ``state``."""
+"""The notebook widgets, driven without a browser (set ``.value``, ``click()``, read ``state``),
+and once in a real browser (the last test)."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +129,15 @@ def test_panel_guard_keeps_and_clears_the_error():
     assert isinstance(panel.error, ZeroDivisionError) and "ZeroDivisionError" in panel.status.value
     panel.guarded(lambda: None)()
     assert panel.error is None
+
+
+def test_quickstart_in_jupyterlab_and_headless_chromium():
+    """End to end in a real browser (.ci/browser_check.py): JupyterLab runs the quickstart,
+    a slider is moved, its picture changes; the screenshot is kept in artifacts/."""
+    root = Path(__file__).resolve().parents[1]
+    shot = root / "artifacts" / "browser_check.png"
+    shot.unlink(missing_ok=True)
+    result = subprocess.run([sys.executable, str(root / ".ci" / "browser_check.py")], cwd=root,
+                            capture_output=True, text=True, timeout=330)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "browser check passed" in result.stdout and shot.stat().st_size > 10_000

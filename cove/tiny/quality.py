@@ -22,6 +22,7 @@ import functools
 import itertools
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import metrics
+from .. import metrics, world
 
 GATES = {
     "prompt_following.colour": 0.90,
@@ -46,12 +47,6 @@ GATES = {
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _world():
-    from .. import world
-
-    return world
 
 
 def machine_info(pipe=None) -> dict:
@@ -70,7 +65,7 @@ def machine_info(pipe=None) -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": cpu,
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
@@ -90,7 +85,6 @@ def single_object_prompts(n: int | None = None, seed: int = 0) -> list[str]:
 
     Sampling (n < all) is seeded and spreads over the combinations without repeats.
     """
-    world = _world()
     prompts = [
         _caption(colour, shape, background)
         for colour, shape, background in itertools.product(world.COLOURS, world.SHAPES, world.BACKGROUNDS)
@@ -180,7 +174,6 @@ def _judged(judgement: dict) -> str:
 
 
 def _clips(n_clips: int, seed: int, frames: int, size: int, n_objects: int | None = None):
-    world = _world()
     return [world.render(world.random_scene(seed + c, frames=frames, size=size, n_objects=n_objects))
             for c in range(n_clips)]
 
@@ -231,7 +224,6 @@ def colour_edit_task(clip, seed: int = 0, *, index: int | None = None) -> dict:
         {"source", "target" (phrases), "source_prompt", "target_prompt", "target_colour",
          "truth" uint8 (F, H, W, 3), "mask" bool (F, H, W) of the object in the edited clip}.
     """
-    world = _world()
     scene = clip.scene
     o = int(np.argmax([_travel(obj) for obj in scene.objects])) if index is None else index
     obj = scene.objects[o]
@@ -260,7 +252,6 @@ def _travel(obj) -> float:
 def moving_clips(n_clips: int, seed: int = 0, *, frames: int = 8, size: int = 64, min_travel: float = 8.0):
     """The first ``n_clips`` ShapesWorld clips from ``seed`` on with an object travelling
     at least ``min_travel`` pixels (scaled with size / 64)."""
-    world = _world()
     clips, s = [], seed
     while len(clips) < n_clips:
         scene = world.random_scene(s, frames=frames, size=size)
@@ -327,7 +318,6 @@ def measure_correspondence(pipe, n_clips: int = 3, seed: int = 0, *, frames: int
     from ..features import extract_features
 
     config = config or CoveConfig()
-    world = _world()
     size = _image_size(pipe)
     named = [(f"shapes/{seed + c}", clip) for c, clip in enumerate(_clips(n_clips, seed, frames, size))]
     if photo:

@@ -4,7 +4,8 @@ Reproduces the shipped weights (``cove/tiny/weights``): seeded, prints progress,
 (``--resume``: a checkpoint is written every ``--save-every`` steps). Standard DDPM training
 (Ho et al. 2020, Algorithm 1) with classifier-free guidance dropout (Ho & Salimans 2022):
 
-    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,   loss = || eps - eps_theta(x_t, t, c) ||^2
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,   loss = || v - v_theta(x_t, t, c) ||^2,
+    v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0      (v-prediction, Salimans & Ho 2022)
 
 with the caption c replaced by "" 10% of the time, and an exponential moving average of the
 weights (the EMA is what is shipped). Batches are rendered on the fly from a per-step seed, so
@@ -33,7 +34,7 @@ def _parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m cove.tiny.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=WEIGHTS, help="pipeline folder to write")
     p.add_argument("--work", type=Path, default=Path("runs/cove-tiny"), help="checkpoints, log")
-    p.add_argument("--steps", type=int, default=2400)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=100)
@@ -108,7 +109,8 @@ def train(argv=None) -> Path:
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
         cond = text(ids)[0]  # (B, L, D)
-        loss = torch.nn.functional.mse_loss(unet(zt, t, cond).sample, eps)
+        v = a.sqrt() * eps - (1 - a).sqrt() * z0  # the v-prediction target
+        loss = torch.nn.functional.mse_loss(unet(zt, t, cond).sample, v)
         for g in opt.param_groups:
             g["lr"] = _lr(step, args)
         opt.zero_grad(set_to_none=True)

@@ -1,0 +1,123 @@
+"""The docs site's wiring (without building it: CI runs ``mkdocs build --strict``) and the
+notebooks' hygiene: committed without outputs (except the expected text of the
+``# NBVAL_CHECK_OUTPUT`` cells), in the nav, importing from cove."""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def load_hook():
+    spec = importlib.util.spec_from_file_location("cove_docs", ROOT / "docs" / "hooks" / "cove_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mkdocs_config() -> dict:
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)  # material's !!python tags
+    return yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=Loader)
+
+
+def nav_paths(nav) -> list[str]:
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, dict):
+        return [p for v in nav.values() for p in nav_paths(v)]
+    return [p for item in nav for p in nav_paths(item)]
+
+
+def test_eight_notebooks_without_outputs_and_short_cells():
+    assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(8)]
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert code, path.name
+        for c in code:
+            source = "".join(c["source"])
+            assert c["execution_count"] is None, f"{path.name} was saved after running"
+            if "# NBVAL_CHECK_OUTPUT" in source:  # nbval compares with this text: keep only it
+                assert [o["output_type"] for o in c["outputs"]] == ["stream"], path.name
+                assert c["outputs"][0]["name"] == "stdout"
+            else:
+                assert c["outputs"] == [], f"{path.name} has outputs"
+            assert len(source.splitlines()) <= 15, f"{path.name}: a cell is too long"
+        text = "".join("".join(c["source"]) for c in code)
+        assert "import cove" in text or "from cove" in text
+        assert re.search(r"^\s*(def|class) ", text, re.M) is None, f"{path.name} defines its own logic"
+
+
+def test_every_page_and_notebook_is_in_the_nav():
+    config = mkdocs_config()
+    paths = nav_paths(config["nav"])
+    for path in NOTEBOOKS:
+        assert f"notebooks/{path.name}" in paths
+    for page in paths:
+        if not page.endswith(".ipynb"):
+            assert (ROOT / "docs" / page).is_file(), page
+    docs_pages = {str(p.relative_to(ROOT / "docs")) for p in (ROOT / "docs").rglob("*.md")}
+    assert docs_pages <= set(paths), f"pages missing from the nav: {docs_pages - set(paths)}"
+
+
+def test_build_stays_offline():
+    config = mkdocs_config()
+    assert config["theme"]["font"] is False
+    names = [next(iter(p)) if isinstance(p, dict) else p for p in config["plugins"]]
+    assert "social" not in names and "privacy" not in names
+    jupyter = next(p["mkdocs-jupyter"] for p in config["plugins"] if isinstance(p, dict) and "mkdocs-jupyter" in p)
+    assert jupyter["execute"] is False
+
+
+def test_api_pages_name_existing_modules():
+    hook = load_hook()
+    for page in (ROOT / "docs" / "api").glob("*.md"):
+        for name in hook.API_MARK.findall(page.read_text()):
+            assert hook.module_exists(name), f"{page.name} documents {name}, which does not exist"
+    assert hook.api_block("cove.correspondence") == "::: cove.correspondence"
+    assert "not in this checkout" in hook.api_block("cove.no_such_module")
+
+
+def test_benchmarks_markdown_renders_tables_or_says_absent(tmp_path):
+    hook = load_hook()
+    assert "have not been run" in hook.benchmarks_markdown(tmp_path)
+    (tmp_path / "quality.json").write_text(json.dumps(
+        {"edit": {"cove": {"psnr": 27.123456, "warp_error": 3.5}, "per-frame": {"psnr": 24.0}},
+         "gates": {"edit.cove.psnr": True}, "date": "2024-01-01"}))
+    (tmp_path / "benchmarks_cpu.json").write_text(json.dumps([{"frames": 8, "seconds": 1.25}]))
+    md = hook.benchmarks_markdown(tmp_path)
+    assert "## `quality.json`" in md and "## `benchmarks_cpu.json`" in md
+    assert "| cove | 27.12 | 3.5 |" in md  # a dict of flat dicts is one table
+    assert "| 8 | 1.25 |" in md
+    (tmp_path / "benchmarks_bad.json").write_text("{not json")
+    assert "Could not read `benchmarks_bad.json`" in hook.benchmarks_markdown(tmp_path)
+
+
+@pytest.mark.parametrize("value, text", [(0.123456, "0.1235"), (True, "True"), ([1, 2], "1, 2"), ("a|b", "a\\|b")])
+def test_benchmark_cells(value, text):
+    assert load_hook().fmt(value) == text
+
+
+def test_mkdocs_build_strict_offline(tmp_path):
+    """The whole site builds in strict mode (any warning fails) and links no web fonts."""
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert (site / "notebooks" / "00_quickstart" / "index.html").is_file()
+    assert "window_similarity" in (site / "api" / "correspondence" / "index.html").read_text()
+    assert "Benchmarks" in (site / "benchmarks" / "index.html").read_text()
+    pages = "".join(p.read_text(errors="ignore") for p in site.rglob("*.html"))
+    assert "fonts.googleapis.com" not in pages and "fonts.gstatic.com" not in pages

@@ -1,0 +1,64 @@
+"""The embedded model cove-tiny: offline loading, inversion/reconstruction, correspondence."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cove
+from cove import metrics, world
+from cove.config import CoveConfig
+from cove.correspondence import correspond
+from cove.features import extract_features
+from cove.loading import TINY_PATH
+from cove.pipeline import reconstruct
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return cove.load_pipeline("cove-tiny")
+
+
+def test_weights_are_shipped_small_and_offline(pipe):
+    size = sum(p.stat().st_size for p in TINY_PATH.rglob("*") if p.is_file())
+    assert size <= 30 * 2**20, f"cove-tiny weights are {size / 2**20:.1f} MB"
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 16
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+
+
+def test_vae_is_lossless(pipe):
+    frames = world.render(world.demo_scene()).frames
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    z = pipe.vae.encode(x).latent_dist.mean
+    assert z.shape == (8, 48, 16, 16)
+    torch.testing.assert_close(pipe.vae.decode(z).sample, x)
+
+
+def test_inversion_then_reconstruction_returns_the_clip(pipe):
+    clip = world.render(world.random_scene(3, frames=4))
+    out = reconstruct(pipe, clip.frames, prompt=clip.caption, config=CoveConfig(inversion_steps=25))
+    assert out.shape == clip.frames.shape
+    assert metrics.psnr(out, clip.frames) >= RECONSTRUCTION_PSNR
+
+
+def test_features_track_a_shapesworld_clip(pipe):
+    clip = world.render(world.demo_scene())
+    feats = extract_features(pipe, clip.frames, generator=torch.Generator().manual_seed(0))
+    assert feats.shape == (8, 64, 16, 16)
+    corr = correspond(feats, window=9, k=3)
+    gt_pos, gt_vis = clip.ground_truth(grid=(16, 16))
+    pck = metrics.pck(corr, gt_pos, gt_vis, threshold=1.0)
+    assert pck >= FEATURE_PCK, pck
+    # identical frames: every token finds itself
+    same = correspond(feats[:1].expand(3, -1, -1, -1).contiguous(), window=9, k=3)
+    n = torch.arange(256)
+    assert bool((same.index[0, :, 1, 0] == n).all())
+
+
+def test_generation_follows_a_colour(pipe):
+    images = pipe(["a red circle on snow", "a blue square on grass"], num_inference_steps=20,
+                  guidance_scale=5.0, generator=torch.Generator().manual_seed(0), output_type="np").images
+    images = (images * 255).round().astype(np.uint8)
+    judged = [metrics.prompt_followed(im, p) for im, p in zip(images, ["a red circle on snow", "a blue square on grass"])]
+    assert all(j["colour"] and j["background"] for j in judged), judged
