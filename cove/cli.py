@@ -274,12 +274,14 @@ def save_tensors(path: Path, payload: dict) -> None:
 
     import torch
 
+    from . import io
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.pt", dir=path.parent)
     os.close(fd)
     try:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
+        io.publish(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -112,11 +112,13 @@ def _finite_or_none(value):
 
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` as indented JSON, atomically (temporary file, then rename)."""
+    from .io import publish
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.json", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2, allow_nan=False)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 

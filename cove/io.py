@@ -219,6 +219,18 @@ def prepare_frames(frames, size=512, num_frames: int | None = None, *, multiple:
 # ---------------------------------------------------------------------------- writing
 
 
+def publish(tmp, path) -> None:
+    """Rename a finished temporary file onto ``path`` with ordinary permissions.
+
+    ``tempfile.mkstemp`` creates files readable by their owner only (0600); the published file
+    gets what a plain ``open(path, "w")`` would give (0666 minus the umask).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
     images = [Image.fromarray(f) for f in frames]
     duration = max(20, round(1000 / fps))  # ms per frame; browsers clamp faster gifs
@@ -250,7 +262,7 @@ def write_video(path, frames, fps: float = 8) -> Path:
             _write_gif(tmp, frames, fps)
         else:
             _mediapy().write_video(tmp, frames, fps=fps)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

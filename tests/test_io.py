@@ -160,3 +160,13 @@ def test_ffmpeg_from_path_first_then_bundled(tmp_path, monkeypatch):
     assert io.ffmpeg_path() == str(tmp_path / "ffmpeg")
     io.write_video(tmp_path / "clip.mp4", moving_square(F=2))
     assert io.read_video(tmp_path / "clip.mp4").shape == (2, 48, 64, 3)
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        for name in ("clip.mp4", "clip.gif"):
+            path = io.write_video(tmp_path / name, moving_square(F=2))
+            assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    finally:
+        os.umask(umask)

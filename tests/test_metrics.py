@@ -298,11 +298,14 @@ def test_quality_prompts_gates_and_table():
 
 
 def test_quality_moving_clips_move():
-    clips = quality.moving_clips(2, seed=0, frames=4)
-    for clip in clips:
-        task = quality.colour_edit_task(clip)
-        travel = max(quality._travel(o) for o in clip.scene.objects)
-        assert travel >= 8 and task["mask"].shape == clip.frames.shape[:3]
+    for frames in (2, 4):
+        clips = quality.moving_clips(2, seed=0, frames=frames, size=32)
+        for clip in clips:
+            task = quality.colour_edit_task(clip)
+            travel = max(quality._travel(o) for o in clip.scene.objects)
+            assert travel >= 0.5 * (frames - 1) and task["mask"].shape == clip.frames.shape[:3]
+    with pytest.raises(ValueError, match="clips moving"):
+        quality.moving_clips(1, frames=4, min_speed=100.0, max_tries=5)
 
 
 def test_quality_measures_run_on_a_tiny_pipeline(tiny_pipe):

@@ -13,6 +13,11 @@ from cove.features import extract_features
 from cove.loading import TINY_PATH
 from cove.pipeline import reconstruct
 
+# Floors a little under what cove-tiny measured on this machine (docs/quality.json has the
+# full figures); a broken model, loader or inversion falls far below them.
+RECONSTRUCTION_PSNR = 30.0  # measured 40.2 dB on 8-frame clips with 100 steps
+FEATURE_PCK = 0.45  # measured 0.60 on the demo clip with up_blocks.0 at t = 0
+
 
 @pytest.fixture(scope="module")
 def pipe():
@@ -43,9 +48,15 @@ def test_inversion_then_reconstruction_returns_the_clip(pipe):
 
 
 def test_features_track_a_shapesworld_clip(pipe):
+    """cove-tiny's features carry correspondence, at its best setting (up_blocks.0, t = 0).
+
+    At the paper's default (the last 16x16 block, t = 261) they do not (PCK ~0.05 vs optical
+    flow ~0.97, docs/quality.json): cove-tiny's top level mostly models pixel noise.
+    """
     clip = world.render(world.demo_scene())
-    feats = extract_features(pipe, clip.frames, generator=torch.Generator().manual_seed(0))
-    assert feats.shape == (8, 64, 16, 16)
+    feats = extract_features(pipe, clip.frames, t=0, layer="up_blocks.0",
+                             generator=torch.Generator().manual_seed(0))
+    assert feats.shape == (8, 128, 16, 16)
     corr = correspond(feats, window=9, k=3)
     gt_pos, gt_vis = clip.ground_truth(grid=(16, 16))
     pck = metrics.pck(corr, gt_pos, gt_vis, threshold=1.0)

@@ -249,16 +249,18 @@ def _travel(obj) -> float:
     return float(np.hypot(x1 - x0, y1 - y0))
 
 
-def moving_clips(n_clips: int, seed: int = 0, *, frames: int = 8, size: int = 64, min_travel: float = 8.0):
-    """The first ``n_clips`` ShapesWorld clips from ``seed`` on with an object travelling
-    at least ``min_travel`` pixels (scaled with size / 64)."""
-    clips, s = [], seed
-    while len(clips) < n_clips:
+def moving_clips(n_clips: int, seed: int = 0, *, frames: int = 8, size: int = 64, min_speed: float = 1.0,
+                 max_tries: int = 1000):
+    """The first ``n_clips`` ShapesWorld clips from ``seed`` on with an object moving at least
+    ``min_speed`` pixels per frame on average (at 64 x 64; scaled with size / 64)."""
+    clips = []
+    for s in range(seed, seed + max_tries):
         scene = world.random_scene(s, frames=frames, size=size)
-        if max(_travel(o) for o in scene.objects) >= min_travel * size / 64:
+        if max(_travel(o) for o in scene.objects) >= min_speed * (frames - 1) * size / 64:
             clips.append(world.render(scene))
-        s += 1
-    return clips
+            if len(clips) == n_clips:
+                return clips
+    raise ValueError(f"found {len(clips)} of {n_clips} clips moving >= {min_speed} px/frame in {max_tries} seeds")
 
 
 def measure_edit(pipe, n_clips: int = 3, seed: int = 0, *, frames: int = 8, config=None,
@@ -438,6 +440,17 @@ def load_tiny(device=None):
         ) from error
 
 
+def _headline(figures: dict) -> str:
+    """The top-level numbers of one part, e.g. "colour 0.958, shape 0.917"."""
+    shown = []
+    for key, value in figures.items():
+        if isinstance(value, dict) and "psnr" in value:  # an attention mode of the edit
+            shown.append(f"{key} psnr {value['psnr']:.2f} attr {value['attribute_accuracy']:.3f}")
+        elif isinstance(value, float) and key not in ("total_seconds", "seconds", "guidance_scale", "threshold"):
+            shown.append(f"{key} {value:.3f}")
+    return ", ".join(shown)
+
+
 def run(*, quick: bool = False, seed: int = 0, device=None, parts=("prompt", "reconstruction", "edit",
         "correspondence"), pipe=None, log=functools.partial(print, flush=True)) -> dict:
     """Measure every part on cove-tiny; returns the results with "machine" and "gates"."""
@@ -456,6 +469,7 @@ def run(*, quick: bool = False, seed: int = 0, device=None, parts=("prompt", "re
         log(f"[quality] {key} ...")
         results[key] = measure()
         results[key]["total_seconds"] = round(time.perf_counter() - start, 2)
+        log(f"[quality] {key}: {_headline(results[key])} ({results[key]['total_seconds']:.0f} s)")
     results["gates"] = check_gates(results)
     return results
 
