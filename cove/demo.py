@@ -30,7 +30,7 @@ from .config import CoveConfig
 # cores with cove-tiny; every other setting is the paper's. Cost: one cove-tiny UNet pass is
 # about 1.2 GFLOP per frame; each edit makes (inversion_steps + 2 * denoise_steps) * F passes
 # (guidance doubles the batch), so 2 edits of 8 frames here are about 1.9 TFLOP.
-DEMO_CONFIG = CoveConfig(inversion_steps=50, denoise_steps=25, pnp_steps=20)
+DEMO_CONFIG = CoveConfig(inversion_steps=20, denoise_steps=10, pnp_steps=8)  # ~1 min on 2 CPU cores
 # A smoke test (tests, ``cove demo --quick``): 4 frames, a few steps; its numbers are not a result.
 QUICK_CONFIG = CoveConfig(inversion_steps=3, denoise_steps=2, pnp_steps=1)
 QUICK_FRAMES = 4

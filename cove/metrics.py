@@ -61,7 +61,7 @@ def _top1_positions(correspondence, grid=None) -> np.ndarray:
     Returns:
         positions (F, N, F, 2) float (x, y) in cell-index coordinates.
     """
-    if hasattr(correspondence, "index"):
+    if hasattr(correspondence, "grid"):  # a Correspondence (a raw tensor has no grid)
         own = tuple(correspondence.grid)
         if grid is not None and tuple(grid) != own:
             raise ValueError(f"grid {tuple(grid)} differs from the correspondence's grid {own}")

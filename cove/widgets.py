@@ -153,7 +153,7 @@ def frame_viewer(clips: dict, *, scale: int = 4, frame: int = 0) -> Panel:
     """
     from .io import side_by_side
 
-    clips = {k: viz.to_numpy(v) for k, v in clips.items()}
+    clips = {k: viz.enlarge(v, scale) for k, v in clips.items()}  # enlarged first: crisp labels
     strip = side_by_side(*clips.values(), labels=list(clips))  # (F, H + bar, sum W, 3)
     F = strip.shape[0]
     controls = {"frame": _slider("frame", min(frame, F - 1), 0, F - 1)}
@@ -161,7 +161,7 @@ def frame_viewer(clips: dict, *, scale: int = 4, frame: int = 0) -> Panel:
 
     def update():
         f = controls["frame"].value
-        panel.state = {"frame": f, "image": viz.enlarge(strip[f], scale)}
+        panel.state = {"frame": f, "image": strip[f]}
         panel.show("frames", panel.state["image"])
         panel.status.value = f"frame {f} of {F - 1}"
 
@@ -179,11 +179,11 @@ def decoder_layers(pipe) -> list[str]:
     return [f"up_blocks.{u}" for u in range(len(pipe.unet.up_blocks))]
 
 
-def feature_explorer(pipe, frames, *, t: int = 261, layer: str | None = None, seed: int = 0,
-                     scale: int = 3) -> Panel:
-    """Noise level ``t`` and decoder layer as controls; features shown as PCA colours per frame.
+def feature_explorer(pipe, frames, *, t: int = 261, layer: str | None = None, ensemble: int = 1,
+                     seed: int = 0, scale: int = 3) -> Panel:
+    """Noise level ``t``, decoder layer and noise ensemble as controls; features as PCA colours.
 
-    Calls ``cove.features.extract_features`` (cached per ``(t, layer)``) and
+    Calls ``cove.features.extract_features`` (cached per ``(t, layer, ensemble)``) and
     ``cove.viz.pca_rgb``. Top row: the frames; bottom row: their features, one PCA fitted on
     all frames so that equal colours mean similar features.
     """
@@ -195,20 +195,23 @@ def feature_explorer(pipe, frames, *, t: int = 261, layer: str | None = None, se
     controls = {
         "t": _slider("noise level t", t, 0, 999, step=1),
         "layer": w.Dropdown(options=decoder_layers(pipe), value=layer, description="layer"),
+        "ensemble": _slider("noise draws", ensemble, 1, 8),
     }
     panel = Panel(controls, {"features": _image()})
     cache: dict = {}
 
     def update():
-        key = (controls["t"].value, controls["layer"].value)
+        key = (controls["t"].value, controls["layer"].value, controls["ensemble"].value)
         if key not in cache:
             generator = torch.Generator().manual_seed(seed)
-            cache[key] = extract_features(pipe, frames, t=key[0], layer=key[1], generator=generator)
+            cache[key] = extract_features(pipe, frames, t=key[0], layer=key[1], ensemble=key[2],
+                                          generator=generator)
         features = cache[key]  # (F, C, h, w)
         colours = viz.pca_rgb(features)  # (F, h, w, 3)
         size = frames.shape[1] // colours.shape[1]
         picture = viz.montage([frames, viz.enlarge(colours, size)])
-        panel.state = {"t": key[0], "layer": key[1], "features": features, "colours": colours}
+        panel.state = {"t": key[0], "layer": key[1], "ensemble": key[2], "features": features,
+                       "colours": colours}
         panel.show("features", viz.enlarge(picture, scale))
         C, h, w_ = features.shape[1:]
         panel.status.value = f"t = {key[0]}, {key[1]}: features (F, C, H, W) = ({len(frames)}, {C}, {h}, {w_})"
@@ -263,13 +266,13 @@ def window_explorer(features, frames, *, window: int = 9, frame: int = 0, point=
         query_px = viz.cell_to_pixel([[x, y]], (H, W), big)
         panel.show("query", viz.draw_points(viz.enlarge(frames[i], scale), query_px, radius=scale))
         heat = viz.scatter_grid(sim[0], index[0], (H, W))  # (H, W), NaN outside the window
-        pic = viz.overlay(viz.enlarge(frames[i + 1], scale), heat, alpha=0.8, vmin=-1, vmax=1)
+        pic = viz.overlay(viz.enlarge(frames[i + 1], scale), heat, alpha=0.8)  # colours span the window
         pic = viz.draw_points(viz.draw_box(pic, box, thickness=thick), viz.cell_to_pixel(cells, (H, W), big),
                               radius=thick)
         panel.show("window", pic)
         full = (query @ features[i + 1].flatten(1))[0]  # (N,) full search: every token of i+1
         full_best = int(full.argmax())
-        full_pic = viz.overlay(viz.enlarge(frames[i + 1], scale), full.view(H, W), alpha=0.8, vmin=-1, vmax=1)
+        full_pic = viz.overlay(viz.enlarge(frames[i + 1], scale), full.view(H, W), alpha=0.8)
         panel.show("full", viz.draw_box(full_pic, box, thickness=thick))
         panel.state = {"frame": i, "token": n, "window": l, "similarity": sim[0], "index": index[0],
                        "top": best, "full_best": full_best}
@@ -338,7 +341,7 @@ def correspondence_explorer(frames, corr, gt=None, *, frame: int = 0, point=None
             rows.append(row)
         panel.show("matches", viz.montage(rows))
         panel.state = {"frame": i, "token": n, "k": K, "positions": found, "pck": scores}
-        text = f"token n = {n} at ({x}, {y}) in frame {i}; rows: {', '.join(corrs)}; K = {K}"
+        text = f"token n = {n} at ({x}, {y}) in frame {i}; K = {K}; rows, top to bottom: {', '.join(corrs)}"
         if scores:
             text += " | PCK@1 cell: " + ", ".join(f"{k_} {v:.3f}" for k_, v in scores.items())
         panel.status.value = text
@@ -551,7 +554,7 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", config=Non
 
     def show_frame(*_):
         if panel.state["strip"] is not None:
-            panel.show("result", viz.enlarge(panel.state["strip"][frame.value], scale))
+            panel.show("result", panel.state["strip"][frame.value])
 
     def run():
         cfg = settings()
@@ -574,6 +577,7 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", config=Non
         clips = {"source": frames, f"run {row['run']}: {cfg.attention}": result.frames}
         if truth is not None:
             clips["ground truth"] = truth.frames
+        clips = {k: viz.enlarge(v, scale) for k, v in clips.items()}
         panel.state["strip"] = side_by_side(*clips.values(), labels=list(clips))
         panel.state["runs"].append(row)
         panel.state["result"] = result

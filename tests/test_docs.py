@@ -99,6 +99,9 @@ def test_benchmarks_markdown_renders_tables_or_says_absent(tmp_path):
     assert "## `quality.json`" in md and "## `benchmarks_cpu.json`" in md
     assert "| cove | 27.12 | 3.5 |" in md  # a dict of flat dicts is one table
     assert "| 8 | 1.25 |" in md
+    (tmp_path / "benchmarks_long.json").write_text(json.dumps({"runs": [{"i": i} for i in range(30)]}))
+    md = hook.benchmarks_markdown(tmp_path)
+    assert "| 11 |" in md and "| 12 |" not in md and "18 more rows" in md  # long lists are cut
     (tmp_path / "benchmarks_bad.json").write_text("{not json")
     assert "Could not read `benchmarks_bad.json`" in hook.benchmarks_markdown(tmp_path)
 

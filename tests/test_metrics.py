@@ -47,6 +47,7 @@ def test_pck_is_one_for_ground_truth_and_zero_for_wrong_matches():
     index_k = torch.from_numpy(np.repeat(index[..., None], 3, -1))  # (F, N, F, K)
     assert metrics.pck(_Corr(index_k, (H, W)), positions, visible) == 1.0
     assert metrics.pck(index, positions, visible, grid=(H, W)) == 1.0
+    assert metrics.pck(torch.from_numpy(index), positions, visible, grid=(H, W)) == 1.0
     # every match three rows away (cyclically) is wrong
     wrong = (index + 3 * W) % (H * W)
     assert metrics.pck(wrong, positions, visible, grid=(H, W)) == 0.0

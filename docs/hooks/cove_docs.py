@@ -25,6 +25,8 @@ from mkdocs.structure.files import File
 ROOT = Path(__file__).resolve().parents[2]
 API_MARK = re.compile(r"<!--\s*cove:api\s+([\w.]+)\s*-->")
 BENCH_MARK = "<!-- cove:benchmarks -->"
+MAX_ROWS = 12  # longer lists are cut (the raw JSON is linked)
+MAX_CELL = 80  # characters per table cell
 
 
 # -- notebooks ------------------------------------------------------------------------------
@@ -72,7 +74,8 @@ def fmt(value) -> str:
         return ", ".join(fmt(v) for v in value)
     if isinstance(value, (dict, list)):
         return f"`{json.dumps(value)[:80]}`"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
 def _is_scalar(value) -> bool:
@@ -82,7 +85,10 @@ def _is_scalar(value) -> bool:
 
 
 def table(rows: list[dict], first: str | None = None) -> str:
-    """Markdown table from a list of flat dicts; columns in first-seen order."""
+    """Markdown table from a list of flat dicts; columns in first-seen order; at most
+    ``MAX_ROWS`` rows, then a line saying how many were left out."""
+    more = len(rows) - MAX_ROWS
+    rows = rows[:MAX_ROWS]
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -90,37 +96,66 @@ def table(rows: list[dict], first: str | None = None) -> str:
         columns = [first] + [c for c in columns if c != first]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    if more > 0:
+        lines.append(f"\n*… {more} more rows in the raw JSON.*")
     return "\n".join(lines)
+
+
+def _records(data, prefix: str = ""):
+    """``{"a": {"b": {flat dict}}}`` -> ``[("a.b", flat dict)]``; ``None`` if not that shape."""
+    if not isinstance(data, dict) or not data:
+        return None
+    if all(_is_scalar(v) for v in data.values()):
+        return [(prefix, data)] if prefix else None
+    out = []
+    for key, value in data.items():
+        inner = _records(value, f"{prefix}.{key}" if prefix else str(key))
+        if inner is None:
+            return None
+        out += inner
+    return out
+
+
+def flatten(record: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}, "c": 2}`` -> ``{"a.b": 1, "c": 2}`` (lists of scalars kept as they are)."""
+    out = {}
+    for key, value in record.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
 
 
 def render_json(data, level: int = 3) -> str:
     """Markdown for one JSON document of unknown schema, best effort but never failing.
 
     - a dict of scalars -> a two-column table;
-    - a list of flat dicts -> one table, one row per item;
-    - a dict of flat dicts -> one table, one row per key;
-    - anything else nested -> a subsection per key (up to ``####``), then a JSON block.
+    - a list of dicts -> one table, one row per item (nested dicts as dotted columns);
+    - nested dicts ending in flat dicts -> one table, one row per dotted path;
+    - any other dict -> its scalars as a table, then a subsection per other key;
+    - anything else -> a (shortened) JSON block.
     """
     if isinstance(data, dict) and data and all(_is_scalar(v) for v in data.values()):
         return table([{"name": k, "value": v} for k, v in data.items()])
-    if isinstance(data, list) and data and all(
-        isinstance(r, dict) and all(_is_scalar(v) for v in r.values()) for r in data
-    ):
-        return table(data)
-    if isinstance(data, dict) and data and all(
-        isinstance(r, dict) and r and all(_is_scalar(v) for v in r.values()) for r in data.values()
-    ):
-        return table([{"": k, **r} for k, r in data.items()], first="")
-    if isinstance(data, dict) and data and level <= 4:
+    if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
+        return table([flatten(r) for r in data])
+    records = _records(data)
+    if records is not None:  # nested dicts of flat dicts: one table, dotted row names
+        return table([{"": name, **row} for name, row in records], first="")
+    if isinstance(data, dict) and data:
         parts = []
         scalars = {k: v for k, v in data.items() if _is_scalar(v)}
         if scalars:
             parts.append(render_json(scalars, level))
         for key, value in data.items():
             if key not in scalars:
-                parts.append(f"{'#' * level} {key}\n\n{render_json(value, level + 1)}")
+                parts.append(f"{'#' * min(level, 6)} {key}\n\n{render_json(value, level + 1)}")
         return "\n\n".join(parts)
-    return "```json\n" + json.dumps(data, indent=2)[:4000] + "\n```"
+    lines = json.dumps(data, indent=2).splitlines()
+    cut = "\n..." if len(lines) > 40 else ""
+    return "```json\n" + "\n".join(lines[:40]) + cut + "\n```"
 
 
 def benchmarks_markdown(docs_dir: Path) -> str:
@@ -140,6 +175,8 @@ def benchmarks_markdown(docs_dir: Path) -> str:
     for path in sources:
         try:
             data = json.loads(path.read_text())
+            if isinstance(data, dict) and isinstance(data.get("gates"), dict):  # the verdict first
+                data = {"gates": data["gates"], **{k: v for k, v in data.items() if k != "gates"}}
             body = render_json(data)
         except (OSError, ValueError) as exc:
             body = f'!!! failure "Could not read `{path.name}`"\n    {exc}\n'
