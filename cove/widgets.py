@@ -20,6 +20,7 @@ import time
 import traceback
 from dataclasses import replace
 
+import ipywidgets
 import numpy as np
 import torch
 
@@ -40,17 +41,10 @@ __all__ = [
 ]
 
 
-def _widgets():
-    import ipywidgets
-
-    return ipywidgets
-
-
-class Panel:
-    """Controls + pictures + a status line, and the state behind them.
+class Panel(ipywidgets.VBox):
+    """Controls + pictures + a status line, and the state behind them; an ``ipywidgets.VBox``.
 
     Attributes:
-        widget: the ``ipywidgets.VBox`` shown in the notebook (a panel displays as it).
         controls: ``{name: widget}`` of the sliders, dropdowns and buttons.
         images: ``{name: ipywidgets.Image}`` of the pictures.
         status: ``ipywidgets.HTML`` line: numbers of the last update, or the error.
@@ -60,23 +54,16 @@ class Panel:
     """
 
     def __init__(self, controls: dict, images: dict, *, title: str | None = None, extra=()):
-        w = _widgets()
-        self.controls, self.images = controls, images
-        self.status = w.HTML()
-        self.output = w.Output()
-        self.state: dict = {}
-        self.error: Exception | None = None
-        self.updates = 0
+        w = ipywidgets
+        status, output = w.HTML(), w.Output()
         rows = [w.HTML(f"<b>{html.escape(title)}</b>")] if title else []
         rows += [w.HBox(list(controls.values()), layout=w.Layout(flex_flow="row wrap"))]
         rows += [w.HBox(list(images.values()))] if images else []
-        rows += [*extra, self.status, self.output]
-        self.widget = w.VBox(rows)
-
-    def _ipython_display_(self):  # a Panel shows as its VBox
-        from IPython.display import display
-
-        display(self.widget)
+        super().__init__([*rows, *extra, status, output])
+        self.controls, self.images, self.status, self.output = controls, images, status, output
+        self.state: dict = {}
+        self.error: Exception | None = None
+        self.updates = 0
 
     def guarded(self, update):
         """Wrap ``update`` so an exception is shown in the status line and kept in ``error``."""
@@ -95,7 +82,7 @@ class Panel:
                 )
         return run
 
-    def observe(self, update, *names):
+    def watch(self, update, *names):
         """Call ``update`` (guarded) now and whenever one of the named controls changes."""
         run = self.guarded(update)
         for name in names or list(self.controls):
@@ -108,18 +95,19 @@ class Panel:
         return run
 
     def show(self, name: str, image: np.ndarray) -> None:
+        """Draw ``uint8 (H, W, 3)`` ``image`` in the picture called ``name``."""
         self.images[name].value = viz.to_png(image)
 
 
 def _slider(description, value, lo, hi, step=1, kind="int", **kwargs):
-    w = _widgets()
+    w = ipywidgets
     cls = w.IntSlider if kind == "int" else w.FloatSlider
     return cls(value=value, min=lo, max=hi, step=step, description=description,
                continuous_update=False, style={"description_width": "initial"}, **kwargs)
 
 
 def _image(width: int | None = None):
-    w = _widgets()
+    w = ipywidgets
     layout = w.Layout(width=f"{width}px" if width else "auto")
     return w.Image(format="png", layout=layout)
 
@@ -165,7 +153,7 @@ def frame_viewer(clips: dict, *, scale: int = 4, frame: int = 0) -> Panel:
         panel.show("frames", panel.state["image"])
         panel.status.value = f"frame {f} of {F - 1}"
 
-    panel.observe(update)
+    panel.watch(update)
     return panel
 
 
@@ -189,7 +177,7 @@ def feature_explorer(pipe, frames, *, t: int = 261, layer: str | None = None, en
     """
     from .features import default_feature_layer, extract_features
 
-    w = _widgets()
+    w = ipywidgets
     frames = viz.to_numpy(frames)
     layer = layer or default_feature_layer(pipe.unet)
     controls = {
@@ -216,7 +204,7 @@ def feature_explorer(pipe, frames, *, t: int = 261, layer: str | None = None, en
         C, h, w_ = features.shape[1:]
         panel.status.value = f"t = {key[0]}, {key[1]}: features (F, C, H, W) = ({len(frames)}, {C}, {h}, {w_})"
 
-    panel.observe(update)
+    panel.watch(update)
     return panel
 
 
@@ -282,7 +270,7 @@ def window_explorer(features, frames, *, window: int = 9, frame: int = 0, point=
             f"cosine {float(top.values[0]):.3f}"
         )
 
-    panel.observe(update)
+    panel.watch(update)
     return panel
 
 
@@ -346,7 +334,7 @@ def correspondence_explorer(frames, corr, gt=None, *, frame: int = 0, point=None
             text += " | PCK@1 cell: " + ", ".join(f"{k_} {v:.3f}" for k_, v in scores.items())
         panel.status.value = text
 
-    panel.observe(update)
+    panel.watch(update)
     return panel
 
 
@@ -401,7 +389,7 @@ def attention_explorer(q, k, index, frames, *, grid: tuple[int, int], heads: int
         panel.status.value = (f"token ({x}, {y}) of frame {i} attends to {len(row)} gathered tokens; "
                               f"largest weights: {where}")
 
-    panel.observe(update)
+    panel.watch(update)
     return panel
 
 
@@ -493,7 +481,7 @@ def merge_explorer(tokens, index, frames, *, grid: tuple[int, int], ratio: float
         panel.status.value = (f"{T} gathered tokens = (F-1)*K = {F - 1}*{K}; ratio {r_:.2f} merges "
                               f"r = {r} away, {T - r} keys and values remain (same colour = merged)")
 
-    panel.observe(update)
+    panel.watch(update)
     return panel
 
 
@@ -525,7 +513,7 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", config=Non
     from .io import side_by_side
     from .pipeline import edit_video
 
-    w = _widgets()
+    w = ipywidgets
     frames = viz.to_numpy(frames)
     config = config or CoveConfig()
     controls = {

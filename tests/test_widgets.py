@@ -124,7 +124,10 @@ def test_edit_panel_runs_on_click_scores_and_shows_errors(tiny_pipe):
 
 
 def test_panel_guard_keeps_and_clears_the_error():
+    import ipywidgets
+
     panel = widgets.Panel({}, {})
+    assert isinstance(panel, ipywidgets.VBox)  # a panel is a widget: it nests in other layouts
     panel.guarded(lambda: 1 / 0)()
     assert isinstance(panel.error, ZeroDivisionError) and "ZeroDivisionError" in panel.status.value
     panel.guarded(lambda: None)()
