@@ -22,13 +22,19 @@ class _Stop(Exception):
     """Raised by the hook to end the UNet forward once the feature is captured."""
 
 
+def latent_side(unet) -> int:
+    """Side of the (square) latent grid the UNet was configured for (64 for SD 2.1-base)."""
+    size = unet.config.sample_size
+    return size if isinstance(size, int) else size[0]
+
+
 def attention_grids(unet) -> dict[str, int]:
     """Side of the token grid of every self-attention, from the UNet config (square latents).
 
     Returns {block name: grid side}, e.g. SD 2.1: {'down_blocks.0': 64, ..., 'up_blocks.3': 64}.
     """
     cfg = unet.config
-    side = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    side = latent_side(unet)
     n = len(cfg.block_out_channels)
     grids = {}
     for d, kind in enumerate(cfg.down_block_types):
@@ -43,7 +49,7 @@ def attention_grids(unet) -> dict[str, int]:
 def block_output_grid(unet, name: str) -> int:
     """Side of the output grid of ``up_blocks.u`` (its upsampler included)."""
     cfg = unet.config
-    side = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    side = latent_side(unet)
     n, u = len(cfg.up_block_types), int(name.split(".")[1])
     return side if u == n - 1 else side // 2 ** (n - 2 - u)
 
@@ -68,8 +74,7 @@ def default_feature_layer(unet) -> str:
 def feature_grid(pipe, size: tuple[int, int]) -> tuple[int, int]:
     """(H, W) of the default feature map (= the highest-resolution attention grid) for frames
     of ``size`` (H_img, W_img): 64x64 for SD 2.1 at 512x512, 16x16 for cove-tiny at 64x64."""
-    cfg = pipe.unet.config
-    side = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    side = latent_side(pipe.unet)
     best = max(attention_grids(pipe.unet).values())
     f = pipe.vae_scale_factor * side // best  # image pixels per feature cell
     return size[0] // f, size[1] // f

@@ -82,6 +82,11 @@ def _timesteps(scheduler: DDIMScheduler, steps: int) -> list[int]:
     return [int(t) for t in scheduler.timesteps]  # descending
 
 
+def denoise_timesteps(pipe, config: CoveConfig) -> list[int]:
+    """The ``denoise_steps`` DDIM timesteps of an edit, descending (50 steps: 981, 961, ..., 1)."""
+    return _timesteps(ddim_scheduler(pipe), config.denoise_steps)
+
+
 def _nearest(values: list[int], t: int) -> int:
     return min(values, key=lambda v: (abs(v - t), v))
 
@@ -113,7 +118,7 @@ def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), pr
     """
     scheduler = ddim_scheduler(pipe)
     steps = _timesteps(scheduler, config.inversion_steps)[::-1]  # ascending: 1, 11, ..., 991
-    wanted = {_nearest(steps, t): t for t in _timesteps(ddim_scheduler(pipe), config.denoise_steps)[:config.pnp_steps]}
+    wanted = {_nearest(steps, t): t for t in denoise_timesteps(pipe, config)[:config.pnp_steps]}
     ratio = scheduler.config.num_train_timesteps // config.inversion_steps
     f = latents.shape[0]
     cond = encode_text(pipe, [prompt]).expand(f, -1, -1)  # (F, L, D)
@@ -173,7 +178,7 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
 
 def start_latents(pipe, trajectory: dict[int, torch.Tensor], config: CoveConfig) -> torch.Tensor:
     """The inverted latent at the inversion timestep nearest the first denoising timestep."""
-    first = _timesteps(ddim_scheduler(pipe), config.denoise_steps)[0]
+    first = denoise_timesteps(pipe, config)[0]
     return trajectory[_nearest(list(trajectory), first)]
 
 
