@@ -117,6 +117,7 @@ def config_from_args(args) -> CoveConfig:
         denoise_steps=denoise,
         pnp_steps=pnp,
         guidance_scale=args.guidance if args.guidance is not None else base.guidance_scale,
+        strength=args.strength if getattr(args, "strength", None) is not None else base.strength,
     )
 
 
@@ -154,7 +155,7 @@ def cmd_edit(args) -> int:
     start = time.perf_counter()
     io.read_video(args.input, max_frames=1)  # fail fast on a bad input, before loading a model
     from .loading import load_pipeline
-    from .pipeline import edit_video
+    from .pipeline import denoise_timesteps, edit_video, inversion_timesteps
 
     pipe = load_pipeline(args.model, device=args.device, dtype=torch_dtype(args.dtype))
     timings["load model"] = time.perf_counter() - start
@@ -166,7 +167,7 @@ def cmd_edit(args) -> int:
     print(f"cove edit: {F} frames of {H}x{W}, model {args.model}, attention {config.attention}")
 
     progress = PhaseProgress(
-        {"invert": config.inversion_steps, "denoise": config.denoise_steps}, disable=args.quiet
+        {"invert": len(inversion_timesteps(pipe, config)), "denoise": len(denoise_timesteps(pipe, config))}, disable=args.quiet
     )
     tick = time.perf_counter()
     try:
@@ -415,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="denoising steps with plug-and-play injection (default: 80%% of --denoise-steps)")
     edit.add_argument("--guidance", type=float, default=None, metavar="G",
                       help=f"classifier-free guidance scale (default: {defaults.guidance_scale})")
+    edit.add_argument("--strength", type=float, default=None, metavar="S",
+                      help=f"fraction of the denoising schedule run, (0, 1] (default: {defaults.strength}, "
+                           "the paper; lower keeps more of the source)")
     edit.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     edit.set_defaults(run=cmd_edit)
 

@@ -26,6 +26,10 @@ class CoveConfig:
         inversion_steps / denoise_steps: DDIM steps (Sec. 4.1: 100 inversion, 50 denoising).
         pnp_steps: plug-and-play injection during the first ``pnp_steps`` denoising steps
             (FLATTEN-style reading of Sec. 4.1: 40 of 50); more than ``denoise_steps`` means all.
+        strength: fraction of the denoising schedule that is run, as in diffusers' img2img
+            (SDEdit): 1.0 (the paper) inverts to the noisiest timestep and denoises all
+            ``denoise_steps``; 0.6 inverts only to the timestep 60% of the way and runs the last
+            60% of the steps, which keeps more of the source (layout, background).
         guidance_scale: classifier-free guidance (not stated; prior code uses 7.5 to 20).
         feature_t / feature_layer / feature_prompt / feature_ensemble: stage 1 (Sec. 3.1:
             t = 261; layer ``None`` = the decoder block whose output grid equals the
@@ -46,6 +50,7 @@ class CoveConfig:
     denoise_steps: int = 50
     pnp_steps: int = 40
     guidance_scale: float = 7.5
+    strength: float = 1.0
     # Stage 1: diffusion features (Sec. 3.1)
     feature_t: int = 261
     feature_layer: str | None = None
@@ -75,6 +80,8 @@ class CoveConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.pnp_steps < 0:
             raise ValueError(f"pnp_steps must be >= 0, got {self.pnp_steps}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must lie in (0, 1], got {self.strength}")
         if not 0.0 <= self.merge_ratio <= 1.0:
             raise ValueError(f"merge_ratio must lie in [0, 1], got {self.merge_ratio}")
         if self.window % 2 == 0:

@@ -83,8 +83,19 @@ def _timesteps(scheduler: DDIMScheduler, steps: int) -> list[int]:
 
 
 def denoise_timesteps(pipe, config: CoveConfig) -> list[int]:
-    """The ``denoise_steps`` DDIM timesteps of an edit, descending (50 steps: 981, 961, ..., 1)."""
-    return _timesteps(ddim_scheduler(pipe), config.denoise_steps)
+    """The DDIM timesteps an edit denoises through, descending (50 steps: 981, 961, ..., 1).
+
+    With ``config.strength`` s < 1 only the last ``max(1, round(s * denoise_steps))`` of them.
+    """
+    steps = _timesteps(ddim_scheduler(pipe), config.denoise_steps)
+    return steps[len(steps) - max(1, round(config.strength * len(steps))):]
+
+
+def inversion_timesteps(pipe, config: CoveConfig) -> list[int]:
+    """The DDIM timesteps inversion walks, ascending (100 steps: 1, 11, ..., 981), up to the one
+    nearest the first denoising timestep: further inversion would never be used."""
+    steps = _timesteps(ddim_scheduler(pipe), config.inversion_steps)[::-1]
+    return steps[:steps.index(_nearest(steps, denoise_timesteps(pipe, config)[0])) + 1]
 
 
 def _nearest(values: list[int], t: int) -> int:
@@ -117,7 +128,7 @@ def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), pr
         {timestep: latents (F, c, h, w)}: the inverted latent at each inversion timestep.
     """
     scheduler = ddim_scheduler(pipe)
-    steps = _timesteps(scheduler, config.inversion_steps)[::-1]  # ascending: 1, 11, ..., 991
+    steps = inversion_timesteps(pipe, config)  # ascending: 1, 11, ..., 981
     wanted = {_nearest(steps, t): t for t in denoise_timesteps(pipe, config)[:config.pnp_steps]}
     ratio = scheduler.config.num_train_timesteps // config.inversion_steps
     f = latents.shape[0]
@@ -148,7 +159,7 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
         eps = eps_u + s (eps_c - eps_u),    x_{t-1} = DDIM(eps, t, x_t)
 
     Args:
-        latents: (F, c, h, w) at timestep ``timesteps[0]`` of a ``denoise_steps`` schedule.
+        latents: (F, c, h, w) at timestep ``denoise_timesteps(pipe, config)[0]``.
         prompt_embeds / negative_embeds: (F, L, D); ``negative_embeds=None`` disables guidance.
         state: processors' state; PnP injection during the first ``config.pnp_steps`` steps.
 
@@ -157,12 +168,13 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
     """
     scheduler = ddim_scheduler(pipe)
     scheduler.set_timesteps(config.denoise_steps, device=latents.device)
+    timesteps = scheduler.timesteps[len(scheduler.timesteps) - len(denoise_timesteps(pipe, config)):]
     guided = negative_embeds is not None and config.guidance_scale > 1
     text = torch.cat([negative_embeds, prompt_embeds]) if guided else prompt_embeds  # (G*F, L, D)
     state = state or AttentionState(frames=latents.shape[0], mode="per-frame")
     x = latents
     with cove_attention(pipe.unet, state):
-        for i, t in enumerate(scheduler.timesteps):
+        for i, t in enumerate(timesteps):
             state.phase, state.key = ("inject", int(t)) if i < config.pnp_steps else (None, None)
             model_in = torch.cat([x, x]) if guided else x  # (G*F, c, h, w)
             out = pipe.unet(model_in, t, text).sample

@@ -511,7 +511,7 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", config=Non
     from .config import ATTENTION_MODES, CoveConfig
     from .demo import fidelity
     from .io import side_by_side
-    from .pipeline import edit_video
+    from .pipeline import denoise_timesteps, edit_video, inversion_timesteps
 
     w = ipywidgets
     frames = viz.to_numpy(frames)
@@ -523,6 +523,7 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", config=Non
         "window": _slider("window l", config.window, 1, 15, step=2),
         "merge_ratio": _slider("merge ratio", config.merge_ratio, 0.0, 1.0, step=0.05, kind="float"),
         "steps": _slider("denoise steps", config.denoise_steps, 2, 50),
+        "strength": _slider("strength", config.strength, 0.1, 1.0, step=0.05, kind="float"),
         "run": w.Button(description="Run edit", button_style="primary", icon="play"),
     }
     progress = w.IntProgress(value=0, min=0, max=1, description="progress")
@@ -537,7 +538,7 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", config=Non
             config, attention=controls["attention"].value, k=controls["k"].value,
             window=controls["window"].value, merge_ratio=controls["merge_ratio"].value,
             denoise_steps=steps, pnp_steps=min(config.pnp_steps * steps // max(config.denoise_steps, 1), steps),
-            inversion_steps=max(config.inversion_steps, steps),
+            inversion_steps=max(config.inversion_steps, steps), strength=controls["strength"].value,
         )
 
     def show_frame(*_):
@@ -546,7 +547,7 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", config=Non
 
     def run():
         cfg = settings()
-        total = cfg.inversion_steps + cfg.denoise_steps
+        total = len(inversion_timesteps(pipe, cfg)) + len(denoise_timesteps(pipe, cfg))
         progress.max, progress.value = total, 0
         panel.status.value = f"running {cfg.attention} ({total} steps)..."
         callback = lambda info: setattr(progress, "value", progress.value + 1)  # noqa: E731

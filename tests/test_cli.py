@@ -64,6 +64,10 @@ def test_config_from_args_scales_pnp_steps():
     config = cli.config_from_args(args)
     assert (config.denoise_steps, config.pnp_steps, config.k) == (10, 8, 5)
     assert config.inversion_steps == CoveConfig().inversion_steps
+    assert config.strength == 1.0
+    assert cli.config_from_args(parser.parse_args(["edit", "in.mp4", "-p", "x", "--strength", "0.6"])).strength == 0.6
+    with pytest.raises(ValueError, match="strength must lie"):
+        cli.config_from_args(parser.parse_args(["edit", "in.mp4", "-p", "x", "--strength", "2"]))
     args = parser.parse_args(["edit", "in.mp4", "-p", "x", "--window", "4"])
     with pytest.raises(ValueError, match="window must be odd"):
         cli.config_from_args(args)

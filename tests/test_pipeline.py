@@ -10,7 +10,7 @@ import torch
 import cove
 from cove import CoveConfig
 from cove.features import default_feature_layer, extract_features, feature_grid
-from cove.pipeline import ddim_scheduler, denoise, edit_video, invert, start_latents
+from cove.pipeline import ddim_scheduler, denoise, denoise_timesteps, edit_video, invert, start_latents
 from cove.processors import AttentionState, CoveAttnProcessor, cove_attention, self_attention_names
 from cove.sd import encode_frames, encode_text
 
@@ -80,12 +80,13 @@ def test_edit_video_modes_run_cga_only_in_cove(tiny_pipe, tiny_clip):
         res = edit_video(tiny_pipe, tiny_clip, "a green star", config=replace(FAST, attention=mode),
                          callback=seen.append)
         assert res.frames.shape == tiny_clip.shape and res.frames.dtype == np.uint8
-        assert [s["phase"] for s in seen] == ["invert"] * 4 + ["denoise"] * 2
+        assert [s["phase"] for s in seen] == ["invert"] * 3 + ["denoise"] * 2
         assert {"inversion", "denoising", "total"} <= set(res.timings)
         calls[mode] = res.extras["calls"].get("cga", 0)
         assert (res.correspondence is not None) == (mode == "cove")
-    # CGA runs in the 16x16 self-attention layers only: 3 layers x 6 UNet calls (4 inv + 2 x 1 CFG batch)
-    assert calls == {"cove": 3 * 6, "spatiotemporal": 0, "per-frame": 0}
+    # CGA runs in the 16x16 self-attention layers only: 3 layers x 5 UNet calls (3 inversion steps:
+    # 1, 251, 501 = the first denoising timestep; then 2 denoising steps, one CFG batch each)
+    assert calls == {"cove": 3 * 5, "spatiotemporal": 0, "per-frame": 0}
 
 
 def test_edit_video_pnp_injection_changes_result(tiny_pipe, tiny_clip):
@@ -103,9 +104,25 @@ def test_inversion_trajectory_and_start(tiny_pipe, tiny_clip):
     cfg = CoveConfig(inversion_steps=10, denoise_steps=5)
     z = encode_frames(tiny_pipe, tiny_clip)
     traj = invert(tiny_pipe, z, config=cfg)
-    assert sorted(traj) == list(range(1, 1000, 100))
-    # the 5-step schedule starts at 801, which the 10-step inversion visited
+    # the 5-step schedule starts at 801: the 10-step inversion walks 1, 101, ..., 801 and stops
+    assert sorted(traj) == list(range(1, 802, 100))
     assert start_latents(tiny_pipe, traj, cfg) is traj[801]
+
+
+def test_strength_runs_the_tail_of_the_schedule(tiny_pipe, tiny_clip):
+    cfg = CoveConfig(inversion_steps=10, denoise_steps=5, strength=0.6)
+    assert denoise_timesteps(tiny_pipe, cfg) == [401, 201, 1]  # the last 60% of 5 steps
+    assert denoise_timesteps(tiny_pipe, replace(cfg, strength=1.0)) == [801, 601, 401, 201, 1]
+    assert denoise_timesteps(tiny_pipe, replace(cfg, strength=0.01)) == [1]  # at least one step
+    z = encode_frames(tiny_pipe, tiny_clip)
+    traj = invert(tiny_pipe, z, config=cfg)
+    assert sorted(traj) == [1, 101, 201, 301, 401]  # inversion stops at the start
+    assert start_latents(tiny_pipe, traj, cfg) is traj[401]
+    steps = []
+    res = edit_video(tiny_pipe, tiny_clip, "a star", config=replace(FAST, strength=0.5),
+                     callback=lambda info: steps.append((info["phase"], info["t"])))
+    assert [t for phase, t in steps if phase == "denoise"] == denoise_timesteps(tiny_pipe, replace(FAST, strength=0.5))
+    assert res.frames.shape == tiny_clip.shape
 
 
 def test_features_shape_norm_and_determinism(tiny_pipe, tiny_clip):
@@ -147,6 +164,7 @@ def test_edit_video_bad_frames(tiny_pipe, frames, match):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(attention="magic"), "attention must be"), (dict(window=4), "odd"), (dict(k=0), "k must"),
     (dict(pnp_steps=-1), "pnp_steps"), (dict(merge_ratio=1.5), "merge_ratio"), (dict(correspondence="x"), "correspondence"),
+    (dict(strength=0.0), "strength"), (dict(strength=1.5), "strength"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -15,8 +15,8 @@ from cove.pipeline import reconstruct
 
 # Floors a little under what cove-tiny measured on this machine (docs/quality.json has the
 # full figures); a broken model, loader or inversion falls far below them.
-RECONSTRUCTION_PSNR = 26.0  # 25 steps: measured 28.7 dB (100 steps, the gate: 40.2 dB)
-FEATURE_PCK = 0.45  # measured 0.60 on the demo clip with up_blocks.0 at t = 0
+RECONSTRUCTION_PSNR = 24.0  # 25 steps: measured 26.7 dB (100 steps, the gate: 38.9 dB)
+FEATURE_PCK = {261: 0.30, 0: 0.55}  # demo clip, default layer up_blocks.0: measured 0.40 / 0.69
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_weights_are_shipped_small_and_offline(pipe):
     size = sum(p.stat().st_size for p in TINY_PATH.rglob("*") if p.is_file())
     assert size <= 30 * 2**20, f"cove-tiny weights are {size / 2**20:.1f} MB"
     assert type(pipe).__name__ == "StableDiffusionPipeline"
-    assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 16
+    assert pipe.vae_scale_factor == 2 and pipe.unet.config.sample_size == 32
     assert pipe.scheduler.config.prediction_type == "v_prediction"
 
 
@@ -36,7 +36,7 @@ def test_vae_is_lossless(pipe):
     frames = world.render(world.demo_scene()).frames
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
     z = pipe.vae.encode(x).latent_dist.mean
-    assert z.shape == (8, 48, 16, 16)
+    assert z.shape == (8, 12, 32, 32)
     torch.testing.assert_close(pipe.vae.decode(z).sample, x)
 
 
@@ -48,19 +48,16 @@ def test_inversion_then_reconstruction_returns_the_clip(pipe):
 
 
 def test_features_track_a_shapesworld_clip(pipe):
-    """cove-tiny's features carry correspondence, at its best setting (up_blocks.0, t = 0).
-
-    At the paper's default (the last 16x16 block, t = 261) they do not (PCK ~0.05 vs optical
-    flow ~0.97, docs/quality.json): cove-tiny's top level mostly models pixel noise.
-    """
+    """cove-tiny's features carry correspondence at the paper's setting (default layer, t = 261)
+    and better still at t = 0; optical flow does better on these clips (PCK 0.97 against 0.54,
+    docs/quality.json)."""
     clip = world.render(world.demo_scene())
-    feats = extract_features(pipe, clip.frames, t=0, layer="up_blocks.0",
-                             generator=torch.Generator().manual_seed(0))
-    assert feats.shape == (8, 128, 16, 16)
-    corr = correspond(feats, window=9, k=3)
     gt_pos, gt_vis = clip.ground_truth(grid=(16, 16))
-    pck = metrics.pck(corr, gt_pos, gt_vis, threshold=1.0)
-    assert pck >= FEATURE_PCK, pck
+    for t, floor in FEATURE_PCK.items():
+        feats = extract_features(pipe, clip.frames, t=t, generator=torch.Generator().manual_seed(0))
+        assert feats.shape == (8, 128, 16, 16)
+        pck = metrics.pck(correspond(feats, window=9, k=3), gt_pos, gt_vis, threshold=1.0)
+        assert pck >= floor, (t, pck)
     # identical frames: every token finds itself
     same = correspond(feats[:1].expand(3, -1, -1, -1).contiguous(), window=9, k=3)
     n = torch.arange(256)
@@ -68,11 +65,11 @@ def test_features_track_a_shapesworld_clip(pipe):
 
 
 def test_generation_follows_the_background(pipe):
-    """Backgrounds follow the prompt (measured 100%); colours and shapes do not yet reliably
-    (52% / 18%, docs/quality.json), so they are not asserted here."""
+    """Backgrounds and colours follow the prompt (measured 100% / 91%); shapes do not yet (21%,
+    chance is 25%: docs/quality.json), so they are not asserted here."""
     prompts = ["a red circle on snow", "a blue square on grass"]
     images = pipe(prompts, num_inference_steps=20, guidance_scale=5.0,
                   generator=torch.Generator().manual_seed(0), output_type="np").images
     images = (images * 255).round().astype(np.uint8)
     judged = [metrics.prompt_followed(im, p) for im, p in zip(images, prompts)]
-    assert all(j["background"] for j in judged), judged
+    assert all(j["background"] and j["colour"] for j in judged), judged

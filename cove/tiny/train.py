@@ -34,7 +34,7 @@ def _parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m cove.tiny.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=WEIGHTS, help="pipeline folder to write")
     p.add_argument("--work", type=Path, default=Path("runs/cove-tiny"), help="checkpoints, log")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=100)
@@ -104,7 +104,7 @@ def train(argv=None) -> Path:
         gen.manual_seed(args.seed * 7919 + step)
         t = torch.randint(0, len(abar), (x0.shape[0],), generator=gen).to(device)
         eps = torch.randn(x0.shape, generator=gen).to(device)
-        z0 = pipe.vae.encode(x0).latent_dist.mean  # (B, 48, 16, 16)
+        z0 = pipe.vae.encode(x0).latent_dist.mean  # (B, 12, 32, 32)
         eps = pipe.vae.encode(eps).latent_dist.mean  # same reshape of the noise
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
