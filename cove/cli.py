@@ -117,7 +117,7 @@ def config_from_args(args) -> CoveConfig:
         denoise_steps=denoise,
         pnp_steps=pnp,
         guidance_scale=args.guidance if args.guidance is not None else base.guidance_scale,
-        strength=args.strength if getattr(args, "strength", None) is not None else base.strength,
+        strength=args.strength if args.strength is not None else base.strength,
     )
 
 

@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from .config import CoveConfig
+from .tiny.quality import edit_config
 
 # cove-tiny's edit settings (``cove.tiny.quality.edit_config``: the second half of a 25-step
 # schedule, PnP in every step run, chosen on validation clips) with the steps halved so that the
 # demo runs in about a minute on 2 CPU cores. Cost: each edit makes (inversion steps run +
 # 2 * denoising steps run) * F UNet passes (guidance doubles the batch): (9 + 2 * 5) * 8 here.
-DEMO_CONFIG = CoveConfig(inversion_steps=20, denoise_steps=10, pnp_steps=10, strength=0.5)
+DEMO_CONFIG = replace(edit_config(), inversion_steps=20, denoise_steps=10, pnp_steps=10)
 # A smoke test (tests, ``cove demo --quick``): 4 frames, a few steps; its numbers are not a result.
 QUICK_CONFIG = CoveConfig(inversion_steps=3, denoise_steps=2, pnp_steps=1)
 QUICK_FRAMES = 4
