@@ -172,7 +172,8 @@ def cmd_edit(args) -> int:
     tick = time.perf_counter()
     try:
         result = edit_video(
-            pipe, frames, args.prompt, source_prompt=args.source_prompt, config=config,
+            pipe, frames, args.prompt, source_prompt=args.source_prompt, negative_prompt=args.negative_prompt,
+            config=config,
             callback=progress, generator=make_generator(pipe, args.seed),
         )
     finally:
@@ -398,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("input", help="a video (.mp4 ...), a .gif, or a folder of .png/.jpg frames")
     edit.add_argument("-p", "--prompt", required=True, help="the target prompt")
     edit.add_argument("--source-prompt", default="", help="a prompt describing the input (default: empty)")
+    edit.add_argument("--negative-prompt", default="",
+                      help="the unconditional side of guidance (default: empty; the source prompt "
+                           "guides along target minus source only)")
     edit.add_argument("-o", "--output", type=Path, default=None,
                       help="output .mp4 or .gif (default: <input stem>_edited.mp4 next to the input)")
     _add_model_options(edit)

@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from .config import CoveConfig
-from .tiny.quality import edit_config
+from .tiny.quality import edit_config, edit_negative_prompt
 
-# cove-tiny's edit settings (``cove.tiny.quality.edit_config``: the second half of a 25-step
-# schedule, PnP in every step run, chosen on validation clips) with the steps halved so that the
-# demo runs in about a minute on 2 CPU cores. Cost: each edit makes (inversion steps run +
-# 2 * denoising steps run) * F UNet passes (guidance doubles the batch): (9 + 2 * 5) * 8 here.
+# cove-tiny's edit settings (``cove.tiny.quality.edit_config``: the last 70% of a 25-step
+# schedule, PnP in every step run, the source prompt as negative prompt, chosen on validation
+# clips) with the steps halved so that the demo runs in about a minute on 2 CPU cores. Cost: each
+# edit makes (inversion steps run + 2 * denoising steps run) * F UNet passes (guidance doubles
+# the batch): (13 + 2 * 7) * 8 here.
 DEMO_CONFIG = replace(edit_config(), inversion_steps=20, denoise_steps=10, pnp_steps=10)
 # A smoke test (tests, ``cove demo --quick``): 4 frames, a few steps; its numbers are not a result.
 QUICK_CONFIG = CoveConfig(inversion_steps=3, denoise_steps=2, pnp_steps=1)
@@ -131,7 +132,8 @@ def _edit(pipe, frames, prompt, source_prompt, config):
 
     generator = torch.Generator(device=pipe.device).manual_seed(SEED)
     start = time.perf_counter()
-    result = edit_video(pipe, frames, prompt, source_prompt=source_prompt, config=config, generator=generator)
+    result = edit_video(pipe, frames, prompt, source_prompt=source_prompt,
+                        negative_prompt=edit_negative_prompt(source_prompt), config=config, generator=generator)
     return result, time.perf_counter() - start
 
 
@@ -238,6 +240,7 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
         {
             "prompt": prompt,
             "source_prompt": source_prompt,
+            "negative_prompt": edit_negative_prompt(source_prompt),
             "edit": [source_phrase, target_phrase],
             "frames": [F, H, W],
             "quick": quick,

@@ -216,7 +216,7 @@ def _largest_odd(n: int) -> int:
     return n if n % 2 else n - 1
 
 
-def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "",
+def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_prompt: str = "",
                config: CoveConfig = CoveConfig(), callback=None,
                generator: torch.Generator | None = None) -> EditResult:
     """Edit a clip with a text prompt, consistently across frames (COVE).
@@ -227,6 +227,9 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "",
             512x512 for SD 2.1).
         prompt: the target prompt ("a green star on grass").
         source_prompt: prompt for inversion (paper: empty).
+        negative_prompt: the unconditional side of classifier-free guidance (paper: empty).
+            Passing the source prompt here guides along "target minus source" only, so what
+            both prompts share (the background) is pulled nowhere.
         config: :class:`cove.CoveConfig` (``attention="cove" | "spatiotemporal" | "per-frame"``).
 
     Args to tinker with:
@@ -240,8 +243,9 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "",
     # 1. check inputs
     frames = check_frames(frames)
     check_size(pipe, frames)
-    if not isinstance(prompt, str) or not isinstance(source_prompt, str):
-        raise ValueError("prompt and source_prompt must be strings")
+    for name, value in (("prompt", prompt), ("source_prompt", source_prompt), ("negative_prompt", negative_prompt)):
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: expected a string, got {type(value).__name__}")
     if not isinstance(config, CoveConfig):
         raise ValueError(f"config must be a cove.CoveConfig, got {type(config).__name__}")
     timings, t_start = {}, time.perf_counter()
@@ -264,7 +268,7 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "",
     # 5. denoising with guidance and PnP injection
     t0 = time.perf_counter()
     cond = encode_text(pipe, [prompt]).expand(f, -1, -1)  # (F, L, D)
-    uncond = encode_text(pipe, [""]).expand(f, -1, -1)  # (F, L, D)
+    uncond = encode_text(pipe, [negative_prompt]).expand(f, -1, -1)  # (F, L, D)
     x0 = denoise(pipe, x_t, cond, uncond, config=config, state=state, callback=callback)
     timings["denoising"] = time.perf_counter() - t0
     # 6. decode
@@ -275,7 +279,7 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "",
     state.store.clear()
     return EditResult(frames=out, correspondence=corr, latents=x_t, timings=timings, config=config,
                       prompt=prompt, source_prompt=source_prompt,
-                      extras={"calls": dict(state.calls)})
+                      extras={"calls": dict(state.calls), "negative_prompt": negative_prompt})
 
 
 def reconstruct(pipe, frames, *, prompt: str = "", config: CoveConfig = CoveConfig(),

@@ -490,8 +490,8 @@ def merge_explorer(tokens, index, frames, *, grid: tuple[int, int], ratio: float
 # ---------------------------------------------------------------------------------------------
 
 
-def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", config=None, clip=None,
-               truth=None, target_phrase: str | None = None, seed: int = 0, scale: int = 3) -> Panel:
+def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_prompt: str = "", config=None,
+               clip=None, truth=None, target_phrase: str | None = None, seed: int = 0, scale: int = 3) -> Panel:
     """The full COVE edit with its settings as widgets and a Run button.
 
     Each click runs ``cove.pipeline.edit_video`` with the chosen prompt, attention mode, ``K``,
@@ -501,7 +501,8 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", config=Non
     Every run is added to a table, so runs can be compared (the paper's ablation in miniature).
 
     Args:
-        frames: uint8 ``(F, H, W, 3)``; prompt / source_prompt: initial prompts.
+        frames: uint8 ``(F, H, W, 3)``; prompt / source_prompt / negative_prompt: initial prompts
+            (``cove.edit_video``'s meaning; prompt and negative prompt are editable).
         config: starting ``CoveConfig`` (steps are taken from it).
         clip: the source ``world.Clip`` (its motion scores flicker); optional.
         truth: the ground-truth edited ``world.Clip``; optional. target_phrase: the edited
@@ -518,6 +519,8 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", config=Non
     config = config or CoveConfig()
     controls = {
         "prompt": w.Text(value=prompt, description="prompt", layout=w.Layout(width="420px")),
+        "negative": w.Text(value=negative_prompt, description="negative", layout=w.Layout(width="420px"),
+                           placeholder="empty (the paper); the source prompt guides along target - source"),
         "attention": w.Dropdown(options=list(ATTENTION_MODES), value=config.attention, description="attention"),
         "k": _slider("K", config.k, 1, 9),
         "window": _slider("window l", config.window, 1, 15, step=2),
@@ -553,8 +556,9 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", config=Non
         callback = lambda info: setattr(progress, "value", progress.value + 1)  # noqa: E731
         start = time.perf_counter()
         result = edit_video(pipe, frames, controls["prompt"].value, source_prompt=source_prompt,
-                            config=cfg, callback=callback, generator=torch.Generator().manual_seed(seed))
+                            negative_prompt=controls["negative"].value, config=cfg, callback=callback, generator=torch.Generator().manual_seed(seed))
         row = {"run": len(panel.state["runs"]) + 1, "prompt": controls["prompt"].value,
+               "negative": controls["negative"].value,
                "attention": cfg.attention, "K": cfg.k, "l": cfg.window, "merge": cfg.merge_ratio,
                "steps": cfg.denoise_steps, "seconds": time.perf_counter() - start}
         if clip is not None:

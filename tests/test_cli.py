@@ -170,6 +170,24 @@ def test_edit_end_to_end(tiny_pipe, tiny_folder, tmp_path, capsys):
     assert source.read_bytes() == before  # the input is untouched
 
 
+def test_edit_passes_source_and_negative_prompts(tiny_folder, tmp_path, monkeypatch):
+    import cove.pipeline
+
+    seen, original = {}, cove.pipeline.edit_video
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cove.pipeline, "edit_video", recording)
+    source = io.write_video(tmp_path / "walk.gif", textured_clip(F=2, size=32))
+    argv = ["edit", str(source), "-p", "a green star", "--source-prompt", "a red star", "--negative-prompt",
+            "a red star", "--model", str(tiny_folder), "--attention", "per-frame", "--inversion-steps", "2",
+            "--denoise-steps", "2", "--quiet"]
+    assert cli.main(argv) == 0
+    assert seen["source_prompt"] == "a red star" and seen["negative_prompt"] == "a red star"
+
+
 def test_edit_failure_leaves_no_output(tiny_folder, tmp_path, capsys, monkeypatch):
     source = io.write_video(tmp_path / "walk.gif", textured_clip(F=3, size=32))
     write = io.write_video

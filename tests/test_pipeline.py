@@ -95,6 +95,23 @@ def test_edit_video_pnp_injection_changes_result(tiny_pipe, tiny_clip):
     assert np.abs(a.astype(int) - b).max() > 0
 
 
+def test_negative_prompt_is_the_unconditional_side(tiny_pipe, tiny_clip):
+    def edit(config, **kwargs):  # the same feature noise, hence the same correspondence, each time
+        return edit_video(tiny_pipe, tiny_clip, "a green star", config=config,
+                          generator=torch.Generator().manual_seed(0), **kwargs)
+
+    guided = replace(FAST, guidance_scale=7.5)
+    plain = edit(replace(FAST, guidance_scale=1.0)).frames
+    # eps_u + s (eps_c - eps_u) with eps_u = eps_c: guidance has nothing to amplify
+    same = edit(guided, negative_prompt="a green star")
+    assert np.abs(same.frames.astype(int) - plain).max() <= 1
+    assert same.extras["negative_prompt"] == "a green star"
+    other = edit(guided, negative_prompt="a red circle").frames
+    assert np.abs(other.astype(int) - plain).max() > 10
+    with pytest.raises(ValueError, match="negative_prompt: expected a string"):
+        edit(FAST, negative_prompt=None)
+
+
 def test_flow_correspondence_option(tiny_pipe, tiny_clip):
     res = edit_video(tiny_pipe, tiny_clip, "a star", config=replace(FAST, correspondence="flow"))
     assert res.correspondence.k == 1 and res.correspondence.grid == (16, 16)

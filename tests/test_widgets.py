@@ -121,6 +121,10 @@ def test_edit_panel_runs_on_click_scores_and_shows_errors(tiny_pipe):
     panel.controls["run"].click()
     assert isinstance(panel.error, ValueError) and "ValueError" in panel.status.value
     assert len(panel.state["runs"]) == 1
+    panel.controls["window"].value, panel.controls["negative"].value = 5, clip.caption
+    panel.controls["run"].click()
+    assert panel.error is None and panel.state["runs"][-1]["negative"] == clip.caption
+    assert panel.state["result"].extras["negative_prompt"] == clip.caption
 
 
 def test_panel_guard_keeps_and_clears_the_error():

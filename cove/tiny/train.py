@@ -28,13 +28,19 @@ from .model import MAX_TOKENS, build_pipeline
 from .tokenizer import build_clip_tokenizer
 
 WEIGHTS = Path(__file__).parent / "weights"
+# The shipped weights: a 4000-step cycle, then a warm restart for 4400 more (one CPU session each).
+CYCLES = (4000, 4400)
 
 
 def _parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m cove.tiny.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=WEIGHTS, help="pipeline folder to write")
     p.add_argument("--work", type=Path, default=Path("runs/cove-tiny"), help="checkpoints, log")
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--cycles", type=_cycles, default=CYCLES,
+                   help="learning-rate cycles, comma-separated step counts (warm restarts); "
+                        f"default {','.join(map(str, CYCLES))} (the shipped weights)")
+    p.add_argument("--steps", type=int, default=None, help="one cycle of this many steps instead of --cycles")
+    p.add_argument("--restart-lr", type=float, default=0.5, help="peak lr of later cycles, as a fraction of --lr")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=100)
@@ -46,16 +52,37 @@ def _parse(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--stop-at", type=int, default=None,
-                   help="stop after this step and export (the schedule still spans --steps)")
-    return p.parse_args(argv)
+                   help="stop after this step and export (the schedule still spans all cycles)")
+    args = p.parse_args(argv)
+    if args.steps is not None:
+        args.cycles = _cycles(str(args.steps))
+    args.steps = sum(args.cycles)
+    return args
+
+
+def _cycles(text: str) -> tuple[int, ...]:
+    try:
+        cycles = tuple(int(c) for c in str(text).split(","))
+    except ValueError:
+        cycles = ()
+    if not cycles or min(cycles) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive step counts separated by commas, got {text!r}")
+    return cycles
 
 
 def _lr(step: int, args) -> float:
-    """Linear warm-up, then cosine decay to 10%."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Per cycle: linear warm-up, then cosine decay to 10% of the cycle's peak (warm restarts,
+    Loshchilov & Hutter 2017). The first cycle peaks at ``lr``, later ones at ``restart_lr * lr``."""
+    start = 0
+    for k, length in enumerate(args.cycles):
+        if step < start + length or k == len(args.cycles) - 1:
+            break
+        start += length
+    peak, local = args.lr * (1.0 if k == 0 else args.restart_lr), step - start
+    if local < args.warmup:
+        return peak * (local + 1) / args.warmup
+    progress = min(1.0, (local - args.warmup) / max(1, length - args.warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def batch(step: int, args, tokenizer, device):
@@ -140,7 +167,7 @@ def train(argv=None) -> Path:
     pipe.to("cpu")
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out)
-    info = {"steps": args.steps, "stopped_at": last, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+    info = {"steps": args.steps, "cycles": list(args.cycles), "restart_lr": args.restart_lr, "stopped_at": last, "batch": args.batch, "lr": args.lr, "seed": args.seed,
             "ema": args.ema, "device": str(device), "machine": platform.platform(),
             "processor": platform.processor(), "torch": torch.__version__,
             "minutes": round((time.time() - t0) / 60, 1)}

@@ -1,0 +1,57 @@
+"""cove-tiny's training script: its schedule, and that a resumed run equals an uninterrupted one."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cove import world
+from cove.tiny import train
+from cove.tiny.model import MAX_TOKENS, build_pipeline
+from cove.tiny.tokenizer import build_clip_tokenizer
+
+
+def test_default_schedule_is_the_shipped_cycles():
+    args = train._parse([])
+    assert args.cycles == train.CYCLES and args.steps == sum(train.CYCLES)
+    assert train._parse(["--steps", "500"]).cycles == (500,)
+    assert train._parse(["--cycles", "300,200"]).steps == 500
+
+
+def test_lr_warms_up_decays_and_restarts():
+    args = train._parse(["--cycles", "1000,500", "--lr", "1e-3", "--warmup", "10", "--restart-lr", "0.5"])
+    lr = [train._lr(s, args) for s in range(1500)]
+    assert lr[0] == pytest.approx(1e-4) and lr[9] == pytest.approx(1e-3)  # linear warm-up
+    assert all(a >= b for a, b in zip(lr[9:1000], lr[10:1000]))  # cosine decay, monotone
+    assert lr[999] == pytest.approx(1e-4, rel=1e-2)  # ... to 10% of the peak
+    assert lr[1000] == pytest.approx(5e-5) and lr[1009] == pytest.approx(5e-4)  # restart at half
+    assert lr[1499] == pytest.approx(5e-5, rel=1e-2)
+    # one cycle of 4000 steps is the schedule the first cove-tiny cycle ran
+    one = train._parse(["--steps", "4000"])
+    old = lambda s: 3e-4 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 100) / 3900)))  # noqa: E731
+    assert train._lr(2000, one) == pytest.approx(old(2000))
+
+
+@pytest.mark.parametrize("bad", ["", "0", "10,-1", "ten"])
+def test_bad_cycles_are_refused_in_one_line(bad, capsys):
+    with pytest.raises(SystemExit):
+        train._parse(["--cycles", bad])
+    assert "expected positive step counts" in capsys.readouterr().err
+
+
+def _unet(folder):
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    common = ["--cycles", "2,1", "--batch", "2", "--warmup", "1", "--save-every", "1"]
+    whole = _unet(train.train([*common, "--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1")]))
+    train.train([*common, "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2"), "--stop-at", "2"])
+    resumed = _unet(train.train([*common, "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2"), "--resume"]))
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)
+    fresh = build_pipeline(build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)).unet
+    assert any(not torch.equal(v, whole[k]) for k, v in fresh.state_dict().items()), "training changed nothing"
