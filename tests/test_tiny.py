@@ -18,7 +18,7 @@ from cove.tiny import quality
 
 # Floors a little under what cove-tiny measured on this machine (docs/quality.json has the
 # full figures); a broken model, loader or inversion falls far below them.
-RECONSTRUCTION_PSNR = 24.0  # 25 steps: measured 28.1 dB (100 steps, the gate: 39.3 dB)
+RECONSTRUCTION_PSNR = 24.0  # 25 steps: measured 27.8 dB (100 steps, the gate: 39.8 dB)
 FEATURE_PCK = {261: 0.30, 0: 0.55}  # demo clip, default layer up_blocks.0: measured 0.40 / 0.69
 
 
@@ -52,7 +52,7 @@ def test_inversion_then_reconstruction_returns_the_clip(pipe):
 
 def test_features_track_a_shapesworld_clip(pipe):
     """cove-tiny's features carry correspondence at the paper's setting (default layer, t = 261)
-    and better still at t = 0; optical flow does better on these clips (PCK 0.97 against 0.58,
+    and better still at t = 0; optical flow does better on these clips (PCK 0.97 against 0.55,
     docs/quality.json)."""
     clip = world.render(world.demo_scene())
     gt_pos, gt_vis = clip.ground_truth(grid=(16, 16))
@@ -68,7 +68,7 @@ def test_features_track_a_shapesworld_clip(pipe):
 
 
 def test_generation_follows_the_background(pipe):
-    """Backgrounds and colours follow the prompt (measured 100% / 98%); shapes do not yet (27%,
+    """Backgrounds and colours follow the prompt (measured 100% / 99%); shapes do not yet (28%,
     chance is 25%: docs/quality.json), so they are not asserted here."""
     prompts = ["a red circle on snow", "a blue square on grass"]
     images = pipe(prompts, num_inference_steps=20, guidance_scale=5.0,
@@ -78,20 +78,21 @@ def test_generation_follows_the_background(pipe):
     assert all(j["background"] and j["colour"] for j in judged), judged
 
 
-def test_source_caption_as_negative_prompt_moves_the_colour(pipe):
+def test_source_caption_as_negative_prompt_keeps_the_background(pipe):
     """The edit setting of the demo and the quality gate: guidance away from the source caption
-    recolours more of the object than guidance away from "" (measured on these two edits, 10
-    steps: 35% against 7% of the object's pixels; 20 steps and the gate: docs/quality.json)."""
+    changes the background less than guidance away from "" (measured on these two edits, 10
+    steps: background PSNR 26.4 dB against 21.3 dB; on the 6 validation clips at 50/25 steps,
+    25.2 against 21.2 dB, with 65% against 40% of the object recoloured)."""
     config = dataclasses.replace(quality.edit_config(), attention="per-frame", inversion_steps=20,
                                  denoise_steps=10)
-    accuracy = {"": [], "source": []}
+    background = {"": [], "source": []}
     for seed in (0, 1):
         clip = quality.moving_clips(1, seed, frames=4)[0]
         task = quality.colour_edit_task(clip, seed)
-        for negative in accuracy:
+        for negative in background:
             edit = edit_video(pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
                               negative_prompt=task["source_prompt"] if negative else "", config=config,
                               generator=torch.Generator().manual_seed(0))
             fidelity = metrics.edit_fidelity(edit.frames, task["truth"], task["mask"], task["target_colour"])
-            accuracy[negative].append(fidelity["attribute_accuracy"])
-    assert np.mean(accuracy["source"]) >= np.mean(accuracy[""]) + 0.15, accuracy
+            background[negative].append(fidelity["background_psnr"])
+    assert np.mean(background["source"]) >= np.mean(background[""]) + 2.0, background
