@@ -556,7 +556,8 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
         callback = lambda info: setattr(progress, "value", progress.value + 1)  # noqa: E731
         start = time.perf_counter()
         result = edit_video(pipe, frames, controls["prompt"].value, source_prompt=source_prompt,
-                            negative_prompt=controls["negative"].value, config=cfg, callback=callback, generator=torch.Generator().manual_seed(seed))
+                            negative_prompt=controls["negative"].value, config=cfg, callback=callback,
+                            generator=torch.Generator().manual_seed(seed))
         row = {"run": len(panel.state["runs"]) + 1, "prompt": controls["prompt"].value,
                "negative": controls["negative"].value,
                "attention": cfg.attention, "K": cfg.k, "l": cfg.window, "merge": cfg.merge_ratio,

@@ -41,6 +41,13 @@ def test_bad_cycles_are_refused_in_one_line(bad, capsys):
     assert "expected positive step counts" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bad", ["0", "3,4"])
+def test_bad_steps_are_refused_in_one_line(bad, capsys):
+    with pytest.raises(SystemExit):
+        train._parse(["--steps", bad])
+    assert "argument --steps: expected" in capsys.readouterr().err
+
+
 def _unet(folder):
     return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
 

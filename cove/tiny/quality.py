@@ -46,14 +46,10 @@ PROMPT_STEPS = 50
 PROMPT_GUIDANCE = 3.0
 
 
-# edit: guide along "target minus source" (the source prompt as the negative prompt) rather than
-# "target minus empty"; see ``cove.edit_video(negative_prompt=...)``.
-EDIT_AGAINST_SOURCE = True
-
-
 def edit_negative_prompt(source_prompt: str) -> str:
-    """The negative prompt the gate and ``cove demo`` edit cove-tiny with."""
-    return source_prompt if EDIT_AGAINST_SOURCE else ""
+    """The negative prompt the gate and ``cove demo`` edit cove-tiny with: the source prompt, so
+    that guidance pulls along "target minus source" rather than "target minus empty"."""
+    return source_prompt
 
 
 def edit_config():
@@ -309,7 +305,7 @@ def measure_edit(pipe, n_clips: int = 3, seed: int = 0, *, frames: int = 8, conf
     clips = moving_clips(n_clips, seed, frames=frames, size=size)
     tasks = [colour_edit_task(clip, seed + c) for c, clip in enumerate(clips)]
     result: dict = {"edits": [f"{t['source']} -> {t['target']}" for t in tasks],
-                    "negative_prompt": "the source prompt" if EDIT_AGAINST_SOURCE else "empty"}
+                    "negative_prompt": "the source prompt"}
     result["truth_warp_error"] = _mean([metrics.warp_error(t["truth"], clip) for t, clip in zip(tasks, clips)])
     outputs = {}
     for attention in attentions:

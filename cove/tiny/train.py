@@ -39,7 +39,7 @@ def _parse(argv=None):
     p.add_argument("--cycles", type=_cycles, default=CYCLES,
                    help="learning-rate cycles, comma-separated step counts (warm restarts); "
                         f"default {','.join(map(str, CYCLES))} (the shipped weights)")
-    p.add_argument("--steps", type=int, default=None, help="one cycle of this many steps instead of --cycles")
+    p.add_argument("--steps", type=_cycle, default=None, help="one cycle of this many steps instead of --cycles")
     p.add_argument("--restart-lr", type=float, default=0.5, help="peak lr of later cycles, as a fraction of --lr")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -55,9 +55,17 @@ def _parse(argv=None):
                    help="stop after this step and export (the schedule still spans all cycles)")
     args = p.parse_args(argv)
     if args.steps is not None:
-        args.cycles = _cycles(str(args.steps))
+        args.cycles = args.steps
     args.steps = sum(args.cycles)
     return args
+
+
+def _cycle(text: str) -> tuple[int, ...]:
+    """``--steps N``: a single cycle; parsed like ``--cycles`` so a bad value gets the same error."""
+    cycles = _cycles(text)
+    if len(cycles) != 1:
+        raise argparse.ArgumentTypeError(f"expected one positive step count, got {text!r}")
+    return cycles
 
 
 def _cycles(text: str) -> tuple[int, ...]:
@@ -167,8 +175,8 @@ def train(argv=None) -> Path:
     pipe.to("cpu")
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out)
-    info = {"steps": args.steps, "cycles": list(args.cycles), "restart_lr": args.restart_lr, "stopped_at": last, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-            "ema": args.ema, "device": str(device), "machine": platform.platform(),
+    info = {"steps": args.steps, "cycles": list(args.cycles), "restart_lr": args.restart_lr,
+            "stopped_at": last, "batch": args.batch, "lr": args.lr, "seed": args.seed, "ema": args.ema, "device": str(device), "machine": platform.platform(),
             "processor": platform.processor(), "torch": torch.__version__,
             "minutes": round((time.time() - t0) / 60, 1)}
     (args.out / "training.json").write_text(json.dumps(info, indent=1))
