@@ -569,24 +569,28 @@ def _validate_scene(scene: Scene) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def sample_training_images(n: int, seed: int, *, size: int = 64):
+def sample_training_images(n: int, seed: int, *, size: int = 64, masks: bool = False):
     """Single random frames of random scenes, for training the text-to-image model.
 
     Returns:
-        images uint8 (n, H, W, 3) with H = W = size, captions list[str] of length n.
+        images uint8 (n, H, W, 3) with H = W = size, captions list[str] of length n, and with
+        ``masks=True`` also objects bool (n, H, W): the pixels inside any object. The images
+        and captions do not depend on ``masks``.
     """
     if int(n) != n or n < 0:
         raise ValueError(f"n: expected a non-negative integer, got {n!r}")
     _check_size_frames(size, 1)
     rng = np.random.default_rng(seed)
     images = np.empty((n, size, size, 3), np.uint8)
+    objects = np.zeros((n, size, size), bool)
     captions = []
     for k in range(n):
         scene = random_scene(int(rng.integers(2**62)), frames=8, size=size)
-        img, _ = _render_frame(scene, int(rng.integers(scene.frames)))
+        img, obj = _render_frame(scene, int(rng.integers(scene.frames)))
         images[k] = _to_uint8(img)
+        objects[k] = obj.any(0)
         captions.append(scene.caption)
-    return images, captions
+    return (images, captions, objects) if masks else (images, captions)
 
 
 # ----------------------------------------------------------------------------------------

@@ -63,6 +63,19 @@ def test_clip_shapes_and_sizes():
     assert imgs.shape == (5, 32, 32, 3) and imgs.dtype == np.uint8 and len(caps) == 5
 
 
+def test_training_images_with_object_masks():
+    imgs, caps = sample_training_images(16, seed=2)
+    imgs_m, caps_m, objects = sample_training_images(16, seed=2, masks=True)
+    assert np.array_equal(imgs, imgs_m) and caps == caps_m  # asking for masks changes nothing else
+    assert objects.shape == (16, 64, 64) and objects.dtype == bool
+    assert objects.any(axis=(1, 2)).all() and not objects.all(axis=(1, 2)).any()
+    palette = np.array(list(COLOURS.values()))  # (6, 3)
+    for img, mask in zip(imgs_m, objects):
+        inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+        px = img[1:-1, 1:-1][inner].astype(int)  # (P, 3): pixels well inside an object
+        assert len(px) and (np.abs(px[:, None] - palette[None]).max(-1).min(-1) <= 1).all()
+
+
 def test_caption_matches_scene():
     pattern = re.compile(r"^an? (\w+) (\w+)( and an? (\w+) (\w+))? on (\w+)$")
     for seed in range(40):
