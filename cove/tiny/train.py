@@ -74,14 +74,19 @@ def _parse(argv=None):
     return args
 
 
-def _weights(text: str) -> tuple[float, ...]:
+def _positive_list(text: str, convert, what: str) -> tuple:
+    """'a,b,c' -> (convert(a), ...), all finite and > 0, or a one-line argparse error."""
     try:
-        weights = tuple(float(w) for w in str(text).split(","))
+        values = tuple(convert(v) for v in str(text).split(","))
     except ValueError:
-        weights = ()
-    if not weights or not all(math.isfinite(w) and w > 0 for w in weights):
-        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
-    return weights
+        values = ()
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive {what} separated by commas, got {text!r}")
+    return values
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    return _positive_list(text, float, "numbers")
 
 
 def _cycle(text: str) -> tuple[int, ...]:
@@ -93,13 +98,7 @@ def _cycle(text: str) -> tuple[int, ...]:
 
 
 def _cycles(text: str) -> tuple[int, ...]:
-    try:
-        cycles = tuple(int(c) for c in str(text).split(","))
-    except ValueError:
-        cycles = ()
-    if not cycles or min(cycles) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive step counts separated by commas, got {text!r}")
-    return cycles
+    return _positive_list(text, int, "step counts")
 
 
 def _cycle_at(step: int, cycles) -> tuple[int, int, int]:
