@@ -108,6 +108,9 @@ def config_from_args(args) -> CoveConfig:
     base = CoveConfig()
     denoise = args.denoise_steps if args.denoise_steps is not None else base.denoise_steps
     pnp = args.pnp_steps if args.pnp_steps is not None else round(PNP_FRACTION * denoise)
+    if args.mask_threshold is not None and args.source_prompt.strip() in ("", args.prompt.strip()):
+        raise ValueError("--mask-threshold needs a --source-prompt that describes the input "
+                         "and differs from --prompt")
     return CoveConfig(
         attention=args.attention,
         k=args.k,
@@ -118,6 +121,7 @@ def config_from_args(args) -> CoveConfig:
         pnp_steps=pnp,
         guidance_scale=args.guidance if args.guidance is not None else base.guidance_scale,
         strength=args.strength if args.strength is not None else base.strength,
+        mask_threshold=args.mask_threshold,
     )
 
 
@@ -423,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--strength", type=float, default=None, metavar="S",
                       help=f"fraction of the denoising schedule run, (0, 1] (default: {defaults.strength}, "
                            "the paper; lower keeps more of the source)")
+    edit.add_argument("--mask-threshold", type=float, default=None, metavar="T",
+                      help="keep the input outside an edit mask: where the source and target prompts' "
+                           "noise predictions differ by more than T (0-1) of the frame's largest "
+                           "difference (DiffEdit; needs --source-prompt; default: no mask, the paper)")
     edit.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     edit.set_defaults(run=cmd_edit)
 

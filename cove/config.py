@@ -42,6 +42,13 @@ class CoveConfig:
         frame_chunk: spatial-temporal attention processes this many query frames at once
             (bounds memory on long clips); ``None`` = all frames in one call.
         token_chunk: correspondence-guided attention processes this many tokens at once.
+        mask_threshold: ``None`` (the paper) regenerates whole frames; a number in (0, 1) keeps
+            the source outside an edit mask (``cove.masking``, DiffEdit): cells where the
+            source and target prompts' noise predictions differ by more than this share of
+            the frame's largest difference, grown by ``mask_dilate`` cells. Needs a source
+            prompt that describes the input and differs from the prompt.
+        mask_t / mask_samples: the timestep the mask's noise predictions are made at, and how
+            many noises they are averaged over.
     """
 
     # Setting (Sec. 4.1)
@@ -67,6 +74,11 @@ class CoveConfig:
     pnp_attentions: tuple[str, ...] | None = None
     frame_chunk: int | None = None
     token_chunk: int | None = None
+    # Edit mask and latent blending (DiffEdit; not in the paper)
+    mask_threshold: float | None = None
+    mask_t: int = 400
+    mask_samples: int = 4
+    mask_dilate: int = 1
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_MODES:
@@ -88,6 +100,13 @@ class CoveConfig:
             raise ValueError(f"window must be odd so that it has a centre, got {self.window}")
         if not 0 <= self.feature_t < 1000:
             raise ValueError(f"feature_t must lie in 0..999, got {self.feature_t}")
+        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be None or lie in (0, 1), got {self.mask_threshold}")
+        if not 0 <= self.mask_t < 1000:
+            raise ValueError(f"mask_t must lie in 0..999, got {self.mask_t}")
+        if self.mask_samples < 1 or self.mask_dilate < 0:
+            raise ValueError(f"mask_samples must be >= 1 and mask_dilate >= 0, "
+                             f"got {self.mask_samples} and {self.mask_dilate}")
         for name in ("frame_chunk", "token_chunk"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -4,9 +4,11 @@
     # 2. correspondence          stages 1-3, once: Correspondence (F, N, F, K)
     # 3. encode                  latents (F, c, h, w)
     # 4. DDIM inversion          source prompt, no guidance, processors on, PnP features saved
-    # 5. denoising               target prompt, classifier-free guidance, processors on, PnP
-    #                            injection during the first ``pnp_steps`` steps
-    # 6. decode                  uint8 (F, H, W, 3)
+    # 5. edit mask (optional)    source vs target noise predictions (DiffEdit): (F, h, w)
+    # 6. denoising               target prompt, classifier-free guidance, processors on, PnP
+    #                            injection during the first ``pnp_steps`` steps; with a mask,
+    #                            the source's inverted latents put back outside it every step
+    # 7. decode                  uint8 (F, H, W, 3)
 
 Inversion runs ``inversion_steps`` (100) steps; denoising runs ``denoise_steps`` (50) and starts
 from the inverted latent at the timestep nearest its first one (with DDIM's default
@@ -25,6 +27,7 @@ from diffusers import DDIMScheduler
 from .config import CoveConfig
 from .correspondence import Correspondence, correspond, flow_correspondence
 from .features import extract_features, feature_grid
+from .masking import blend, edit_mask, mask_scores
 from .processors import AttentionState, cove_attention, pnp_layers
 from .sd import check_frames, check_size, decode_latents, device_dtype, encode_frames, encode_text
 
@@ -35,7 +38,8 @@ class EditResult:
 
     frames: uint8 (F, H, W, 3) edited clip; correspondence: (F, N, F, K) or None (per-frame,
     spatiotemporal); latents: inverted latents (F, c, h, w) the edit started from; timings:
-    seconds per stage; config: the CoveConfig used.
+    seconds per stage; config: the CoveConfig used; mask: the edit mask (F, h, w) of 0 / 1 on
+    the latent grid, or None (``config.mask_threshold`` unset).
     """
 
     frames: np.ndarray
@@ -46,6 +50,7 @@ class EditResult:
     prompt: str = ""
     source_prompt: str = ""
     extras: dict = field(default_factory=dict)
+    mask: torch.Tensor | None = None
 
 
 def ddim_scheduler(pipe) -> DDIMScheduler:
@@ -153,23 +158,32 @@ def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), pr
 @torch.no_grad()
 def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
             negative_embeds: torch.Tensor | None, *, config: CoveConfig = CoveConfig(),
-            state: AttentionState | None = None, callback=None) -> torch.Tensor:
+            state: AttentionState | None = None, callback=None, mask: torch.Tensor | None = None,
+            source: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """DDIM denoising with classifier-free guidance from noisy latents at the first timestep.
 
         eps = eps_u + s (eps_c - eps_u),    x_{t-1} = DDIM(eps, t, x_t)
+        with a mask:  x_{t-1} <- m x_{t-1} + (1 - m) source[t-1]       (``cove.masking.blend``)
 
     Args:
         latents: (F, c, h, w) at timestep ``denoise_timesteps(pipe, config)[0]``.
         prompt_embeds / negative_embeds: (F, L, D); ``negative_embeds=None`` disables guidance.
         state: processors' state; PnP injection during the first ``config.pnp_steps`` steps.
+        mask: (F, h, w) edit mask (``cove.masking.edit_mask``); outside it the result is
+            ``source``'s latent of the same timestep.
+        source: {timestep: latents (F, c, h, w)}, the inversion trajectory (``invert``) plus
+            the clean latents under key -1; needed with ``mask``.
 
     Returns:
         clean latents (F, c, h, w).
     """
+    if mask is not None and source is None:
+        raise ValueError("denoise: a mask needs the source trajectory to blend with (source=...)")
     scheduler = ddim_scheduler(pipe)
     scheduler.set_timesteps(config.denoise_steps, device=latents.device)
     timesteps = scheduler.timesteps[len(scheduler.timesteps) - len(denoise_timesteps(pipe, config)):]
     guided = negative_embeds is not None and config.guidance_scale > 1
+    ratio = scheduler.config.num_train_timesteps // config.denoise_steps
     text = torch.cat([negative_embeds, prompt_embeds]) if guided else prompt_embeds  # (G*F, L, D)
     state = state or AttentionState(frames=latents.shape[0], mode="per-frame")
     x = latents
@@ -182,10 +196,19 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
                 out_u, out_c = out.chunk(2)
                 out = out_u + config.guidance_scale * (out_c - out_u)
             x = scheduler.step(out, t, x, eta=0.0).prev_sample
+            if mask is not None:
+                x = blend(x, _source_latent(source, int(t) - ratio), mask)
             if callback is not None:
                 callback({"phase": "denoise", "i": i, "t": int(t), "latents": x})
     state.phase = state.key = None
     return x
+
+
+def _source_latent(source: dict[int, torch.Tensor], t: int) -> torch.Tensor:
+    """The source latent at timestep ``t``: the clean one (key -1) below 0, else the nearest."""
+    if t < 0:
+        return source[-1]
+    return source[_nearest([k for k in source if k >= 0], t)]
 
 
 def start_latents(pipe, trajectory: dict[int, torch.Tensor], config: CoveConfig) -> torch.Tensor:
@@ -230,11 +253,13 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
         negative_prompt: the unconditional side of classifier-free guidance (paper: empty).
             Passing the source prompt here guides along "target minus source" only, so what
             both prompts share (the background) is pulled nowhere.
-        config: :class:`cove.CoveConfig` (``attention="cove" | "spatiotemporal" | "per-frame"``).
+        config: :class:`cove.CoveConfig` (``attention="cove" | "spatiotemporal" | "per-frame"``;
+            ``mask_threshold`` keeps the source outside an edit mask, see ``cove.masking``).
 
     Args to tinker with:
         callback: called with {'phase', 'i', 't', 'latents'} after every step.
-        generator: seeds the noise of the feature pass (everything else is deterministic).
+        generator: seeds the noise of the feature pass and of the edit mask (without one the
+            mask's noise is seeded with 0; everything else is deterministic).
 
     Returns:
         :class:`EditResult` with the edited frames, the correspondence, the inverted latents
@@ -248,6 +273,9 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
             raise ValueError(f"{name}: expected a string, got {type(value).__name__}")
     if not isinstance(config, CoveConfig):
         raise ValueError(f"config must be a cove.CoveConfig, got {type(config).__name__}")
+    if config.mask_threshold is not None and source_prompt.strip() in ("", prompt.strip()):
+        raise ValueError("config.mask_threshold needs a source_prompt that describes the input and "
+                         "differs from the prompt (the mask is where the two disagree)")
     timings, t_start = {}, time.perf_counter()
     f = len(frames)
     # 2. correspondence (once)
@@ -265,13 +293,24 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
     trajectory = invert(pipe, latents, config=config, prompt=source_prompt, state=state, callback=callback)
     x_t = start_latents(pipe, trajectory, config)
     timings["inversion"] = time.perf_counter() - t0
-    # 5. denoising with guidance and PnP injection
-    t0 = time.perf_counter()
     cond = encode_text(pipe, [prompt]).expand(f, -1, -1)  # (F, L, D)
     uncond = encode_text(pipe, [negative_prompt]).expand(f, -1, -1)  # (F, L, D)
-    x0 = denoise(pipe, x_t, cond, uncond, config=config, state=state, callback=callback)
+    # 5. edit mask (optional): where the source and target prompts disagree
+    mask = source = None
+    if config.mask_threshold is not None:
+        t0 = time.perf_counter()
+        noise = generator if generator is not None else torch.Generator("cpu").manual_seed(0)
+        scores = mask_scores(pipe, latents, encode_text(pipe, [source_prompt]).expand(f, -1, -1), cond,
+                             t=config.mask_t, samples=config.mask_samples, generator=noise)  # (F, h, w)
+        mask = edit_mask(scores, threshold=config.mask_threshold, dilate=config.mask_dilate)
+        source = {**trajectory, -1: latents}
+        timings["mask"] = time.perf_counter() - t0
+    # 6. denoising with guidance and PnP injection (and blending outside the mask)
+    t0 = time.perf_counter()
+    x0 = denoise(pipe, x_t, cond, uncond, config=config, state=state, callback=callback,
+                 mask=mask, source=source)
     timings["denoising"] = time.perf_counter() - t0
-    # 6. decode
+    # 7. decode
     t0 = time.perf_counter()
     out = decode_latents(pipe, x0)
     timings["decode"] = time.perf_counter() - t0
@@ -279,7 +318,7 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
     state.store.clear()
     return EditResult(frames=out, correspondence=corr, latents=x_t, timings=timings, config=config,
                       prompt=prompt, source_prompt=source_prompt,
-                      extras={"calls": dict(state.calls), "negative_prompt": negative_prompt})
+                      extras={"calls": dict(state.calls), "negative_prompt": negative_prompt}, mask=mask)
 
 
 def reconstruct(pipe, frames, *, prompt: str = "", config: CoveConfig = CoveConfig(),

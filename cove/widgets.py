@@ -495,9 +495,10 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
     """The full COVE edit with its settings as widgets and a Run button.
 
     Each click runs ``cove.pipeline.edit_video`` with the chosen prompt, attention mode, ``K``,
-    ``l``, merge ratio and steps, then scores the result with ``cove.metrics``: flicker
-    (``warp_error`` along ``clip``'s true motion, lower is better) and fidelity (PSNR and
-    colour accuracy against the ground-truth edit ``truth``, via ``cove.demo.fidelity``).
+    ``l``, merge ratio, steps, strength and edit-mask threshold (0: no mask), then scores the
+    result with ``cove.metrics``: flicker (``warp_error`` along ``clip``'s true motion, lower
+    is better) and fidelity (PSNR and colour accuracy against the ground-truth edit ``truth``,
+    via ``cove.demo.fidelity``).
     Every run is added to a table, so runs can be compared (the paper's ablation in miniature).
 
     Args:
@@ -527,6 +528,7 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
         "merge_ratio": _slider("merge ratio", config.merge_ratio, 0.0, 1.0, step=0.05, kind="float"),
         "steps": _slider("denoise steps", config.denoise_steps, 2, 50),
         "strength": _slider("strength", config.strength, 0.1, 1.0, step=0.05, kind="float"),
+        "mask": _slider("edit mask", config.mask_threshold or 0.0, 0.0, 0.9, step=0.05, kind="float"),
         "run": w.Button(description="Run edit", button_style="primary", icon="play"),
     }
     progress = w.IntProgress(value=0, min=0, max=1, description="progress")
@@ -542,6 +544,7 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
             window=controls["window"].value, merge_ratio=controls["merge_ratio"].value,
             denoise_steps=steps, pnp_steps=min(config.pnp_steps * steps // max(config.denoise_steps, 1), steps),
             inversion_steps=max(config.inversion_steps, steps), strength=controls["strength"].value,
+            mask_threshold=controls["mask"].value or None,  # 0 = no mask (the paper)
         )
 
     def show_frame(*_):
@@ -561,7 +564,8 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
         row = {"run": len(panel.state["runs"]) + 1, "prompt": controls["prompt"].value,
                "negative": controls["negative"].value,
                "attention": cfg.attention, "K": cfg.k, "l": cfg.window, "merge": cfg.merge_ratio,
-               "steps": cfg.denoise_steps, "seconds": time.perf_counter() - start}
+               "steps": cfg.denoise_steps, "mask": cfg.mask_threshold or "-",
+               "seconds": time.perf_counter() - start}
         if clip is not None:
             row["flicker (warp error)"] = metrics.warp_error(result.frames, clip)
         if truth is not None:

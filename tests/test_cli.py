@@ -73,6 +73,20 @@ def test_config_from_args_scales_pnp_steps():
         cli.config_from_args(args)
 
 
+def test_config_from_args_mask_threshold():
+    parser = cli.build_parser()
+    edit = ["edit", "in.mp4", "-p", "a green star"]
+    assert cli.config_from_args(parser.parse_args(edit)).mask_threshold is None  # the paper
+    args = parser.parse_args(edit + ["--source-prompt", "a red star", "--mask-threshold", "0.4"])
+    assert cli.config_from_args(args).mask_threshold == 0.4
+    for source in ([], ["--source-prompt", "a green star"]):
+        with pytest.raises(ValueError, match="--mask-threshold needs a --source-prompt"):
+            cli.config_from_args(parser.parse_args(edit + source + ["--mask-threshold", "0.4"]))
+    with pytest.raises(ValueError, match="mask_threshold must"):
+        args = parser.parse_args(edit + ["--source-prompt", "a red star", "--mask-threshold", "1.5"])
+        cli.config_from_args(args)
+
+
 def test_default_output_paths(tmp_path):
     assert cli.default_output("clips/dog.mp4").as_posix() == "clips/dog_edited.mp4"
     assert cli.default_output("clips/dog").as_posix() == "clips/dog_edited.mp4"

@@ -84,7 +84,7 @@ def test_source_caption_as_negative_prompt_keeps_the_background(pipe):
     steps: background PSNR 26.4 dB against 21.3 dB; on the 6 validation clips at 50/25 steps,
     25.2 against 21.2 dB, with 65% against 40% of the object recoloured)."""
     config = dataclasses.replace(quality.edit_config(), attention="per-frame", inversion_steps=20,
-                                 denoise_steps=10)
+                                 denoise_steps=10, mask_threshold=None)
     background = {"": [], "source": []}
     for seed in (0, 1):
         clip = quality.moving_clips(1, seed, frames=4)[0]
@@ -96,3 +96,28 @@ def test_source_caption_as_negative_prompt_keeps_the_background(pipe):
             fidelity = metrics.edit_fidelity(edit.frames, task["truth"], task["mask"], task["target_colour"])
             background[negative].append(fidelity["background_psnr"])
     assert np.mean(background["source"]) >= np.mean(background[""]) + 2.0, background
+
+
+def test_edit_mask_finds_the_object_and_keeps_the_background(pipe):
+    """DiffEdit's mask (cove.masking) on the demo clip, red star -> yellow star: it covers the
+    star's latent cells (measured: 96% of them, marking 8.5% of all cells), and blending outside
+    it keeps the background (measured on 4 frames, 10 steps: 32.1 dB against 23.9 dB)."""
+    clip = world.render(world.demo_scene(frames=4))
+    source, target = world.DEMO_EDIT
+    truth = world.render(world.edit(clip.scene, source, target))
+    star = next(o for o, obj in enumerate(truth.scene.objects) if obj.phrase == target)
+    config = dataclasses.replace(quality.edit_config(), attention="per-frame", inversion_steps=20,
+                                 denoise_steps=10)
+    background = {}
+    for threshold in (None, config.mask_threshold):
+        edit = edit_video(pipe, clip.frames, truth.caption, source_prompt=clip.caption,
+                          negative_prompt=clip.caption,
+                          config=dataclasses.replace(config, mask_threshold=threshold),
+                          generator=torch.Generator().manual_seed(0))
+        fidelity = metrics.edit_fidelity(edit.frames, truth.frames, truth.masks[:, star], target.split()[0])
+        background[threshold] = fidelity["background_psnr"]
+    mask = edit.mask > 0  # (F, 32, 32)
+    star_pixels = torch.from_numpy(truth.masks[:, star]).float()[:, None]  # (F, 1, 64, 64)
+    cells = torch.nn.functional.adaptive_max_pool2d(star_pixels, 32)[:, 0] > 0  # (F, 32, 32)
+    assert (mask & cells).sum() >= 0.85 * cells.sum() and mask.float().mean() <= 0.2
+    assert background[config.mask_threshold] >= background[None] + 5.0, background

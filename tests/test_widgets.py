@@ -125,6 +125,11 @@ def test_edit_panel_runs_on_click_scores_and_shows_errors(tiny_pipe):
     panel.controls["run"].click()
     assert panel.error is None and panel.state["runs"][-1]["negative"] == clip.caption
     assert panel.state["result"].extras["negative_prompt"] == clip.caption
+    assert panel.state["result"].mask is None and panel.state["runs"][-1]["mask"] == "-"
+    panel.controls["mask"].value = 0.4  # the edit mask
+    panel.controls["run"].click()
+    assert panel.error is None and panel.state["runs"][-1]["mask"] == 0.4
+    assert panel.state["result"].mask.shape == (3, 16, 16)
 
 
 def test_panel_guard_keeps_and_clears_the_error():
