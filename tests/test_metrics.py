@@ -332,3 +332,4 @@ def test_quality_reconstruction_and_edit_run_on_a_tiny_pipeline(tiny_pipe):
         assert set(row) >= {"psnr", "background_psnr", "object_psnr", "attribute_accuracy", "warp_error"}
         assert edit["frames"][attention][0].shape == (2, 32, 32, 3)
     assert edit["truth_warp_error"] < edit["cove"]["warp_error"]  # an untrained model flickers
+    assert edit["config"] == fast.to_dict()  # the settings are recorded with the figures

@@ -309,7 +309,7 @@ def measure_edit(pipe, n_clips: int = 3, seed: int = 0, *, frames: int = 8, conf
     clips = moving_clips(n_clips, seed, frames=frames, size=size)
     tasks = [colour_edit_task(clip, seed + c) for c, clip in enumerate(clips)]
     result: dict = {"edits": [f"{t['source']} -> {t['target']}" for t in tasks],
-                    "negative_prompt": "the source prompt"}
+                    "negative_prompt": "the source prompt", "config": config.to_dict()}
     result["truth_warp_error"] = _mean([metrics.warp_error(t["truth"], clip) for t, clip in zip(tasks, clips)])
     outputs = {}
     for attention in attentions:
