@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from .sd import device_dtype, encode_frames, encode_text
+from .sd import device_dtype, encode_frames, encode_text, noise_latents
 
 
 class _Stop(Exception):
@@ -116,7 +116,6 @@ def extract_features(pipe, frames, *, t: int = 261, layer: str | None = None, pr
     device, dtype = device_dtype(pipe)
     latents = encode_frames(pipe, frames)  # (F, c, h, w)
     cond = encode_text(pipe, [prompt])  # (1, L, D)
-    abar = pipe.scheduler.alphas_cumprod[t].to(device=device, dtype=torch.float32)
     captured = []
 
     def hook(_module, _inputs, output):
@@ -127,9 +126,7 @@ def extract_features(pipe, frames, *, t: int = 261, layer: str | None = None, pr
     try:
         total = None
         for _ in range(ensemble):
-            noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32,
-                                device=generator.device if generator is not None else "cpu")
-            zt = abar.sqrt() * latents.float() + (1 - abar).sqrt() * noise.to(device)  # Eq. 8
+            zt = noise_latents(pipe, latents, t, generator)  # Eq. 8
             maps = []
             for z in zt.to(dtype).split(batch_size):  # (b, c, h, w)
                 captured.clear()

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
+from .sd import noise_latents
+
 
 @torch.no_grad()
 def mask_scores(pipe, latents: torch.Tensor, source_embeds: torch.Tensor, target_embeds: torch.Tensor,
@@ -38,13 +40,10 @@ def mask_scores(pipe, latents: torch.Tensor, source_embeds: torch.Tensor, target
     """
     f, c, h, w = latents.shape
     device, dtype = latents.device, latents.dtype
-    abar = pipe.scheduler.alphas_cumprod[t].to(device, torch.float32)
     text = torch.cat([source_embeds, target_embeds]).to(device, dtype)  # (2F, L, D)
     total = torch.zeros(f, h, w, device=device)
     for _ in range(samples):
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32,
-                            device=generator.device if generator is not None else "cpu").to(device)
-        zt = (abar.sqrt() * latents.float() + (1 - abar).sqrt() * noise).to(dtype)  # (F, c, h, w)
+        zt = noise_latents(pipe, latents, t, generator).to(dtype)  # (F, c, h, w)
         out = pipe.unet(torch.cat([zt, zt]), t, text).sample.float()  # (2F, c, h, w)
         source, target = out.chunk(2)
         total += (target - source).abs().mean(1)  # (F, h, w)

@@ -54,6 +54,20 @@ def check_size(pipe, frames: np.ndarray) -> None:
         )
 
 
+def noise_latents(pipe, latents: torch.Tensor, t: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Clean latents (F, c, h, w) -> float32 noisy latents at timestep ``t`` (DDPM forward process):
+
+        z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps,    eps ~ N(0, I) from ``generator``
+
+    The noise is drawn on the generator's device (CPU without one), so a seed gives the same
+    noise whatever device the model is on.
+    """
+    abar = pipe.scheduler.alphas_cumprod[t].to(device=latents.device, dtype=torch.float32)
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32,
+                        device=generator.device if generator is not None else "cpu")
+    return abar.sqrt() * latents.float() + (1 - abar).sqrt() * noise.to(latents.device)
+
+
 @torch.no_grad()
 def encode_text(pipe, prompts: list[str]) -> torch.Tensor:
     """Prompts -> text embeddings (B, L, D), as the pipeline's own ``encode_prompt`` does."""
