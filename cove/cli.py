@@ -111,6 +111,8 @@ def config_from_args(args) -> CoveConfig:
     if args.mask_threshold is not None and args.source_prompt.strip() in ("", args.prompt.strip()):
         raise ValueError("--mask-threshold needs a --source-prompt that describes the input "
                          "and differs from --prompt")
+    if args.p2p_steps and not args.source_prompt.strip():
+        raise ValueError("--p2p-steps needs a --source-prompt that describes the input")
     return CoveConfig(
         attention=args.attention,
         k=args.k,
@@ -122,6 +124,7 @@ def config_from_args(args) -> CoveConfig:
         guidance_scale=args.guidance if args.guidance is not None else base.guidance_scale,
         strength=args.strength if args.strength is not None else base.strength,
         mask_threshold=args.mask_threshold,
+        p2p_steps=args.p2p_steps,
     )
 
 
@@ -431,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the input outside an edit mask: where the source and target prompts' "
                            "noise predictions differ by more than T (0-1) of the frame's largest "
                            "difference (DiffEdit; needs --source-prompt; default: no mask, the paper)")
+    edit.add_argument("--p2p-steps", type=int, default=0, metavar="N",
+                      help="prompt-to-prompt word swap: in the first N denoising steps each word of "
+                           "--prompt reuses the cross-attention map of its counterpart in "
+                           "--source-prompt (needs --source-prompt; default: 0, the paper)")
     edit.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     edit.set_defaults(run=cmd_edit)
 

@@ -49,6 +49,11 @@ class CoveConfig:
             prompt that describes the input and differs from the prompt.
         mask_t / mask_samples: the timestep the mask's noise predictions are made at, and how
             many noises they are averaged over.
+        p2p_steps: prompt-to-prompt's word swap (``cove.p2p``; not in the paper): during the
+            first ``p2p_steps`` denoising steps every word of the prompt takes the
+            cross-attention map its counterpart in the source prompt had while inverting, so a
+            swapped word ("red" -> "green") lands on the object the old word named. 0 (the
+            paper) leaves cross-attention alone; needs a source prompt.
     """
 
     # Setting (Sec. 4.1)
@@ -79,6 +84,8 @@ class CoveConfig:
     mask_t: int = 400
     mask_samples: int = 4
     mask_dilate: int = 1
+    # Prompt-to-prompt word swap (Hertz et al. 2023; not in the paper)
+    p2p_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_MODES:
@@ -90,8 +97,9 @@ class CoveConfig:
         for name in ("inversion_steps", "denoise_steps", "window", "k", "feature_ensemble"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.pnp_steps < 0:
-            raise ValueError(f"pnp_steps must be >= 0, got {self.pnp_steps}")
+        for name in ("pnp_steps", "p2p_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must lie in (0, 1], got {self.strength}")
         if not 0.0 <= self.merge_ratio <= 1.0:

@@ -28,6 +28,7 @@ from .config import CoveConfig
 from .correspondence import Correspondence, correspond, flow_correspondence
 from .features import extract_features, feature_grid
 from .masking import blend, edit_mask, mask_scores
+from .p2p import token_map
 from .processors import AttentionState, cove_attention, pnp_layers
 from .sd import check_frames, check_size, decode_latents, device_dtype, encode_frames, encode_text
 
@@ -107,9 +108,11 @@ def _nearest(values: list[int], t: int) -> int:
     return min(values, key=lambda v: (abs(v - t), v))
 
 
-def _state(pipe, frames: int, config: CoveConfig, corr) -> AttentionState:
+def _state(pipe, frames: int, config: CoveConfig, corr, source_prompt: str = "",
+           prompt: str = "") -> AttentionState:
     resnets, attentions = pnp_layers(pipe.unet, config.pnp_resnets, config.pnp_attentions)
     return AttentionState(
+        token_map=token_map(pipe.tokenizer, source_prompt, prompt) if config.p2p_steps else None,
         frames=frames, mode=config.attention, correspondence=corr, merge_ratio=config.merge_ratio,
         frame_chunk=config.frame_chunk, token_chunk=config.token_chunk,
         pnp_attentions=attentions if config.pnp_steps else frozenset(),
@@ -126,7 +129,8 @@ def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), pr
         latents: (F, c, h, w) clean latents (``cove.sd.encode_frames``).
         prompt: the inversion prompt (paper: empty).
         state: processors' state; if given, the UNet runs with :func:`cove_attention`, and PnP
-            features are saved at the inversion timesteps nearest the denoising ones.
+            features (and, with ``state.token_map``, the prompt's cross-attention maps for
+            ``config.p2p_steps``) are saved at the inversion timesteps nearest the denoising ones.
         callback: called with {'phase': 'invert', 'i', 't', 'latents'} after each step.
 
     Returns:
@@ -134,7 +138,10 @@ def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), pr
     """
     scheduler = ddim_scheduler(pipe)
     steps = inversion_timesteps(pipe, config)  # ascending: 1, 11, ..., 981
-    wanted = {_nearest(steps, t): t for t in denoise_timesteps(pipe, config)[:config.pnp_steps]}
+    chosen = denoise_timesteps(pipe, config)
+    wanted = {_nearest(steps, t): t for t in chosen[:config.pnp_steps]}
+    maps = state is not None and state.token_map is not None
+    crossed = {_nearest(steps, t): t for t in chosen[:config.p2p_steps]} if maps else {}
     ratio = scheduler.config.num_train_timesteps // config.inversion_steps
     f = latents.shape[0]
     cond = encode_text(pipe, [prompt]).expand(f, -1, -1)  # (F, L, D)
@@ -142,7 +149,9 @@ def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), pr
     x, trajectory = latents, {}
     with cove_attention(pipe.unet, state):
         for i, t in enumerate(steps):
-            state.phase, state.key = ("save", wanted[t]) if t in wanted else (None, None)
+            state.phase = "save" if t in wanted else None
+            state.cross_phase = "save" if t in crossed else None
+            state.key = wanted.get(t, crossed.get(t))
             out = pipe.unet(x, t, cond).sample
             eps = _epsilon(scheduler, out, x, t)
             a_from = _alpha(scheduler, t - ratio).to(x.device, torch.float32)
@@ -151,7 +160,7 @@ def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), pr
             trajectory[t] = x
             if callback is not None:
                 callback({"phase": "invert", "i": i, "t": t, "latents": x})
-    state.phase = state.key = None
+    state.phase = state.cross_phase = state.key = None
     return trajectory
 
 
@@ -168,7 +177,9 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
     Args:
         latents: (F, c, h, w) at timestep ``denoise_timesteps(pipe, config)[0]``.
         prompt_embeds / negative_embeds: (F, L, D); ``negative_embeds=None`` disables guidance.
-        state: processors' state; PnP injection during the first ``config.pnp_steps`` steps.
+        state: processors' state; PnP injection during the first ``config.pnp_steps`` steps,
+            the source's cross-attention maps (prompt-to-prompt) during the first
+            ``config.p2p_steps`` if ``state.token_map`` is set.
         mask: (F, h, w) edit mask (``cove.masking.edit_mask``); outside it the result is
             ``source``'s latent of the same timestep.
         source: {timestep: latents (F, c, h, w)}, the inversion trajectory (``invert``) plus
@@ -189,7 +200,9 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
     x = latents
     with cove_attention(pipe.unet, state):
         for i, t in enumerate(timesteps):
-            state.phase, state.key = ("inject", int(t)) if i < config.pnp_steps else (None, None)
+            state.phase = "inject" if i < config.pnp_steps else None
+            state.cross_phase = "inject" if i < config.p2p_steps else None
+            state.key = int(t) if (state.phase or state.cross_phase) else None
             model_in = torch.cat([x, x]) if guided else x  # (G*F, c, h, w)
             out = pipe.unet(model_in, t, text).sample
             if guided:
@@ -200,7 +213,7 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
                 x = blend(x, _source_latent(source, int(t) - ratio), mask)
             if callback is not None:
                 callback({"phase": "denoise", "i": i, "t": int(t), "latents": x})
-    state.phase = state.key = None
+    state.phase = state.cross_phase = state.key = None
     return x
 
 
@@ -276,6 +289,9 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
     if config.mask_threshold is not None and source_prompt.strip() in ("", prompt.strip()):
         raise ValueError("config.mask_threshold needs a source_prompt that describes the input and "
                          "differs from the prompt (the mask is where the two disagree)")
+    if config.p2p_steps and not source_prompt.strip():
+        raise ValueError("config.p2p_steps needs a source_prompt that describes the input (its words' "
+                         "cross-attention maps are what the edit prompt's words reuse)")
     timings, t_start = {}, time.perf_counter()
     f = len(frames)
     # 2. correspondence (once)
@@ -287,7 +303,7 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
     t0 = time.perf_counter()
     latents = encode_frames(pipe, frames)  # (F, c, h, w)
     timings["encode"] = time.perf_counter() - t0
-    state = _state(pipe, f, config, corr)
+    state = _state(pipe, f, config, corr, source_prompt, prompt)
     # 4. inversion (source prompt, no guidance), PnP features saved
     t0 = time.perf_counter()
     trajectory = invert(pipe, latents, config=config, prompt=source_prompt, state=state, callback=callback)

@@ -13,6 +13,9 @@ the processor does, per call, on hidden states (B, N, C) holding G groups of F f
    correspondence grid: Q = K = V = the spatial-temporal output before ``to_out``, each token
    attending to its (F-1)*K corresponding tokens, merged first (Sec. 3.3).
 
+With ``AttentionState.token_map`` set, every cross-attention (``attn2``) gets
+:class:`CrossAttnMapProcessor` too: prompt-to-prompt's word swap (``cove.p2p``).
+
 The processor holds no globals: all state arrives through an :class:`AttentionState`.
 """
 from __future__ import annotations
@@ -41,7 +44,14 @@ class AttentionState:
         frame_chunk: query frames per spatial-temporal attention call (None: all).
         token_chunk: tokens per CGA call (None: all).
         pnp_attentions / pnp_resnets: module names whose Q, K / outputs are saved and injected.
-        phase: None, "save" (inversion) or "inject" (editing); set by the pipeline per step.
+        token_map: (L,) long, prompt-to-prompt's word swap: for each token of the edit prompt,
+            the source prompt's token whose cross-attention map it takes (-1: its own);
+            ``None`` leaves cross-attention alone (``cove.p2p.token_map``).
+        cross_max_tokens: maps are kept only in cross-attention layers of at most this many
+            image tokens (prompt-to-prompt's reference code stores up to 32x32 too): on SD at
+            512 px the 64x64 layers would need ~25 MB per layer, step and 8 frames.
+        phase: None, "save" (inversion) or "inject" (editing) of PnP; set by the pipeline per step.
+        cross_phase: the same for the cross-attention maps of prompt-to-prompt.
         key: the current timestep (the store's key); set by the pipeline per step.
     """
 
@@ -53,7 +63,10 @@ class AttentionState:
     token_chunk: int | None = None
     pnp_attentions: frozenset[str] = frozenset()
     pnp_resnets: frozenset[str] = frozenset()
+    token_map: torch.Tensor | None = None
+    cross_max_tokens: int = 32 * 32
     phase: str | None = None
+    cross_phase: str | None = None
     key: int | None = None
     store: dict = field(default_factory=dict)
     calls: Counter = field(default_factory=Counter)
@@ -88,6 +101,26 @@ def spatiotemporal_attention(q, k, v, frames: int, *, frame_chunk: int | None = 
     return torch.cat(out, 2).transpose(1, 2).reshape(b, h, n, d)  # (B, h, N, d)
 
 
+def _tokens(attn, hidden_states, temb):
+    """A processor's input as tokens (B, N, C): spatial norm, and (B, C, H, W) flattened."""
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    if hidden_states.ndim == 4:
+        batch, channel, height, width = hidden_states.shape
+        hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+    return hidden_states
+
+
+def _output(attn, hidden_states, residual):
+    """``to_out``, back to the input's layout (``residual``'s), residual and rescale, as diffusers."""
+    hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))  # (B, N, C)
+    if residual.ndim == 4:
+        hidden_states = hidden_states.transpose(-1, -2).reshape(residual.shape)
+    if attn.residual_connection:
+        hidden_states = hidden_states + residual
+    return hidden_states / attn.rescale_output_factor
+
+
 class CoveAttnProcessor:
     """Self-attention processor: PnP, spatial-temporal attention and CGA (see module doc).
 
@@ -102,14 +135,8 @@ class CoveAttnProcessor:
                  temb=None, *args, **kwargs):
         state = self.state
         state.calls[self.name] += 1
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        b, n, _ = hidden_states.shape  # (B, N, C)
+        residual, hidden_states = hidden_states, _tokens(attn, hidden_states, temb)  # (B, N, C)
+        b, n, _ = hidden_states.shape
         if b % state.frames:
             raise ValueError(f"batch {b} is not a multiple of the clip's {state.frames} frames")
         if attn.group_norm is not None:
@@ -157,13 +184,55 @@ class CoveAttnProcessor:
                 for x in groups
             ]).to(query.dtype)  # (B, N, C)
 
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return _output(attn, hidden_states, residual)
+
+
+class CrossAttnMapProcessor:
+    """Cross-attention processor of prompt-to-prompt's word swap (Hertz et al. 2023).
+
+    While inverting with the source prompt it saves each layer's attention maps
+    (F*heads, N, L); while editing it gives the conditional group's maps those saved maps,
+    re-indexed by ``state.token_map`` so that a swapped word ("purple") attends where the
+    word it replaces ("orange") attended. Otherwise it is diffusers' ``AttnProcessor``.
+    """
+
+    def __init__(self, name: str, state: AttentionState):
+        self.name = name  # e.g. "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs):
+        state = self.state
+        residual, hidden_states = hidden_states, _tokens(attn, hidden_states, temb)  # (B, N, C)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        b = hidden_states.shape[0]
+        attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], b)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B*h, N, d)
+        key = attn.head_to_batch_dim(attn.to_k(context))  # (B*h, L, d)
+        value = attn.head_to_batch_dim(attn.to_v(context))  # (B*h, L, d)
+        probs = attn.get_attention_scores(query, key, attention_mask)  # (B*h, N, L)
+        slot = ("cross", self.name, state.key)
+        kept = query.shape[1] <= state.cross_max_tokens
+        if kept and state.cross_phase == "save":
+            state.store[slot] = probs.detach()  # (F*h, N, L)
+        elif kept and state.cross_phase == "inject" and slot in state.store:
+            state.calls["p2p"] += 1
+            saved = state.store[slot].to(probs.dtype)  # (F*h, N, L)
+            rows = saved.shape[0]  # the conditional group is the last F*h rows
+            if probs.shape[0] % rows or state.token_map.shape[0] != probs.shape[-1]:
+                raise ValueError(f"{self.name}: saved maps {tuple(saved.shape)} and token map "
+                                 f"{tuple(state.token_map.shape)} do not fit this call's {tuple(probs.shape)}")
+            mapped = state.token_map.to(probs.device)  # (L,)
+            own = mapped < 0
+            swapped = saved[..., mapped.clamp(min=0)]  # (F*h, N, L)
+            swapped[..., own] = probs[-rows:][..., own]
+            probs = torch.cat([probs[:-rows], swapped])
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))  # (B, N, C)
+        return _output(attn, hidden_states, residual)
 
 
 def self_attention_names(unet) -> list[str]:
@@ -200,10 +269,14 @@ def cove_attention(unet, state: AttentionState):
             pipe.unet(latents, t, text)
     """
     originals = unet.attn_processors
-    processors = {
-        name: CoveAttnProcessor(name[: -len(".processor")], state) if name.endswith("attn1.processor") else proc
-        for name, proc in originals.items()
-    }
+    def processor(name, proc):
+        if name.endswith("attn1.processor"):
+            return CoveAttnProcessor(name[: -len(".processor")], state)
+        if name.endswith("attn2.processor") and state.token_map is not None:
+            return CrossAttnMapProcessor(name[: -len(".processor")], state)
+        return proc
+
+    processors = {name: processor(name, proc) for name, proc in originals.items()}
     handles = []
 
     def resnet_hook(name):

@@ -87,6 +87,18 @@ def test_config_from_args_mask_threshold():
         cli.config_from_args(args)
 
 
+def test_config_from_args_p2p_steps():
+    parser = cli.build_parser()
+    edit = ["edit", "in.mp4", "-p", "a green star"]
+    assert cli.config_from_args(parser.parse_args(edit)).p2p_steps == 0  # the paper
+    args = parser.parse_args(edit + ["--source-prompt", "a red star", "--p2p-steps", "10"])
+    assert cli.config_from_args(args).p2p_steps == 10
+    with pytest.raises(ValueError, match="--p2p-steps needs a --source-prompt"):
+        cli.config_from_args(parser.parse_args(edit + ["--p2p-steps", "10"]))
+    with pytest.raises(ValueError, match="p2p_steps must be >= 0"):
+        cli.config_from_args(parser.parse_args(edit + ["--source-prompt", "a red star", "--p2p-steps", "-1"]))
+
+
 def test_default_output_paths(tmp_path):
     assert cli.default_output("clips/dog.mp4").as_posix() == "clips/dog_edited.mp4"
     assert cli.default_output("clips/dog").as_posix() == "clips/dog_edited.mp4"

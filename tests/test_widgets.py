@@ -130,6 +130,11 @@ def test_edit_panel_runs_on_click_scores_and_shows_errors(tiny_pipe):
     panel.controls["run"].click()
     assert panel.error is None and panel.state["runs"][-1]["mask"] == 0.4
     assert panel.state["result"].mask.shape == (3, 16, 16)
+    assert panel.state["runs"][-1]["p2p"] == 0 and "p2p" not in panel.state["result"].extras["calls"]
+    panel.controls["p2p"].value = 2  # prompt-to-prompt's word swap
+    panel.controls["run"].click()
+    assert panel.error is None and panel.state["runs"][-1]["p2p"] == 2
+    assert panel.state["result"].extras["calls"]["p2p"] > 0
 
 
 def test_panel_guard_keeps_and_clears_the_error():
