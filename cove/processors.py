@@ -121,15 +121,20 @@ def _output(attn, hidden_states, residual):
     return hidden_states / attn.rescale_output_factor
 
 
-class CoveAttnProcessor:
-    """Self-attention processor: PnP, spatial-temporal attention and CGA (see module doc).
-
-    Reads like diffusers' ``AttnProcessor2_0``; only the marked steps differ.
-    """
+class _Processor:
+    """A diffusers attention processor of one named layer (``...attn1`` / ``...attn2``) that
+    reads the edit's :class:`AttentionState`."""
 
     def __init__(self, name: str, state: AttentionState):
         self.name = name  # e.g. "up_blocks.1.attentions.0.transformer_blocks.0.attn1"
         self.state = state
+
+
+class CoveAttnProcessor(_Processor):
+    """Self-attention processor: PnP, spatial-temporal attention and CGA (see module doc).
+
+    Reads like diffusers' ``AttnProcessor2_0``; only the marked steps differ.
+    """
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, *args, **kwargs):
@@ -187,7 +192,7 @@ class CoveAttnProcessor:
         return _output(attn, hidden_states, residual)
 
 
-class CrossAttnMapProcessor:
+class CrossAttnMapProcessor(_Processor):
     """Cross-attention processor of prompt-to-prompt's word swap (Hertz et al. 2023).
 
     While inverting with the source prompt it saves each layer's attention maps
@@ -195,10 +200,6 @@ class CrossAttnMapProcessor:
     re-indexed by ``state.token_map`` so that a swapped word ("purple") attends where the
     word it replaces ("orange") attended. Otherwise it is diffusers' ``AttnProcessor``.
     """
-
-    def __init__(self, name: str, state: AttentionState):
-        self.name = name  # e.g. "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
-        self.state = state
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, *args, **kwargs):
