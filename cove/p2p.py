@@ -78,7 +78,7 @@ def cross_attention_maps(pipe, latents: torch.Tensor, prompt: str, *, t: int = 4
     text = encode_text(pipe, [prompt]).expand(f, -1, -1)  # (F, L, D)
     with cove_attention(pipe.unet, state):
         pipe.unet(x, t, text)
-    maps = [m for m in state.store.values()]  # (F*heads, N, L) per layer
+    maps = list(state.store.values())  # (F*heads, N, L) per layer
     if not maps:
         raise ValueError(f"no cross-attention layer has at most {max_tokens} image tokens")
     n = max(m.shape[1] for m in maps)
