@@ -125,6 +125,7 @@ def config_from_args(args) -> CoveConfig:
         strength=args.strength if args.strength is not None else base.strength,
         mask_threshold=args.mask_threshold,
         p2p_steps=args.p2p_steps,
+        pnp_resnet_max_t=args.pnp_resnet_max_t,
     )
 
 
@@ -425,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"DDIM denoising steps (default: {defaults.denoise_steps})")
     edit.add_argument("--pnp-steps", type=int, default=None, metavar="N",
                       help="denoising steps with plug-and-play injection (default: 80%% of --denoise-steps)")
+    edit.add_argument("--pnp-resnet-max-t", type=int, default=None, metavar="T",
+                      help="inject PnP's ResNet features only at denoising timesteps below T (1-1000), "
+                           "so that early steps may change colour (default: every PnP step, as PnP)")
     edit.add_argument("--guidance", type=float, default=None, metavar="G",
                       help=f"classifier-free guidance scale (default: {defaults.guidance_scale})")
     edit.add_argument("--strength", type=float, default=None, metavar="S",

@@ -39,6 +39,12 @@ class CoveConfig:
         pnp_resnets / pnp_attentions: module names whose ResNet outputs / self-attention
             Q, K are injected; ``None`` = PnP's choice (``up_blocks.1.resnets.1``; every
             self-attention of ``up_blocks[1:]``); ``()`` = none.
+        pnp_resnet_max_t: the ResNet outputs are injected only at denoising timesteps below
+            this (``None``: at every PnP step, as PnP); the Q, K injection is not affected.
+            Where a model's ResNet features carry colour (cove-tiny, in pixel space),
+            injecting them at the noisy steps, where colour is decided, holds the source
+            colour; injecting them late lets a far colour change land (and can overshoot a
+            near one: docs/method/tiny.md).
         frame_chunk: spatial-temporal attention processes this many query frames at once
             (bounds memory on long clips); ``None`` = all frames in one call.
         token_chunk: correspondence-guided attention processes this many tokens at once.
@@ -77,6 +83,7 @@ class CoveConfig:
     # Engine knobs (not in the paper)
     pnp_resnets: tuple[str, ...] | None = None
     pnp_attentions: tuple[str, ...] | None = None
+    pnp_resnet_max_t: int | None = None
     frame_chunk: int | None = None
     token_chunk: int | None = None
     # Edit mask and latent blending (DiffEdit; not in the paper)
@@ -110,6 +117,8 @@ class CoveConfig:
             raise ValueError(f"feature_t must lie in 0..999, got {self.feature_t}")
         if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be None or lie in (0, 1), got {self.mask_threshold}")
+        if self.pnp_resnet_max_t is not None and not 0 < self.pnp_resnet_max_t <= 1000:
+            raise ValueError(f"pnp_resnet_max_t must be None or lie in 1..1000, got {self.pnp_resnet_max_t}")
         if not 0 <= self.mask_t < 1000:
             raise ValueError(f"mask_t must lie in 0..999, got {self.mask_t}")
         if self.mask_samples < 1 or self.mask_dilate < 0:

@@ -116,7 +116,7 @@ def _state(pipe, frames: int, config: CoveConfig, corr, source_prompt: str = "",
         frames=frames, mode=config.attention, correspondence=corr, merge_ratio=config.merge_ratio,
         frame_chunk=config.frame_chunk, token_chunk=config.token_chunk,
         pnp_attentions=attentions if config.pnp_steps else frozenset(),
-        pnp_resnets=resnets if config.pnp_steps else frozenset(),
+        pnp_resnets=resnets if config.pnp_steps else frozenset(), resnet_max_t=config.pnp_resnet_max_t,
     )
 
 

@@ -44,6 +44,8 @@ class AttentionState:
         frame_chunk: query frames per spatial-temporal attention call (None: all).
         token_chunk: tokens per CGA call (None: all).
         pnp_attentions / pnp_resnets: module names whose Q, K / outputs are saved and injected.
+        resnet_max_t: ResNet outputs are saved and injected only at timesteps (``key``) below
+            this; ``None``: at every PnP step.
         token_map: (L,) long, prompt-to-prompt's word swap: for each token of the edit prompt,
             the source prompt's token whose cross-attention map it takes (-1: its own);
             ``None`` leaves cross-attention alone (``cove.p2p.token_map``).
@@ -63,6 +65,7 @@ class AttentionState:
     token_chunk: int | None = None
     pnp_attentions: frozenset[str] = frozenset()
     pnp_resnets: frozenset[str] = frozenset()
+    resnet_max_t: int | None = None
     token_map: torch.Tensor | None = None
     cross_max_tokens: int = 32 * 32
     phase: str | None = None
@@ -283,6 +286,8 @@ def cove_attention(unet, state: AttentionState):
     def resnet_hook(name):
         def hook(_module, _inputs, output):
             slot = ("resnet", name, state.key)
+            if state.resnet_max_t is not None and (state.key is None or state.key >= state.resnet_max_t):
+                return output
             if state.phase == "save":
                 state.store[slot] = output.detach()  # (F, C, h, w)
             elif state.phase == "inject" and slot in state.store:

@@ -495,8 +495,9 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
     """The full COVE edit with its settings as widgets and a Run button.
 
     Each click runs ``cove.pipeline.edit_video`` with the chosen prompt, attention mode, ``K``,
-    ``l``, merge ratio, steps, strength, edit-mask threshold (0: no mask) and prompt-to-prompt
-    steps (0: none; ``cove.p2p``), then scores the
+    ``l``, merge ratio, steps, strength, edit-mask threshold (0: no mask), prompt-to-prompt
+    steps (0: none; ``cove.p2p``) and the timestep below which PnP's ResNet features are
+    injected (1000: every PnP step; ``CoveConfig.pnp_resnet_max_t``), then scores the
     result with ``cove.metrics``: flicker (``warp_error`` along ``clip``'s true motion, lower
     is better) and fidelity (PSNR and colour accuracy against the ground-truth edit ``truth``,
     via ``cove.demo.fidelity``).
@@ -531,6 +532,7 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
         "strength": _slider("strength", config.strength, 0.1, 1.0, step=0.05, kind="float"),
         "mask": _slider("edit mask", config.mask_threshold or 0.0, 0.0, 0.9, step=0.05, kind="float"),
         "p2p": _slider("p2p steps", min(config.p2p_steps, 50), 0, 50),
+        "resnet_t": _slider("ResNet t <", config.pnp_resnet_max_t or 1000, 50, 1000, step=50),
         "run": w.Button(description="Run edit", button_style="primary", icon="play"),
     }
     progress = w.IntProgress(value=0, min=0, max=1, description="progress")
@@ -548,6 +550,8 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
             inversion_steps=max(config.inversion_steps, steps), strength=controls["strength"].value,
             mask_threshold=controls["mask"].value or None,  # 0 = no mask (the paper)
             p2p_steps=controls["p2p"].value,  # 0 = cross-attention left alone (the paper)
+            # 1000 = PnP's ResNet features injected at every PnP step (PnP's choice)
+            pnp_resnet_max_t=controls["resnet_t"].value if controls["resnet_t"].value < 1000 else None,
         )
 
     def show_frame(*_):
@@ -568,7 +572,7 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
                "negative": controls["negative"].value,
                "attention": cfg.attention, "K": cfg.k, "l": cfg.window, "merge": cfg.merge_ratio,
                "steps": cfg.denoise_steps, "mask": cfg.mask_threshold or "-", "p2p": cfg.p2p_steps,
-               "seconds": time.perf_counter() - start}
+               "ResNet t <": cfg.pnp_resnet_max_t or "-", "seconds": time.perf_counter() - start}
         if clip is not None:
             row["flicker (warp error)"] = metrics.warp_error(result.frames, clip)
         if truth is not None:

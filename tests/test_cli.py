@@ -73,6 +73,15 @@ def test_config_from_args_scales_pnp_steps():
         cli.config_from_args(args)
 
 
+def test_config_from_args_pnp_resnet_max_t():
+    parser = cli.build_parser()
+    edit = ["edit", "in.mp4", "-p", "a green star"]
+    assert cli.config_from_args(parser.parse_args(edit)).pnp_resnet_max_t is None  # PnP's
+    assert cli.config_from_args(parser.parse_args(edit + ["--pnp-resnet-max-t", "250"])).pnp_resnet_max_t == 250
+    with pytest.raises(ValueError, match="pnp_resnet_max_t must be None or lie in 1..1000"):
+        cli.config_from_args(parser.parse_args(edit + ["--pnp-resnet-max-t", "0"]))
+
+
 def test_config_from_args_mask_threshold():
     parser = cli.build_parser()
     edit = ["edit", "in.mp4", "-p", "a green star"]

@@ -95,6 +95,35 @@ def test_edit_video_pnp_injection_changes_result(tiny_pipe, tiny_clip):
     assert np.abs(a.astype(int) - b).max() > 0
 
 
+def test_resnet_injection_only_below_max_t(tiny_pipe):
+    """The ResNet hook saves and injects only at keys (timesteps) below ``resnet_max_t``."""
+    name = "up_blocks.1.resnets.1"
+    state = AttentionState(frames=2, mode="per-frame", pnp_resnets=frozenset({name}), resnet_max_t=300)
+    lat = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = encode_text(tiny_pipe, [""]).expand(2, -1, -1)
+    with cove_attention(tiny_pipe.unet, state):
+        state.phase = "save"
+        for key in (501, 1):
+            state.key = key
+            tiny_pipe.unet(lat, key, text)
+    assert set(state.store) == {("resnet", name, 1)}
+
+
+def test_pnp_resnet_max_t_selects_the_injected_steps(tiny_pipe, tiny_clip):
+    """Keys 501 and 1 are injected (2 steps, pnp_steps=2): max_t 1000 injects both (= None, PnP),
+    max_t 1 neither (= no ResNet injection), max_t 300 only the last step (a third result)."""
+    def edit(**kwargs):
+        config = replace(FAST, attention="per-frame", pnp_steps=2, **kwargs)
+        return edit_video(tiny_pipe, tiny_clip, "a green star", config=config).frames.astype(int)
+
+    every, never = edit(), edit(pnp_resnets=())
+    assert np.abs(every - never).max() > 0
+    assert np.array_equal(edit(pnp_resnet_max_t=1000), every)
+    assert np.array_equal(edit(pnp_resnet_max_t=1), never)
+    late = edit(pnp_resnet_max_t=300)
+    assert np.abs(late - every).max() > 0 and np.abs(late - never).max() > 0
+
+
 def test_negative_prompt_is_the_unconditional_side(tiny_pipe, tiny_clip):
     def edit(config, **kwargs):  # the same feature noise, hence the same correspondence, each time
         return edit_video(tiny_pipe, tiny_clip, "a green star", config=config,
@@ -182,6 +211,7 @@ def test_edit_video_bad_frames(tiny_pipe, frames, match):
     (dict(attention="magic"), "attention must be"), (dict(window=4), "odd"), (dict(k=0), "k must"),
     (dict(pnp_steps=-1), "pnp_steps"), (dict(merge_ratio=1.5), "merge_ratio"), (dict(correspondence="x"), "correspondence"),
     (dict(strength=0.0), "strength"), (dict(strength=1.5), "strength"),
+    (dict(pnp_resnet_max_t=0), "pnp_resnet_max_t"), (dict(pnp_resnet_max_t=1001), "pnp_resnet_max_t"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):

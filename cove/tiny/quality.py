@@ -52,6 +52,19 @@ from .. import metrics, world
 # the background falls from 30.3 to 27.8 dB), 39% / 20.0 dB on seed 200 alone at (1.0, 12);
 # boosting the swapped word's maps 2x (P2P's re-weighting) gave 71% / 23.0 dB but a background
 # of 26.2 dB, and is not used.
+# PnP's ResNet injection (up_blocks.1.resnets.1, 16x16) carries colour in this pixel-space model.
+# Injecting it only below timestep t (CoveConfig.pnp_resnet_max_t; Q, K injection unchanged), same
+# 12 clips, recoloured / PSNR / background: every step (these settings) 63% / 23.5 / 27.8 dB;
+# t 400: 75% / 23.8 / 27.2; 300: 82% / 23.9 / 26.5; 250: 84% / 23.7 / 26.0; 200: 88% / 22.9 /
+# 24.7; 100: 89% / 21.4 / 22.8; never: 84% / 19.6 / 20.7; at t 250 with guidance 10: 77% / 24.3
+# / 27.3, 7.5: 66% / 24.9 / 29.6. Far colour edits (orange -> purple, red -> blue) land where they
+# did not, but near ones overshoot (yellow -> orange comes out red): on the demo clip (red ->
+# yellow) t 250 gave 80% / 24.5 dB against 93% / 26.6 (25 steps; 22% / 20.4 dB at the demo's 10),
+# and on the gate's clips 35% / 23.1 dB against 40% / 23.2. Not used by default. Clips meeting the
+# edit gate on their own (>= 90%, >= 25 dB) out of 18 (seeds 100, 200, 300): every step 6; t 250 at
+# guidance 12 / 10 / 7.5: 8 / 8 / 9 (7.5 at the demo's 10 steps: 41% against 91%).
+# Re-noising the mask's inside with fresh noise at strength 0.85 instead of the inverted latent
+# (Blended Latent Diffusion's start) did not help either (66%, 21.7 dB).
 PROMPT_STEPS = 50
 PROMPT_GUIDANCE = 3.0
 
