@@ -320,6 +320,23 @@ def test_quality_measures_run_on_a_tiny_pipeline(tiny_pipe):
     assert sorted(corr["per_clip"][0]["flow_by_offset"]) == [1, 2]
 
 
+def test_quality_shape_clips_hold_one_visible_object():
+    clips = quality.shape_clips(5, seed=2, size=32, min_area=0.05)
+    assert len(clips) == 5 and [c.frames.shape for c in clips] == [(1, 32, 32, 3)] * 5
+    assert all(len(c.scene.objects) == 1 and c.masks[0, 0].mean() >= 0.05 for c in clips)
+    assert [c.scene.seed for c in clips] == [c.scene.seed for c in quality.shape_clips(5, seed=2, size=32, min_area=0.05)]
+
+
+def test_quality_shape_retention_runs_on_a_tiny_pipeline(tiny_pipe):
+    # plumbing only: an untrained pipeline keeps nothing, its figures are just well formed
+    r = quality.measure_shape_retention(tiny_pipe, 2, seed=0, strengths=(0.5, 1.0), steps=2)
+    assert r["n"] == 2 and 0.0 <= r["clean"] <= 1.0
+    assert list(r["shape"]) == list(r["psnr"]) == ["0.5", "1"]
+    assert all(0.0 <= v <= 1.0 for v in r["shape"].values()) and all(v > 0 for v in r["psnr"].values())
+    table = quality.format_table({"shape_retention": r, "gates": {}})
+    assert "shape_retention.shape.0.5" in table and "shape_retention.shape.1" in table
+
+
 def test_quality_reconstruction_and_edit_run_on_a_tiny_pipeline(tiny_pipe):
     from cove import CoveConfig
 

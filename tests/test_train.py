@@ -2,7 +2,9 @@
 uninterrupted one."""
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -102,7 +104,9 @@ def _unet(folder):
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     common = ["--cycles", "2,1", "--object-weight", "1,4", "--batch", "2", "--warmup", "1", "--save-every", "1"]
-    whole = _unet(train.train([*common, "--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1")]))
+    # the uninterrupted run renders its batches in two worker processes, the other in itself
+    whole = _unet(train.train([*common, "--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1"),
+                               "--workers", "2"]))
     train.train([*common, "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2"), "--stop-at", "2"])
     resumed = _unet(train.train([*common, "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2"), "--resume"]))
     assert whole.keys() == resumed.keys()
@@ -110,3 +114,86 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)
     fresh = build_pipeline(build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)).unet
     assert any(not torch.equal(v, whole[k]) for k, v in fresh.state_dict().items()), "training changed nothing"
+
+
+def test_worker_processes_render_the_same_batches(tmp_path):
+    args = train._parse(["--batch", "3", "--seed", "4"])
+    tokenizer = build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)
+    here = list(train.batches(range(5, 8), args, tokenizer))
+    args.workers = 2
+    there = list(train.batches(range(5, 8), args, tokenizer))
+    assert len(here) == len(there) == 3
+    for a, b in zip(here, there):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    x, ids, objects = here[0]
+    assert x.shape == (3, 3, 64, 64) and ids.shape == (3, MAX_TOKENS) and objects.shape == (3, 1, 64, 64)
+    assert not torch.equal(here[0][0], here[1][0])  # each step its own images
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "-1"], "argument --workers: expected a whole number >= 0, got '-1'"),
+    (["--workers", "two"], "argument --workers: expected a whole number >= 0"),
+    (["--minutes", "0"], "argument --minutes: expected a positive number of minutes, got '0'"),
+    (["--minutes", "inf"], "argument --minutes: expected a positive number of minutes"),
+    (["--init", "/nonexistent/cove-tiny"], "--init: expected a pipeline folder with unet/ and text_encoder/"),
+])
+def test_bad_gpu_options_are_refused_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        train._parse(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("python -m cove.tiny.train: error:")
+
+
+def test_minutes_stops_cleanly_and_resume_goes_on(tmp_path):
+    common = ["--steps", "3", "--batch", "2", "--warmup", "1", "--save-every", "100",
+              "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")]
+    out = train.train([*common, "--minutes", "1e-9"])  # spent after the first step
+    info = json.loads((out / "training.json").read_text())
+    assert info["stopped_at"] == 1 and info["steps"] == 3
+    assert torch.load(tmp_path / "w" / "checkpoint.pt")["step"] == 1  # saved although save-every is 100
+    train.train([*common, "--resume"])
+    assert json.loads((out / "training.json").read_text())["stopped_at"] == 3
+    assert torch.load(tmp_path / "w" / "checkpoint.pt")["step"] == 3
+
+
+def test_init_copies_a_pipeline_folders_weights(tmp_path):
+    from cove.tiny.train import WEIGHTS
+
+    tokenizer = build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)
+    pipe = build_pipeline(tokenizer, seed=3)
+    train.init_weights(pipe.unet, pipe.text_encoder, WEIGHTS)
+    shipped = _unet(WEIGHTS)
+    for key, value in pipe.unet.state_dict().items():
+        assert torch.equal(value, shipped[key]), key
+    text = load_file(WEIGHTS / "text_encoder" / "model.safetensors")
+    assert all(torch.equal(v, text[k]) for k, v in pipe.text_encoder.state_dict().items())
+
+
+def test_init_from_a_foreign_folder_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from cove.tiny.train import WEIGHTS
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(WEIGHTS, foreign)
+    state = _unet(foreign)
+    state["conv_in.weight"] = torch.zeros(8, 12, 3, 3)  # another architecture's first layer
+    save_file(state, foreign / "unet" / "diffusion_pytorch_model.safetensors")
+    work, out = tmp_path / "work", tmp_path / "out"
+    argv = ["--init", str(foreign), "--steps", "1", "--batch", "2", "--work", str(work), "--out", str(out)]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m cove.tiny.train: error: --init:")
+    assert "does not hold cove-tiny's architecture" in err[0] and "conv_in.weight" in err[0]
+    assert not work.exists() and not out.exists()
+
+
+def test_bf16_autocast_trains(tmp_path):
+    common = ["--steps", "1", "--batch", "2", "--warmup", "1"]
+    fp32 = _unet(train.train([*common, "--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1")]))
+    out = train.train([*common, "--bf16", "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2")])
+    bf16 = _unet(out)
+    assert json.loads((out / "training.json").read_text())["bf16"] is True
+    assert all(torch.isfinite(v).all() for v in bf16.values())
+    assert any(not torch.equal(bf16[k], fp32[k]) for k in fp32), "autocast changed nothing"

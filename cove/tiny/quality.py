@@ -6,6 +6,8 @@ importable function so notebooks and docs can reuse it:
 
 a. ``measure_prompt_following``  text-to-image: colour, shape and background followed
    (judge: ``cove.metrics.judge_image``); gate: each >= 0.90.
+   ``measure_shape_retention``   the shape judged after SDEdit of true renders at several
+   strengths: where the shapes get lost (reported, no gate).
 b. ``measure_reconstruction``    DDIM inversion then reconstruction of 8-frame clips; gate:
    PSNR >= 30 dB.
 c. ``measure_edit``              colour edit of a moving object, COVE vs per-frame, against the
@@ -216,6 +218,66 @@ def measure_prompt_following(pipe, n: int | None = 96, seed: int = 0, *, steps: 
 def _judged(judgement: dict) -> str:
     objects = " and ".join(f"{c} {s}" for c, s in judgement["objects"]) or "nothing"
     return f"{objects} on {judgement['background']}"
+
+
+def shape_clips(n: int, seed: int = 0, *, size: int = 64, min_area: float = 0.03) -> list:
+    """The first ``n`` one-object, one-frame ShapesWorld clips from ``seed`` on whose object covers
+    at least ``min_area`` of the frame (so that a judge has a shape to judge)."""
+    clips, s = [], seed
+    while len(clips) < n:
+        clip = world.render(world.random_scene(s, frames=1, size=size, n_objects=1))
+        s += 1
+        if clip.masks[0, 0].mean() >= min_area:
+            clips.append(clip)
+    return clips
+
+
+SHAPE_RETENTION_STRENGTHS = (0.1, 0.2, 0.3, 0.5, 1.0)
+
+
+def measure_shape_retention(pipe, n: int = 32, seed: int = 0, *,
+                            strengths: tuple[float, ...] = SHAPE_RETENTION_STRENGTHS,
+                            steps: int = PROMPT_STEPS, guidance_scale: float = PROMPT_GUIDANCE) -> dict:
+    """Does the denoiser keep a shape it is handed? SDEdit (Meng et al., ICLR 2022) of true renders.
+
+    Each one-object render is noised to ``strength`` of the schedule and denoised with its own
+    caption (diffusers' ``StableDiffusionImg2ImgPipeline`` on the same components); the shape
+    judge (``cove.metrics.judge_image``) then reads the object's shape. At strength 1 this is
+    text-to-image; at small strengths the noisy input still shows the shape, so a model that
+    loses it there fails at denoising, not at reading the prompt. No gate: a diagnostic of where
+    cove-tiny's blobs come from.
+
+    Returns:
+        {"n", "steps", "guidance_scale", "clean": shape judged right on the renders themselves,
+         "shape": {strength: fraction right}, "psnr": {strength: dB against the render},
+         "seconds"}; strengths are keys as text ("0.5").
+    """
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    i2i = StableDiffusionImg2ImgPipeline(**pipe.components)
+    i2i.set_progress_bar_config(disable=True)
+    clips = shape_clips(n, seed, size=_image_size(pipe))
+    renders = np.stack([clip.frames[0] for clip in clips])  # (n, H, W, 3)
+    truth = [clip.scene.objects[0].shape for clip in clips]
+
+    def right(images) -> float:
+        judged = [metrics.judge_image(image)["objects"] for image in images]
+        return float(np.mean([bool(o) and o[0][1] == shape for o, shape in zip(judged, truth)]))
+
+    x = torch.from_numpy(renders).permute(0, 3, 1, 2).float() / 127.5 - 1  # (n, 3, H, W)
+    x = x.to(pipe.device)
+    start = time.perf_counter()
+    result: dict = {"n": n, "steps": steps, "guidance_scale": guidance_scale, "clean": right(renders),
+                    "shape": {}, "psnr": {}}
+    for strength in strengths:
+        out = i2i([clip.caption for clip in clips], image=x, strength=strength, num_inference_steps=steps,
+                  guidance_scale=guidance_scale, generator=torch.Generator("cpu").manual_seed(seed),
+                  output_type="np").images
+        out = _to_uint8(out)
+        result["shape"][f"{strength:g}"] = right(out)
+        result["psnr"][f"{strength:g}"] = metrics.psnr(renders, out)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,6 +520,10 @@ def format_table(results: dict) -> str:
                 row(f"edit.{attention}.attribute_accuracy", edit[attention]["attribute_accuracy"])
                 row(f"edit.{attention}.warp_error", edit[attention]["warp_error"], 2)
         row("edit.truth_warp_error", edit["truth_warp_error"], 2)
+    retention = results.get("shape_retention")
+    if retention:
+        for strength, value in retention["shape"].items():
+            row(f"shape_retention.shape.{strength}", value)
     corr = results.get("correspondence")
     if corr:
         for key in ("diffusion", "flow", "photo_diffusion", "photo_flow"):
@@ -497,19 +563,25 @@ def _headline(figures: dict) -> str:
     for key, value in figures.items():
         if isinstance(value, dict) and "psnr" in value:  # an attention mode of the edit
             shown.append(f"{key} psnr {value['psnr']:.2f} attr {value['attribute_accuracy']:.3f}")
+        elif key == "shape" and isinstance(value, dict):  # shape retention per strength
+            shown.append("shape " + " ".join(f"{s}: {v:.2f}" for s, v in value.items()))
         elif isinstance(value, float) and key not in ("total_seconds", "seconds", "guidance_scale", "threshold"):
             shown.append(f"{key} {value:.3f}")
     return ", ".join(shown)
 
 
-def run(*, quick: bool = False, seed: int = 0, device=None, parts=("prompt", "reconstruction", "edit",
-        "correspondence"), pipe=None, log=functools.partial(print, flush=True)) -> dict:
+PARTS = ("prompt", "shape_retention", "reconstruction", "edit", "correspondence")
+
+
+def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=None,
+        log=functools.partial(print, flush=True)) -> dict:
     """Measure every part on cove-tiny; returns the results with "machine" and "gates"."""
     pipe = pipe if pipe is not None else load_tiny(device)
     n_prompts, n_clips = (12, 1) if quick else (96, 3)
     results: dict = {"quick": quick, "seed": seed, "machine": machine_info(pipe)}
     steps = {
         "prompt": ("prompt_following", lambda: measure_prompt_following(pipe, n_prompts, seed)),
+        "shape_retention": ("shape_retention", lambda: measure_shape_retention(pipe, n_prompts // 3, seed)),
         "reconstruction": ("reconstruction", lambda: measure_reconstruction(pipe, n_clips, seed)),
         "edit": ("edit", lambda: measure_edit(pipe, n_clips, seed)),
         "correspondence": ("correspondence", lambda: measure_correspondence(pipe, n_clips, seed)),
@@ -528,11 +600,10 @@ def run(*, quick: bool = False, seed: int = 0, device=None, parts=("prompt", "re
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cove.tiny.quality", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/quality.json", help="where to write the JSON figures")
-    parser.add_argument("--quick", action="store_true", help="12 prompts and 1 clip per measure")
+    parser.add_argument("--quick", action="store_true", help="12 prompts (4 renders) and 1 clip per measure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: the loader's choice)")
-    parser.add_argument("--only", nargs="+", choices=["prompt", "reconstruction", "edit", "correspondence"],
-                        default=["prompt", "reconstruction", "edit", "correspondence"])
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     args = parser.parse_args(argv)
     results = run(quick=args.quick, seed=args.seed, device=args.device, parts=tuple(args.only))
     print(format_table(results))

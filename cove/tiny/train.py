@@ -12,6 +12,13 @@ weights (the EMA is what is shipped). ``--object-weight`` weights the squared er
 cells that touch an object (about 16% of cells) by w instead of 1, per cycle, normalised by the
 sum of the weights: with w = 1 it is the plain mean. Batches are rendered on the fly from a per-step seed, so
 a resumed run sees exactly the data the uninterrupted run would have seen.
+
+For a GPU (``--device cuda``): ``--workers N`` renders the batches in N processes (the same
+batches, bit for bit), ``--bf16`` runs the forward pass under bfloat16 autocast (CUDA's fp32
+matrix products use TF32 in any case), ``--minutes M`` stops cleanly (checkpoint and export)
+before a time limit, and ``--init FOLDER`` starts from a pipeline folder's weights (the shipped
+ones, or an earlier export) when there is no checkpoint to resume. docs/method/tiny.md has the
+recipe for a lent GPU's 10-minute commands.
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ import argparse
 import json
 import math
 import platform
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,10 +66,20 @@ def _parse(argv=None):
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=_count, default=0,
+                   help="processes that render the batches (0: the training process itself); same batches")
+    p.add_argument("--bf16", action="store_true", help="forward pass under bfloat16 autocast (for GPUs)")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, default=None,
+                   help="pipeline folder (unet/, text_encoder/) whose weights start a run that has no checkpoint")
     p.add_argument("--stop-at", type=int, default=None,
                    help="stop after this step and export (the schedule still spans all cycles)")
+    p.add_argument("--minutes", type=_minutes, default=None,
+                   help="stop after the step that passes this many minutes, checkpoint and export "
+                        "(--resume goes on from there)")
     args = p.parse_args(argv)
+    if args.init is not None and not all((args.init / part).is_dir() for part in ("unet", "text_encoder")):
+        p.error(f"--init: expected a pipeline folder with unet/ and text_encoder/, got {str(args.init)!r}")
     if args.steps is not None:
         args.cycles = args.steps
     args.steps = sum(args.cycles)
@@ -83,6 +102,26 @@ def _positive_list(text: str, convert, what: str) -> tuple:
     if not values or not all(math.isfinite(v) and v > 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive {what} separated by commas, got {text!r}")
     return values
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return value
 
 
 def _weights(text: str) -> tuple[float, ...]:
@@ -122,17 +161,59 @@ def _lr(step: int, args) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def batch(step: int, args, tokenizer, device):
+def batch(step: int, args, tokenizer, device="cpu"):
     """Images (B, 3, 64, 64) in [-1, 1], token ids (B, L) and object masks (B, 1, 64, 64) as
-    floats in {0, 1}, for one step; seeded by step."""
+    floats in {0, 1}, for one step; seeded by step, built on the CPU, moved to ``device``."""
     images, captions, objects = world.sample_training_images(
         args.batch, seed=args.seed * 1_000_003 + step, masks=True)
     rng = np.random.default_rng([args.seed, step])
     captions = ["" if rng.random() < args.uncond else c for c in captions]
-    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W)
     ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
-    return x, ids, torch.from_numpy(objects).to(device)[:, None].float()
+                    return_tensors="pt").input_ids
+    return x.to(device), ids.to(device), torch.from_numpy(objects)[:, None].float().to(device)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Step -> that step's batch (``batch`` on the CPU), for rendering in worker processes."""
+
+    def __init__(self, args, tokenizer):
+        self.args, self.tokenizer = args, tokenizer
+
+    def __len__(self) -> int:
+        return self.args.steps
+
+    def __getitem__(self, step: int):
+        return batch(step, self.args, self.tokenizer)
+
+
+def batches(steps: range, args, tokenizer):
+    """The batches of ``steps`` in order, rendered here or (``args.workers`` > 0) by worker
+    processes ahead of use; the same tensors either way, on the CPU."""
+    if not args.workers:
+        return (batch(step, args, tokenizer) for step in steps)
+    loader = torch.utils.data.DataLoader(
+        _Batches(args, tokenizer), batch_size=None, sampler=steps, num_workers=args.workers,
+        prefetch_factor=4, pin_memory=torch.device(args.device).type == "cuda")
+    return iter(loader)
+
+
+def init_weights(unet, text, folder: Path) -> None:
+    """Copy the UNet and text encoder weights of a saved pipeline folder into ``unet`` and
+    ``text`` (the same architecture and vocabulary, or a one-line ValueError)."""
+    from safetensors.torch import load_file
+
+    for module, file in ((unet, folder / "unet" / "diffusion_pytorch_model.safetensors"),
+                         (text, folder / "text_encoder" / "model.safetensors")):
+        if not file.is_file():
+            raise ValueError(f"--init: expected {file} (a cove-tiny pipeline folder), it is missing")
+        state, own = load_file(file), module.state_dict()
+        bad = sorted(k for k in own.keys() | state.keys()
+                     if k not in state or k not in own or state[k].shape != own[k].shape)
+        if bad:
+            raise ValueError(f"--init: {file} does not hold cove-tiny's architecture "
+                             f"({len(bad)} tensors differ, first {bad[0]!r})")
+        module.load_state_dict(state)
 
 
 def object_weights(objects: torch.Tensor, latent_hw: tuple[int, int], weight: float) -> torch.Tensor:
@@ -162,15 +243,22 @@ def train(argv=None) -> Path:
     # CPUs handle those ~100x slower. Flushing them to zero changes nothing measurable.
     torch.set_flush_denormal(True)
     device = torch.device(args.device)
-    args.work.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_clip_tokenizer(world.VOCABULARY, args.work / "tokenizer", max_length=MAX_TOKENS)
+    if device.type == "cuda":  # TF32 matrix products: full speed on Ampere and later, fp32 range
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    with tempfile.TemporaryDirectory() as folder:  # the tokenizer is saved with the pipeline
+        tokenizer = build_clip_tokenizer(world.VOCABULARY, Path(folder), max_length=MAX_TOKENS)
     pipe = build_pipeline(tokenizer, seed=args.seed)
+    start, ckpt = 0, args.work / "checkpoint.pt"
+    if args.init is not None and not (args.resume and ckpt.exists()):
+        init_weights(pipe.unet, pipe.text_encoder, args.init)  # before anything is written
+        print(f"initialised from {args.init}", flush=True)
+    args.work.mkdir(parents=True, exist_ok=True)
     unet, text = pipe.unet.to(device).train(), pipe.text_encoder.to(device).train()
     params = list(unet.parameters()) + list(text.parameters())
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     abar = pipe.scheduler.alphas_cumprod.to(device)  # (1000,)
-    start, ckpt = 0, args.work / "checkpoint.pt"
     if args.resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device)
         for p, v in zip(params, state["params"]):
@@ -184,8 +272,9 @@ def train(argv=None) -> Path:
     log = open(args.work / "log.jsonl", "a")
     t0, seen = time.time(), 0
     last = min(args.steps, args.stop_at or args.steps)
-    for step in range(start, last):
-        x0, ids, objects = batch(step, args, tokenizer, device)
+    steps = range(start, last)
+    for step, (x0, ids, objects) in zip(steps, batches(steps, args, tokenizer)):
+        x0, ids, objects = (v.to(device, non_blocking=True) for v in (x0, ids, objects))
         gen.manual_seed(args.seed * 7919 + step)
         t = torch.randint(0, len(abar), (x0.shape[0],), generator=gen).to(device)
         eps = torch.randn(x0.shape, generator=gen).to(device)
@@ -193,11 +282,13 @@ def train(argv=None) -> Path:
         eps = pipe.vae.encode(eps).latent_dist.mean  # same reshape of the noise
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        cond = text(ids)[0]  # (B, L, D)
         v = a.sqrt() * eps - (1 - a).sqrt() * z0  # the v-prediction target
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            cond = text(ids)[0]  # (B, L, D)
+            pred = unet(zt, t, cond).sample
         w = args.object_weight[_cycle_at(step, args.cycles)[0]]
         weights = None if w == 1 else object_weights(objects, tuple(z0.shape[-2:]), w)
-        loss = loss_fn(unet(zt, t, cond).sample, v, weights)
+        loss = loss_fn(pred.float(), v, weights)
         for g in opt.param_groups:
             g["lr"] = _lr(step, args)
         opt.zero_grad(set_to_none=True)
@@ -213,13 +304,19 @@ def train(argv=None) -> Path:
             rate = seen / (time.time() - t0)
             eta = (args.steps - step - 1) / max(rate, 1e-9) / 60
             print(f"step {step:5d}/{args.steps} loss {loss.item():.4f} lr {_lr(step, args):.2e} "
-                  f"{rate:.2f} it/s eta {eta:.0f} min", flush=True)
+                  f"{rate:.2f} it/s ({rate * args.batch:.0f} images/s) eta {eta:.0f} min", flush=True)
             log.write(json.dumps({"step": step, "loss": loss.item(), "time": time.time()}) + "\n")
             log.flush()
+        out_of_time = args.minutes is not None and time.time() - t0 >= 60 * args.minutes
+        if out_of_time and step < last - 1:
+            print(f"--minutes {args.minutes:g} spent: stopping after step {step + 1}", flush=True)
+            last = step + 1
         if (step + 1) % args.save_every == 0 or step == last - 1:
             torch.save({"params": [p.detach() for p in params], "ema": ema, "opt": opt.state_dict(),
                         "step": step + 1}, ckpt.with_suffix(".tmp"))
             ckpt.with_suffix(".tmp").replace(ckpt)
+        if step == last - 1:
+            break
     with torch.no_grad():  # ship the EMA weights
         for p, e in zip(params, ema):
             p.data.copy_(e)
@@ -227,16 +324,30 @@ def train(argv=None) -> Path:
     pipe.to("cpu")
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out)
+    elapsed = time.time() - t0
     info = {"steps": args.steps, "cycles": list(args.cycles), "restart_lr": args.restart_lr,
             "object_weight": list(args.object_weight),
             "stopped_at": last, "batch": args.batch, "lr": args.lr, "seed": args.seed, "ema": args.ema,
             "device": str(device), "machine": platform.platform(),
             "processor": platform.processor(), "torch": torch.__version__,
-            "minutes": round((time.time() - t0) / 60, 1)}
+            "minutes": round(elapsed / 60, 1),
+            "images_per_second": round(seen * args.batch / max(elapsed, 1e-9), 1),
+            "workers": args.workers, "bf16": args.bf16}
+    if args.init is not None:
+        info["init"] = str(args.init)
     (args.out / "training.json").write_text(json.dumps(info, indent=1))
     print(f"saved {args.out}", flush=True)
     return args.out
 
 
+def main(argv=None) -> int:
+    try:
+        train(argv)
+    except ValueError as error:  # bad input found after parsing (--init's folder): one line
+        print(f"python -m cove.tiny.train: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    train()
+    sys.exit(main())
