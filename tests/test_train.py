@@ -158,25 +158,21 @@ def test_minutes_stops_cleanly_and_resume_goes_on(tmp_path):
 
 
 def test_init_copies_a_pipeline_folders_weights(tmp_path):
-    from cove.tiny.train import WEIGHTS
-
     tokenizer = build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)
     pipe = build_pipeline(tokenizer, seed=3)
-    train.init_weights(pipe.unet, pipe.text_encoder, WEIGHTS)
-    shipped = _unet(WEIGHTS)
+    train.init_weights(pipe.unet, pipe.text_encoder, train.WEIGHTS)
+    shipped = _unet(train.WEIGHTS)
     for key, value in pipe.unet.state_dict().items():
         assert torch.equal(value, shipped[key]), key
-    text = load_file(WEIGHTS / "text_encoder" / "model.safetensors")
+    text = load_file(train.WEIGHTS / "text_encoder" / "model.safetensors")
     assert all(torch.equal(v, text[k]) for k, v in pipe.text_encoder.state_dict().items())
 
 
 def test_init_from_a_foreign_folder_is_one_line_and_writes_nothing(tmp_path, capsys):
     from safetensors.torch import save_file
 
-    from cove.tiny.train import WEIGHTS
-
     foreign = tmp_path / "foreign"
-    shutil.copytree(WEIGHTS, foreign)
+    shutil.copytree(train.WEIGHTS, foreign)
     state = _unet(foreign)
     state["conv_in.weight"] = torch.zeros(8, 12, 3, 3)  # another architecture's first layer
     save_file(state, foreign / "unet" / "diffusion_pytorch_model.safetensors")

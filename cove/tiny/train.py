@@ -104,24 +104,23 @@ def _positive_list(text: str, convert, what: str) -> tuple:
     return values
 
 
-def _count(text: str) -> int:
+def _number(text: str, convert, ok, expected: str):
+    """``convert(text)`` if it passes ``ok``, else a one-line argparse error naming ``expected``."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _count(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "a whole number >= 0")
 
 
 def _minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
-    return value
+    return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive number of minutes")
 
 
 def _weights(text: str) -> tuple[float, ...]:
