@@ -72,6 +72,48 @@ def test_bad_object_weight_is_refused_in_one_line(argv, message, capsys):
     assert message in err[-1] and err[-1].startswith("python -m cove.tiny.train: error:")
 
 
+def test_mid_t_is_per_cycle_and_off_by_default():
+    args = train._parse([])
+    assert args.mid_t == train.MID_TS and len(train.MID_TS) == len(train.CYCLES)
+    assert args.mid_t_range == train.MID_T_RANGE
+    assert train._parse(["--steps", "500"]).mid_t == (0.0,)
+    assert train._parse(["--cycles", "3,2", "--mid-t", "0.5"]).mid_t == (0.5, 0.5)
+    args = train._parse(["--cycles", "3,2", "--mid-t", "0,1", "--mid-t-range", "100,200"])
+    assert args.mid_t == (0.0, 1.0) and args.mid_t_range == (100, 200)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mid-t", "1.5"], "argument --mid-t: expected shares between 0 and 1 separated by commas, got '1.5'"),
+    (["--mid-t", "-0.1"], "argument --mid-t: expected shares between 0 and 1"),
+    (["--mid-t", "nan"], "argument --mid-t: expected shares between 0 and 1"),
+    (["--mid-t", "half"], "argument --mid-t: expected shares between 0 and 1"),
+    (["--cycles", "3,2,1", "--mid-t", "0,1"], "--mid-t: expected one value or one per cycle (3), got 2"),
+    (["--mid-t-range", "700,300"], "argument --mid-t-range: expected LO,HI with 0 <= LO < HI <= 1000"),
+    (["--mid-t-range", "0,1001"], "argument --mid-t-range: expected LO,HI with 0 <= LO < HI <= 1000"),
+    (["--mid-t-range", "300"], "argument --mid-t-range: expected LO,HI with 0 <= LO < HI <= 1000, got '300'"),
+])
+def test_bad_mid_t_is_refused_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        train._parse(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("python -m cove.tiny.train: error:")
+
+
+def test_draw_noise_moves_a_share_of_the_timesteps_to_the_mid_range():
+    shape = (4000, 3, 2, 2)
+    plain_t = torch.randint(0, 1000, shape[:1], generator=torch.Generator().manual_seed(3))
+    t, eps = train.draw_noise(torch.Generator().manual_seed(3), shape, 1000)
+    assert torch.equal(t, plain_t) and eps.shape == shape  # off: plain uniform sampling, as before
+    t2, eps2 = train.draw_noise(torch.Generator().manual_seed(3), shape, 1000, 0.5, (250, 750))
+    assert torch.equal(eps2, eps)  # the same noise; only some timesteps move
+    moved = t2 != t
+    assert ((t2[moved] >= 250) & (t2[moved] < 750)).all()
+    inside = ((t2 >= 250) & (t2 < 750)).float().mean().item()
+    assert inside == pytest.approx(0.5 + 0.5 * 0.5, abs=0.03)  # half drawn there, plus uniform hits
+    t3, _ = train.draw_noise(torch.Generator().manual_seed(3), shape, 1000, 1.0, (100, 110))
+    assert t3.min() >= 100 and t3.max() < 110
+
+
 def test_object_weights_cover_objects_and_their_outline():
     objects = torch.zeros(1, 1, 16, 16)
     objects[0, 0, 6:8, 6:8] = 1  # one object, exactly latent cell (3, 3) of an 8x8 grid
@@ -103,13 +145,15 @@ def _unet(folder):
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    common = ["--cycles", "2,1", "--object-weight", "1,4", "--batch", "2", "--warmup", "1", "--save-every", "1"]
+    common = ["--cycles", "2,1", "--object-weight", "1,4", "--mid-t", "0,0.5", "--batch", "2", "--warmup", "1", "--save-every", "1"]
     # the uninterrupted run renders its batches in two worker processes, the other in itself
     whole = _unet(train.train([*common, "--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1"),
                                "--workers", "2"]))
     train.train([*common, "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2"), "--stop-at", "2"])
     resumed = _unet(train.train([*common, "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2"), "--resume"]))
     assert whole.keys() == resumed.keys()
+    info = json.loads((tmp_path / "o1" / "training.json").read_text())
+    assert info["mid_t"] == [0.0, 0.5] and info["mid_t_range"] == list(train.MID_T_RANGE)
     for key in whole:
         torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)
     fresh = build_pipeline(build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)).unet
@@ -193,3 +237,11 @@ def test_bf16_autocast_trains(tmp_path):
     assert json.loads((out / "training.json").read_text())["bf16"] is True
     assert all(torch.isfinite(v).all() for v in bf16.values())
     assert any(not torch.equal(bf16[k], fp32[k]) for k in fp32), "autocast changed nothing"
+
+
+def test_mid_t_reaches_the_training_step(tmp_path):
+    common = ["--steps", "1", "--batch", "2", "--warmup", "1"]
+    plain = _unet(train.train([*common, "--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1")]))
+    late = _unet(train.train([*common, "--mid-t", "1", "--mid-t-range", "990,1000",
+                              "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2")]))
+    assert any(not torch.equal(late[k], plain[k]) for k in plain), "--mid-t changed nothing"

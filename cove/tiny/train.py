@@ -10,8 +10,10 @@ Reproduces the shipped weights (``cove/tiny/weights``): seeded, prints progress,
 with the caption c replaced by "" 10% of the time, and an exponential moving average of the
 weights (the EMA is what is shipped). ``--object-weight`` weights the squared error on latent
 cells that touch an object (about 16% of cells) by w instead of 1, per cycle, normalised by the
-sum of the weights: with w = 1 it is the plain mean. Batches are rendered on the fly from a per-step seed, so
-a resumed run sees exactly the data the uninterrupted run would have seen.
+sum of the weights: with w = 1 it is the plain mean. ``--mid-t`` draws a share of each batch's
+timesteps from ``--mid-t-range`` (default 250-750, where a shape is decided), per cycle.
+Batches are rendered on the fly from a per-step seed, so a resumed run sees exactly the data
+the uninterrupted run would have seen.
 
 For a GPU (``--device cuda``): ``--workers N`` renders the batches in N processes (the same
 batches, bit for bit), ``--bf16`` runs the forward pass under bfloat16 autocast (CUDA's fp32
@@ -43,6 +45,9 @@ WEIGHTS = Path(__file__).parent / "weights"
 CYCLES = (4000, 4400, 3600)
 # Loss weight on object cells, per cycle of CYCLES.
 OBJECT_WEIGHTS = (1.0, 1.0, 1.0)
+# Share of each batch with timesteps from MID_T_RANGE (where shapes are decided), per cycle of CYCLES.
+MID_TS = (0.0, 0.0, 0.0)
+MID_T_RANGE = (250, 750)
 
 
 def _parse(argv=None):
@@ -56,6 +61,11 @@ def _parse(argv=None):
     p.add_argument("--object-weight", type=_weights, default=None,
                    help="loss weight on latent cells that touch an object, one per cycle or one for all; "
                         "default the shipped recipe's with the default cycles, else 1")
+    p.add_argument("--mid-t", type=_shares, default=None,
+                   help="share of each batch whose timesteps are drawn from --mid-t-range instead of "
+                        "all of them, one per cycle or one for all; default 0")
+    p.add_argument("--mid-t-range", type=_t_range, default=MID_T_RANGE,
+                   help=f"timesteps LO,HI (LO <= t < HI) for --mid-t; default {MID_T_RANGE[0]},{MID_T_RANGE[1]}")
     p.add_argument("--restart-lr", type=float, default=0.5, help="peak lr of later cycles, as a fraction of --lr")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -85,11 +95,15 @@ def _parse(argv=None):
     args.steps = sum(args.cycles)
     if args.object_weight is None:
         args.object_weight = OBJECT_WEIGHTS if args.cycles == CYCLES else (1.0,)
-    if len(args.object_weight) == 1:
-        args.object_weight = args.object_weight * len(args.cycles)
-    if len(args.object_weight) != len(args.cycles):
-        p.error(f"--object-weight: expected one value or one per cycle ({len(args.cycles)}), "
-                f"got {len(args.object_weight)}")
+    if args.mid_t is None:
+        args.mid_t = MID_TS if args.cycles == CYCLES else (0.0,)
+    for name in ("object_weight", "mid_t"):
+        values = getattr(args, name)
+        if len(values) == 1:
+            setattr(args, name, values * len(args.cycles))
+        elif len(values) != len(args.cycles):
+            p.error(f"--{name.replace('_', '-')}: expected one value or one per cycle ({len(args.cycles)}), "
+                    f"got {len(values)}")
     return args
 
 
@@ -125,6 +139,26 @@ def _minutes(text: str) -> float:
 
 def _weights(text: str) -> tuple[float, ...]:
     return _positive_list(text, float, "numbers")
+
+
+def _shares(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected shares between 0 and 1 separated by commas, got {text!r}")
+    return values
+
+
+def _t_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in str(text).split(","))
+    except ValueError:
+        lo = hi = -1
+    if not 0 <= lo < hi <= 1000:
+        raise argparse.ArgumentTypeError(f"expected LO,HI with 0 <= LO < HI <= 1000, got {text!r}")
+    return lo, hi
 
 
 def _cycle(text: str) -> tuple[int, ...]:
@@ -215,6 +249,23 @@ def init_weights(unet, text, folder: Path) -> None:
         module.load_state_dict(state)
 
 
+def draw_noise(gen: torch.Generator, shape: tuple, n_train: int, mid_t: float = 0.0,
+               mid_range: tuple[int, int] = MID_T_RANGE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps (B,) and noise ``shape`` = (B, ...) for one step, from ``gen`` (on the CPU).
+
+    t is uniform over 0..n_train-1, except that a share ``mid_t`` of the batch (each image with
+    that probability) draws it from ``mid_range`` (LO <= t < HI) instead: the noise levels
+    where a shape is decided. With ``mid_t`` = 0 nothing more is drawn, so the timesteps and the
+    noise are exactly those of plain uniform sampling.
+    """
+    t = torch.randint(0, n_train, shape[:1], generator=gen)
+    eps = torch.randn(shape, generator=gen)
+    if mid_t > 0:
+        mid = torch.randint(*mid_range, shape[:1], generator=gen)
+        t = torch.where(torch.rand(shape[:1], generator=gen) < mid_t, mid, t)
+    return t, eps
+
+
 def object_weights(objects: torch.Tensor, latent_hw: tuple[int, int], weight: float) -> torch.Tensor:
     """Per-cell loss weights (B, 1, h, w): ``weight`` on latent cells that overlap an object or
     touch one (one cell of dilation, so the outline counts), 1 elsewhere.
@@ -275,8 +326,9 @@ def train(argv=None) -> Path:
     for step, (x0, ids, objects) in zip(steps, batches(steps, args, tokenizer)):
         x0, ids, objects = (v.to(device, non_blocking=True) for v in (x0, ids, objects))
         gen.manual_seed(args.seed * 7919 + step)
-        t = torch.randint(0, len(abar), (x0.shape[0],), generator=gen).to(device)
-        eps = torch.randn(x0.shape, generator=gen).to(device)
+        cycle = _cycle_at(step, args.cycles)[0]
+        t, eps = draw_noise(gen, tuple(x0.shape), len(abar), args.mid_t[cycle], args.mid_t_range)
+        t, eps = t.to(device), eps.to(device)
         z0 = pipe.vae.encode(x0).latent_dist.mean  # (B, 12, 32, 32)
         eps = pipe.vae.encode(eps).latent_dist.mean  # same reshape of the noise
         a = abar[t].view(-1, 1, 1, 1)
@@ -285,7 +337,7 @@ def train(argv=None) -> Path:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             cond = text(ids)[0]  # (B, L, D)
             pred = unet(zt, t, cond).sample
-        w = args.object_weight[_cycle_at(step, args.cycles)[0]]
+        w = args.object_weight[cycle]
         weights = None if w == 1 else object_weights(objects, tuple(z0.shape[-2:]), w)
         loss = loss_fn(pred.float(), v, weights)
         for g in opt.param_groups:
@@ -325,7 +377,8 @@ def train(argv=None) -> Path:
     pipe.save_pretrained(args.out)
     elapsed = time.time() - t0
     info = {"steps": args.steps, "cycles": list(args.cycles), "restart_lr": args.restart_lr,
-            "object_weight": list(args.object_weight),
+            "object_weight": list(args.object_weight), "mid_t": list(args.mid_t),
+            "mid_t_range": list(args.mid_t_range),
             "stopped_at": last, "batch": args.batch, "lr": args.lr, "seed": args.seed, "ema": args.ema,
             "device": str(device), "machine": platform.platform(),
             "processor": platform.processor(), "torch": torch.__version__,
