@@ -59,6 +59,14 @@ def test_object_weight_is_per_cycle():
     assert train._parse(["--cycles", "3,2", "--object-weight", "1,4"]).object_weight == (1.0, 4.0)
 
 
+def _assert_refused(argv, message, capsys):
+    """``argv`` ends the parse with a one-line error that contains ``message``."""
+    with pytest.raises(SystemExit):
+        train._parse(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("python -m cove.tiny.train: error:")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--object-weight", "0"], "expected positive numbers"),
     (["--object-weight", "nan"], "expected positive numbers"),
@@ -66,10 +74,7 @@ def test_object_weight_is_per_cycle():
     (["--cycles", "3,2,1", "--object-weight", "1,4"], "expected one value or one per cycle (3), got 2"),
 ])
 def test_bad_object_weight_is_refused_in_one_line(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        train._parse(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert message in err[-1] and err[-1].startswith("python -m cove.tiny.train: error:")
+    _assert_refused(argv, message, capsys)
 
 
 def test_mid_t_is_per_cycle_and_off_by_default():
@@ -93,10 +98,7 @@ def test_mid_t_is_per_cycle_and_off_by_default():
     (["--mid-t-range", "300"], "argument --mid-t-range: expected LO,HI with 0 <= LO < HI <= 1000, got '300'"),
 ])
 def test_bad_mid_t_is_refused_in_one_line(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        train._parse(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert message in err[-1] and err[-1].startswith("python -m cove.tiny.train: error:")
+    _assert_refused(argv, message, capsys)
 
 
 def test_draw_noise_moves_a_share_of_the_timesteps_to_the_mid_range():
@@ -183,10 +185,7 @@ def test_worker_processes_render_the_same_batches(tmp_path):
     (["--init", "/nonexistent/cove-tiny"], "--init: expected a pipeline folder with unet/ and text_encoder/"),
 ])
 def test_bad_gpu_options_are_refused_in_one_line(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        train._parse(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert message in err[-1] and err[-1].startswith("python -m cove.tiny.train: error:")
+    _assert_refused(argv, message, capsys)
 
 
 def test_minutes_stops_cleanly_and_resume_goes_on(tmp_path):

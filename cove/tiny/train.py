@@ -107,15 +107,20 @@ def _parse(argv=None):
     return args
 
 
-def _positive_list(text: str, convert, what: str) -> tuple:
-    """'a,b,c' -> (convert(a), ...), all finite and > 0, or a one-line argparse error."""
+def _list(text: str, convert, ok, expected: str) -> tuple:
+    """'a,b,c' -> (convert(a), ...), each passing ``ok``, or a one-line argparse error naming ``expected``."""
     try:
         values = tuple(convert(v) for v in str(text).split(","))
     except ValueError:
         values = ()
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive {what} separated by commas, got {text!r}")
+    if not values or not all(ok(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected {expected} separated by commas, got {text!r}")
     return values
+
+
+def _positive_list(text: str, convert, what: str) -> tuple:
+    """'a,b,c' -> (convert(a), ...), all finite and > 0, or a one-line argparse error."""
+    return _list(text, convert, lambda v: math.isfinite(v) and v > 0, f"positive {what}")
 
 
 def _number(text: str, convert, ok, expected: str):
@@ -142,13 +147,7 @@ def _weights(text: str) -> tuple[float, ...]:
 
 
 def _shares(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in str(text).split(","))
-    except ValueError:
-        values = ()
-    if not values or not all(0 <= v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected shares between 0 and 1 separated by commas, got {text!r}")
-    return values
+    return _list(text, float, lambda v: 0 <= v <= 1, "shares between 0 and 1")
 
 
 def _t_range(text: str) -> tuple[int, int]:
