@@ -23,6 +23,17 @@ def test_default_schedule_is_the_shipped_cycles():
     assert train._parse(["--cycles", "300,200"]).steps == 500
 
 
+def test_the_shipped_weights_were_trained_with_the_default_recipe():
+    """``python -m cove.tiny.train`` with no options is what trained cove/tiny/weights."""
+    info = json.loads((train.WEIGHTS / "training.json").read_text())
+    args = train._parse([])
+    assert tuple(info["cycles"]) == args.cycles and info["steps"] == info["stopped_at"] == args.steps
+    assert tuple(info["object_weight"]) == args.object_weight and tuple(info["mid_t"]) == args.mid_t
+    assert tuple(info["mid_t_range"]) == args.mid_t_range
+    assert (info["batch"], info["lr"], info["seed"], info["ema"]) == (args.batch, args.lr, args.seed, args.ema)
+    assert info["restart_lr"] == args.restart_lr
+
+
 def test_lr_warms_up_decays_and_restarts():
     args = train._parse(["--cycles", "1000,500", "--lr", "1e-3", "--warmup", "10", "--restart-lr", "0.5"])
     lr = [train._lr(s, args) for s in range(1500)]
@@ -77,7 +88,7 @@ def test_bad_object_weight_is_refused_in_one_line(argv, message, capsys):
     _assert_refused(argv, message, capsys)
 
 
-def test_mid_t_is_per_cycle_and_off_by_default():
+def test_mid_t_is_per_cycle_and_off_outside_the_shipped_recipe():
     args = train._parse([])
     assert args.mid_t == train.MID_TS and len(train.MID_TS) == len(train.CYCLES)
     assert args.mid_t_range == train.MID_T_RANGE

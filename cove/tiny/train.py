@@ -41,12 +41,13 @@ from .model import MAX_TOKENS, build_pipeline
 from .tokenizer import build_clip_tokenizer
 
 WEIGHTS = Path(__file__).parent / "weights"
-# The shipped weights: a 4000-step cycle, then warm restarts for 4400 and 3600 more (one CPU session each).
-CYCLES = (4000, 4400, 3600)
+# The shipped weights: a 4000-step cycle, then warm restarts for 4400, 3600, 3600 and 3600 more (one
+# CPU session each), the last two drawing half of each batch's timesteps from MID_T_RANGE.
+CYCLES = (4000, 4400, 3600, 3600, 3600)
 # Loss weight on object cells, per cycle of CYCLES.
-OBJECT_WEIGHTS = (1.0, 1.0, 1.0)
+OBJECT_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0)
 # Share of each batch with timesteps from MID_T_RANGE (where shapes are decided), per cycle of CYCLES.
-MID_TS = (0.0, 0.0, 0.0)
+MID_TS = (0.0, 0.0, 0.0, 0.5, 0.5)
 MID_T_RANGE = (250, 750)
 
 
