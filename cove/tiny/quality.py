@@ -67,11 +67,8 @@ from .. import metrics, world
 # guidance 12 / 10 / 7.5: 8 / 8 / 9 (7.5 at the demo's 10 steps: 41% against 91%).
 # Re-noising the mask's inside with fresh noise at strength 0.85 instead of the inverted latent
 # (Blended Latent Diffusion's start) did not help either (66%, 21.7 dB).
-# The figures above are of the 12000-step model. The 19200-step model shipped now (two more
-# cycles with --mid-t 0.5), same validation: prompts all-three 0.525 (40, seed 7); edits on 18
-# clips (seeds 100, 200, 300): 69% recoloured / 23.5 dB / background 27.8 dB, 3 clips passing on
-# their own (12000 steps: 61% / 23.6 / 28.2, 6); without the word swap 51% / 23.1; t 250: 79% /
-# 23.6, 7 clips (12000 steps: 80% / 24.0, 8).
+# The figures above are of the 12000-step model; the shipped 19200-step model's, on the same
+# validation seeds, are in docs/method/tiny.md.
 PROMPT_STEPS = 50
 PROMPT_GUIDANCE = 3.0
 
