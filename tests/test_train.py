@@ -32,6 +32,11 @@ def test_the_shipped_weights_were_trained_with_the_default_recipe():
     assert tuple(info["mid_t_range"]) == args.mid_t_range
     assert (info["batch"], info["lr"], info["seed"], info["ema"]) == (args.batch, args.lr, args.seed, args.ema)
     assert info["restart_lr"] == args.restart_lr
+    # a run that went on from an export (its checkpoint lost) started where the recipe restarts
+    # from the EMA weights, so the uninterrupted default run gives the same weights
+    restarts = [sum(args.cycles[:k]) for k, flag in enumerate(args.ema_restart) if flag]
+    assert info.get("start_at", 0) in [0, *restarts]
+    assert info.get("ema_restart", list(args.ema_restart)) == list(args.ema_restart)
 
 
 def test_lr_warms_up_decays_and_restarts():
@@ -109,6 +114,22 @@ def test_mid_t_is_per_cycle_and_off_outside_the_shipped_recipe():
     (["--mid-t-range", "300"], "argument --mid-t-range: expected LO,HI with 0 <= LO < HI <= 1000, got '300'"),
 ])
 def test_bad_mid_t_is_refused_in_one_line(argv, message, capsys):
+    _assert_refused(argv, message, capsys)
+
+
+def test_ema_restart_is_per_cycle_and_off_outside_the_shipped_recipe():
+    args = train._parse([])
+    assert args.ema_restart == train.EMA_RESTARTS and len(train.EMA_RESTARTS) == len(train.CYCLES)
+    assert train._parse(["--steps", "500"]).ema_restart == (0,)
+    assert train._parse(["--cycles", "3,2", "--ema-restart", "0,1"]).ema_restart == (0, 1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ema-restart", "2"], "argument --ema-restart: expected 0 or 1 separated by commas, got '2'"),
+    (["--ema-restart", "yes"], "argument --ema-restart: expected 0 or 1 separated by commas"),
+    (["--cycles", "3,2,1", "--ema-restart", "0,1"], "--ema-restart: expected one value or one per cycle (3), got 2"),
+])
+def test_bad_ema_restart_is_refused_in_one_line(argv, message, capsys):
     _assert_refused(argv, message, capsys)
 
 
@@ -194,6 +215,10 @@ def test_worker_processes_render_the_same_batches(tmp_path):
     (["--minutes", "0"], "argument --minutes: expected a positive number of minutes, got '0'"),
     (["--minutes", "inf"], "argument --minutes: expected a positive number of minutes"),
     (["--init", "/nonexistent/cove-tiny"], "--init: expected a pipeline folder with unet/ and text_encoder/"),
+    (["--start-at", "19200"], "--start-at: expected --init too (the weights of step 19200), got no --init"),
+    (["--init", str(train.WEIGHTS), "--steps", "3", "--start-at", "3"],
+     "--start-at: expected a step from 0 to 2 (the schedule's length is 3), got 3"),
+    (["--init", str(train.WEIGHTS), "--start-at", "-1"], "--start-at: expected a step from 0 to"),
 ])
 def test_bad_gpu_options_are_refused_in_one_line(argv, message, capsys):
     _assert_refused(argv, message, capsys)
@@ -237,6 +262,38 @@ def test_init_from_a_foreign_folder_is_one_line_and_writes_nothing(tmp_path, cap
     assert len(err) == 1 and err[0].startswith("python -m cove.tiny.train: error: --init:")
     assert "does not hold cove-tiny's architecture" in err[0] and "conv_in.weight" in err[0]
     assert not work.exists() and not out.exists()
+
+
+def test_start_at_goes_on_with_the_schedule_from_the_init_weights(tmp_path):
+    """A run whose checkpoint is lost goes on from its exported weights at the step they stopped at."""
+    out = train.train(["--init", str(train.WEIGHTS), "--start-at", "2", "--cycles", "2,1", "--batch", "2",
+                       "--warmup", "1", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+    info = json.loads((out / "training.json").read_text())
+    assert (info["start_at"], info["stopped_at"], info["init"]) == (2, 3, str(train.WEIGHTS))
+    logged = [json.loads(line)["step"] for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    assert logged == [2]  # one step: the last of the schedule, the second cycle's first
+    assert torch.load(tmp_path / "w" / "checkpoint.pt")["step"] == 3
+    trained, shipped = _unet(out), _unet(train.WEIGHTS)
+    fresh = build_pipeline(build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)).unet
+    moved = sum((trained[k] - shipped[k]).abs().sum() for k in shipped)
+    apart = sum((v - shipped[k]).abs().sum() for k, v in fresh.state_dict().items())
+    assert 0 < moved < 0.01 * apart  # one small step away from the weights it started from
+
+
+def test_ema_restart_equals_init_from_the_export_at_that_step(tmp_path):
+    """An uninterrupted run with --ema-restart gives the weights of a run that stopped at the
+    restart, exported, and went on with --init from that export and --start-at."""
+    common = ["--cycles", "2,1", "--mid-t", "0,0.5", "--batch", "2", "--warmup", "1"]
+    whole = train.train([*common, "--ema-restart", "0,1", "--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1")])
+    first = train.train([*common, "--stop-at", "2", "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2")])
+    then = train.train([*common, "--ema-restart", "0,1", "--init", str(first), "--start-at", "2",
+                        "--work", str(tmp_path / "w3"), "--out", str(tmp_path / "o3")])
+    plain = train.train([*common, "--work", str(tmp_path / "w4"), "--out", str(tmp_path / "o4")])
+    whole, then, plain = _unet(whole), _unet(then), _unet(plain)
+    for key in whole:
+        torch.testing.assert_close(then[key], whole[key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(whole[k], plain[k]) for k in plain), "--ema-restart changed nothing"
+    assert json.loads((tmp_path / "o1" / "training.json").read_text())["ema_restart"] == [0, 1]
 
 
 def test_bf16_autocast_trains(tmp_path):

@@ -67,7 +67,7 @@ from .. import metrics, world
 # guidance 12 / 10 / 7.5: 8 / 8 / 9 (7.5 at the demo's 10 steps: 41% against 91%).
 # Re-noising the mask's inside with fresh noise at strength 0.85 instead of the inverted latent
 # (Blended Latent Diffusion's start) did not help either (66%, 21.7 dB).
-# The figures above are of the 12000-step model; the shipped 19200-step model's, on the same
+# The figures above are of the 12000-step model; the shipped 22800-step model's, on the same
 # validation seeds, are in docs/method/tiny.md.
 PROMPT_STEPS = 50
 PROMPT_GUIDANCE = 3.0

@@ -12,6 +12,9 @@ weights (the EMA is what is shipped). ``--object-weight`` weights the squared er
 cells that touch an object (about 16% of cells) by w instead of 1, per cycle, normalised by the
 sum of the weights: with w = 1 it is the plain mean. ``--mid-t`` draws a share of each batch's
 timesteps from ``--mid-t-range`` (default 250-750, where a shape is decided), per cycle.
+``--ema-restart`` starts a cycle from the EMA weights with fresh optimizer moments, per cycle:
+what a run does that goes on from an exported pipeline (``--init FOLDER --start-at STEP``)
+because its checkpoint was lost, so the uninterrupted run gives the same weights.
 Batches are rendered on the fly from a per-step seed, so a resumed run sees exactly the data
 the uninterrupted run would have seen.
 
@@ -41,14 +44,18 @@ from .model import MAX_TOKENS, build_pipeline
 from .tokenizer import build_clip_tokenizer
 
 WEIGHTS = Path(__file__).parent / "weights"
-# The shipped weights: a 4000-step cycle, then warm restarts for 4400, 3600, 3600 and 3600 more (one
-# CPU session each), the last two drawing half of each batch's timesteps from MID_T_RANGE.
-CYCLES = (4000, 4400, 3600, 3600, 3600)
+# The shipped weights: a 4000-step cycle, then warm restarts for 4400, 3600, 3600, 3600 and 3600
+# more (one CPU session each), the last three drawing half of each batch's timesteps from MID_T_RANGE.
+CYCLES = (4000, 4400, 3600, 3600, 3600, 3600)
 # Loss weight on object cells, per cycle of CYCLES.
-OBJECT_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0)
+OBJECT_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 # Share of each batch with timesteps from MID_T_RANGE (where shapes are decided), per cycle of CYCLES.
-MID_TS = (0.0, 0.0, 0.0, 0.5, 0.5)
+MID_TS = (0.0, 0.0, 0.0, 0.5, 0.5, 0.5)
 MID_T_RANGE = (250, 750)
+# Per cycle of CYCLES: 1 where the cycle starts from the EMA weights with fresh optimizer moments.
+# The sixth did: its session went on from the fifth's export (--init, --start-at 19200), the
+# fifth's checkpoint having been lost with its machine.
+EMA_RESTARTS = (0, 0, 0, 0, 0, 1)
 
 
 def _parse(argv=None):
@@ -67,6 +74,10 @@ def _parse(argv=None):
                         "all of them, one per cycle or one for all; default 0")
     p.add_argument("--mid-t-range", type=_t_range, default=MID_T_RANGE,
                    help=f"timesteps LO,HI (LO <= t < HI) for --mid-t; default {MID_T_RANGE[0]},{MID_T_RANGE[1]}")
+    p.add_argument("--ema-restart", type=_flags, default=None,
+                   help="1 for a cycle that starts from the EMA weights with fresh optimizer moments "
+                        "(what --init from an export and --start-at do), one per cycle or one for all; "
+                        "default the shipped recipe's with the default cycles, else 0")
     p.add_argument("--restart-lr", type=float, default=0.5, help="peak lr of later cycles, as a fraction of --lr")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -83,6 +94,9 @@ def _parse(argv=None):
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", type=Path, default=None,
                    help="pipeline folder (unet/, text_encoder/) whose weights start a run that has no checkpoint")
+    p.add_argument("--start-at", type=int, default=0,
+                   help="with --init: the step of the schedule it starts at (the step those weights "
+                        "stopped at, when their checkpoint is lost; the optimizer's moments start afresh)")
     p.add_argument("--stop-at", type=int, default=None,
                    help="stop after this step and export (the schedule still spans all cycles)")
     p.add_argument("--minutes", type=_minutes, default=None,
@@ -94,11 +108,18 @@ def _parse(argv=None):
     if args.steps is not None:
         args.cycles = args.steps
     args.steps = sum(args.cycles)
+    if args.start_at and args.init is None:
+        p.error(f"--start-at: expected --init too (the weights of step {args.start_at}), got no --init")
+    if not 0 <= args.start_at < args.steps:
+        p.error(f"--start-at: expected a step from 0 to {args.steps - 1} (the schedule's length is "
+                f"{args.steps}), got {args.start_at}")
     if args.object_weight is None:
         args.object_weight = OBJECT_WEIGHTS if args.cycles == CYCLES else (1.0,)
     if args.mid_t is None:
         args.mid_t = MID_TS if args.cycles == CYCLES else (0.0,)
-    for name in ("object_weight", "mid_t"):
+    if args.ema_restart is None:
+        args.ema_restart = EMA_RESTARTS if args.cycles == CYCLES else (0,)
+    for name in ("object_weight", "mid_t", "ema_restart"):
         values = getattr(args, name)
         if len(values) == 1:
             setattr(args, name, values * len(args.cycles))
@@ -151,6 +172,10 @@ def _shares(text: str) -> tuple[float, ...]:
     return _list(text, float, lambda v: 0 <= v <= 1, "shares between 0 and 1")
 
 
+def _flags(text: str) -> tuple[int, ...]:
+    return _list(text, int, lambda v: v in (0, 1), "0 or 1")
+
+
 def _t_range(text: str) -> tuple[int, int]:
     try:
         lo, hi = (int(v) for v in str(text).split(","))
@@ -171,6 +196,11 @@ def _cycle(text: str) -> tuple[int, ...]:
 
 def _cycles(text: str) -> tuple[int, ...]:
     return _positive_list(text, int, "step counts")
+
+
+def _cycle_start(k: int, cycles) -> int:
+    """The first step of cycle ``k``."""
+    return sum(cycles[:k])
 
 
 def _cycle_at(step: int, cycles) -> tuple[int, int, int]:
@@ -302,7 +332,8 @@ def train(argv=None) -> Path:
     start, ckpt = 0, args.work / "checkpoint.pt"
     if args.init is not None and not (args.resume and ckpt.exists()):
         init_weights(pipe.unet, pipe.text_encoder, args.init)  # before anything is written
-        print(f"initialised from {args.init}", flush=True)
+        start = args.start_at
+        print(f"initialised from {args.init} at step {start}", flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     unet, text = pipe.unet.to(device).train(), pipe.text_encoder.to(device).train()
     params = list(unet.parameters()) + list(text.parameters())
@@ -323,8 +354,14 @@ def train(argv=None) -> Path:
     t0, seen = time.time(), 0
     last = min(args.steps, args.stop_at or args.steps)
     steps = range(start, last)
+    restarts = {_cycle_start(k, args.cycles) for k, flag in enumerate(args.ema_restart) if flag}
     for step, (x0, ids, objects) in zip(steps, batches(steps, args, tokenizer)):
         x0, ids, objects = (v.to(device, non_blocking=True) for v in (x0, ids, objects))
+        if step in restarts:  # the cycle goes on from the EMA weights, as if --init from an export
+            with torch.no_grad():
+                for p, e in zip(params, ema):
+                    p.copy_(e)
+            opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
         gen.manual_seed(args.seed * 7919 + step)
         cycle = _cycle_at(step, args.cycles)[0]
         t, eps = draw_noise(gen, tuple(x0.shape), len(abar), args.mid_t[cycle], args.mid_t_range)
@@ -378,7 +415,7 @@ def train(argv=None) -> Path:
     elapsed = time.time() - t0
     info = {"steps": args.steps, "cycles": list(args.cycles), "restart_lr": args.restart_lr,
             "object_weight": list(args.object_weight), "mid_t": list(args.mid_t),
-            "mid_t_range": list(args.mid_t_range),
+            "mid_t_range": list(args.mid_t_range), "ema_restart": list(args.ema_restart),
             "stopped_at": last, "batch": args.batch, "lr": args.lr, "seed": args.seed, "ema": args.ema,
             "device": str(device), "machine": platform.platform(),
             "processor": platform.processor(), "torch": torch.__version__,
@@ -387,6 +424,7 @@ def train(argv=None) -> Path:
             "workers": args.workers, "bf16": args.bf16}
     if args.init is not None:
         info["init"] = str(args.init)
+        info["start_at"] = args.start_at
     (args.out / "training.json").write_text(json.dumps(info, indent=1))
     print(f"saved {args.out}", flush=True)
     return args.out
