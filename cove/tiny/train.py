@@ -198,11 +198,6 @@ def _cycles(text: str) -> tuple[int, ...]:
     return _positive_list(text, int, "step counts")
 
 
-def _cycle_start(k: int, cycles) -> int:
-    """The first step of cycle ``k``."""
-    return sum(cycles[:k])
-
-
 def _cycle_at(step: int, cycles) -> tuple[int, int, int]:
     """(index, first step, length) of the cycle that ``step`` falls in (the last one past the end)."""
     start = 0
@@ -354,16 +349,15 @@ def train(argv=None) -> Path:
     t0, seen = time.time(), 0
     last = min(args.steps, args.stop_at or args.steps)
     steps = range(start, last)
-    restarts = {_cycle_start(k, args.cycles) for k, flag in enumerate(args.ema_restart) if flag}
     for step, (x0, ids, objects) in zip(steps, batches(steps, args, tokenizer)):
         x0, ids, objects = (v.to(device, non_blocking=True) for v in (x0, ids, objects))
-        if step in restarts:  # the cycle goes on from the EMA weights, as if --init from an export
+        cycle, first, _ = _cycle_at(step, args.cycles)
+        if step == first and args.ema_restart[cycle]:  # from the EMA weights, as if --init from an export
             with torch.no_grad():
                 for p, e in zip(params, ema):
                     p.copy_(e)
-            opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+            opt.state.clear()  # fresh moments: AdamW builds them again at its next step
         gen.manual_seed(args.seed * 7919 + step)
-        cycle = _cycle_at(step, args.cycles)[0]
         t, eps = draw_noise(gen, tuple(x0.shape), len(abar), args.mid_t[cycle], args.mid_t_range)
         t, eps = t.to(device), eps.to(device)
         z0 = pipe.vae.encode(x0).latent_dist.mean  # (B, 12, 32, 32)
