@@ -68,8 +68,7 @@ from .. import metrics, world
 # Re-noising the mask's inside with fresh noise at strength 0.85 instead of the inverted latent
 # (Blended Latent Diffusion's start) did not help either (66%, 21.7 dB).
 # The figures above are of the 12000-step model; the shipped 22800-step model's, on the same
-# validation seeds, are in docs/method/tiny.md, with what was tried on it and not adopted
-# (guidance rescale, mask threshold 0.6, an ungrown mask; prompt guidance 2 / 4.5, eta 1, 100 steps).
+# validation seeds, are in docs/method/tiny.md, with the settings tried on it and not adopted.
 PROMPT_STEPS = 50
 PROMPT_GUIDANCE = 3.0
 
