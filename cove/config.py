@@ -53,6 +53,9 @@ class CoveConfig:
             source and target prompts' noise predictions differ by more than this share of
             the frame's largest difference, grown by ``mask_dilate`` cells. Needs a source
             prompt that describes the input and differs from the prompt.
+        mask_fill_holes: also take into the mask the cells it encloses (``cove.masking.fill_holes``):
+            inside a flat object the prompts can differ too little, and a ring-shaped mask
+            would keep the source's colour in its middle.
         mask_t / mask_samples: the timestep the mask's noise predictions are made at, and how
             many noises they are averaged over.
         p2p_steps: prompt-to-prompt's word swap (``cove.p2p``; not in the paper): during the
@@ -91,6 +94,7 @@ class CoveConfig:
     mask_t: int = 400
     mask_samples: int = 4
     mask_dilate: int = 1
+    mask_fill_holes: bool = False
     # Prompt-to-prompt word swap (Hertz et al. 2023; not in the paper)
     p2p_steps: int = 0
 

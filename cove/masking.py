@@ -8,6 +8,7 @@ used the way Blended Latent Diffusion (Avrahami et al. 2023) blends:
        source and with the target prompt; where the two predictions differ is what the edit
        is about:   d = mean_n mean_c |eps(z_t, target) - eps(z_t, source)|     (F, h, w)
     2. scale d to [0, 1] per frame (divide by its maximum), threshold, dilate by a few cells
+       (optionally fill the holes the mask encloses)
     3. after every denoising step, outside the mask put back the source's own inverted latent
        of that timestep:   x_{t-1} <- m x_{t-1} + (1 - m) x^inv_{t-1}   (the clean latent after
        the last step), so the background is the source's reconstruction
@@ -50,13 +51,40 @@ def mask_scores(pipe, latents: torch.Tensor, source_embeds: torch.Tensor, target
     return total / total.flatten(1).amax(1).clamp_min(1e-12).view(f, 1, 1)
 
 
-def edit_mask(scores: torch.Tensor, *, threshold: float = 0.4, dilate: int = 1) -> torch.Tensor:
+def edit_mask(scores: torch.Tensor, *, threshold: float = 0.4, dilate: int = 1,
+              fill: bool = False) -> torch.Tensor:
     """Scores (F, h, w) -> mask (F, h, w) of 0 / 1: cells above ``threshold``, grown by ``dilate``
-    cells in every direction (a (2 dilate + 1)^2 max filter) so that outlines are inside."""
+    cells in every direction (a (2 dilate + 1)^2 max filter) so that outlines are inside; with
+    ``fill``, its holes are then filled (``fill_holes``)."""
     mask = (scores > threshold).float()[:, None]  # (F, 1, h, w)
     if dilate:
         mask = nnf.max_pool2d(mask, 2 * dilate + 1, stride=1, padding=dilate)
-    return mask[:, 0]
+    mask = mask[:, 0]
+    return fill_holes(mask) if fill else mask
+
+
+def fill_holes(mask: torch.Tensor) -> torch.Tensor:
+    """Mask (F, h, w) of 0 / 1 -> the same with its holes filled: the cells outside the mask that
+    no path of 4-neighbours outside the mask joins to the frame's border.
+
+    The prompts' noise predictions differ most along an object's outline; inside a flat object
+    they can differ too little, and the thresholded mask is a ring whose middle would keep the
+    source's colour.
+    """
+    outside = mask < 0.5  # (F, h, w)
+    reach = torch.zeros_like(outside)
+    reach[:, 0], reach[:, -1], reach[:, :, 0], reach[:, :, -1] = (
+        outside[:, 0], outside[:, -1], outside[:, :, 0], outside[:, :, -1])
+    while True:
+        grown = reach.clone()
+        grown[:, 1:] |= reach[:, :-1]
+        grown[:, :-1] |= reach[:, 1:]
+        grown[:, :, 1:] |= reach[:, :, :-1]
+        grown[:, :, :-1] |= reach[:, :, 1:]
+        grown &= outside
+        if torch.equal(grown, reach):
+            return (~reach).to(mask.dtype)
+        reach = grown
 
 
 def blend(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -318,7 +318,8 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
         noise = generator if generator is not None else torch.Generator("cpu").manual_seed(0)
         scores = mask_scores(pipe, latents, encode_text(pipe, [source_prompt]).expand(f, -1, -1), cond,
                              t=config.mask_t, samples=config.mask_samples, generator=noise)  # (F, h, w)
-        mask = edit_mask(scores, threshold=config.mask_threshold, dilate=config.mask_dilate)
+        mask = edit_mask(scores, threshold=config.mask_threshold, dilate=config.mask_dilate,
+                         fill=config.mask_fill_holes)
         source = {**trajectory, -1: latents}
         timings["mask"] = time.perf_counter() - t0
     # 6. denoising with guidance and PnP injection (and blending outside the mask)

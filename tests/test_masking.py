@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cove import CoveConfig
-from cove.masking import blend, edit_mask, mask_scores
+from cove.masking import blend, edit_mask, fill_holes, mask_scores
 from cove.pipeline import edit_video
 from cove.sd import encode_frames, encode_text
 
@@ -26,6 +26,29 @@ def test_edit_mask_threshold_and_dilation():
     grown = edit_mask(scores, threshold=0.4, dilate=1)
     assert grown[0, 3:6, 3:6].sum() == 9 and grown[0, 0:2, 6:8].sum() == 4  # clipped at the border
     assert grown.sum() == 13 and grown[1].sum() == 0
+
+
+def test_fill_holes_fills_enclosed_cells_only():
+    mask = torch.zeros(3, 8, 8)
+    mask[0, 1:6, 1:6] = 1
+    mask[0, 2:4, 2:5] = 0  # a hole of 6 cells
+    mask[1] = mask[0]
+    mask[1, 3, 5] = 0  # the hole opens to the right: no longer a hole
+    mask[2, 0:3, 0:3] = 1
+    mask[2, 0, 0] = 0  # in the corner, on the border: reachable, so kept
+    filled = fill_holes(mask)
+    assert filled.shape == mask.shape and filled.dtype == mask.dtype
+    assert filled[0, 1:6, 1:6].sum() == 25 and filled[0].sum() == 25
+    torch.testing.assert_close(filled[1], mask[1])
+    torch.testing.assert_close(filled[2], mask[2])
+    diagonal = torch.zeros(1, 5, 5)
+    diagonal[0, 1, 2] = diagonal[0, 2, 1] = diagonal[0, 2, 3] = diagonal[0, 3, 2] = 1
+    assert fill_holes(diagonal)[0, 2, 2] == 1  # outside cells connect through edges, not corners
+    scores = torch.zeros(1, 8, 8)
+    scores[0, 1:6, 1:6] = 1.0
+    scores[0, 3, 3] = 0.1
+    assert edit_mask(scores, threshold=0.4, dilate=0)[0, 3, 3] == 0
+    assert edit_mask(scores, threshold=0.4, dilate=0, fill=True)[0, 3, 3] == 1
 
 
 def test_blend_takes_edited_inside_and_source_outside():

@@ -109,9 +109,11 @@ def test_source_caption_as_negative_prompt_keeps_the_background(pipe):
 
 
 def test_edit_mask_finds_the_object_and_keeps_the_background(pipe):
-    """DiffEdit's mask (cove.masking) on the demo clip, red star -> yellow star: it covers the
-    star's latent cells (measured: 96% of them, marking 8.2% of all cells), and blending
-    outside it keeps the background (measured on 4 frames, 10 steps: 27.3 dB against 22.9 dB)."""
+    """DiffEdit's mask (cove.masking) on the demo clip, red star -> yellow star, as the gate makes
+    it (not grown, holes filled): it covers the latent cells inside the star (measured: 96% of
+    them; 77% of all the cells the star touches, its outline being partly background), marking
+    4.7% of all cells, and blending outside it keeps the background (measured on 4 frames, 10
+    steps: 30.1 dB against 22.9 dB)."""
     clip = world.render(world.demo_scene(frames=4))
     source, target = world.DEMO_EDIT
     truth = world.render(world.edit(clip.scene, source, target))
@@ -128,15 +130,15 @@ def test_edit_mask_finds_the_object_and_keeps_the_background(pipe):
         background[threshold] = fidelity["background_psnr"]
     mask = edit.mask > 0  # (F, 32, 32)
     star_pixels = torch.from_numpy(truth.masks[:, star]).float()[:, None]  # (F, 1, 64, 64)
-    cells = torch.nn.functional.adaptive_max_pool2d(star_pixels, 32)[:, 0] > 0  # (F, 32, 32)
-    assert (mask & cells).sum() >= 0.85 * cells.sum() and mask.float().mean() <= 0.2
+    cells = torch.nn.functional.adaptive_avg_pool2d(star_pixels, 32)[:, 0] == 1  # (F, 32, 32): inside
+    assert (mask & cells).sum() >= 0.9 * cells.sum() and mask.float().mean() <= 0.2
     assert background[config.mask_threshold] >= background[None] + 3.0, background
 
 
 def test_word_swap_recolours_more_of_the_object(pipe):
     """Prompt-to-prompt's word swap (cove.p2p), the gate's edit settings otherwise: the new colour
-    lands on more of the named object (measured on these four 4-frame edits, 10 steps: 100%, 7%,
-    58% and 82% of the object recoloured, against 97%, 4%, 11% and 80% without it; on the 18
+    lands on more of the named object (measured on these four 4-frame edits, 10 steps: 98%, 9%,
+    59% and 87% of the object recoloured, against 91%, 4%, 10% and 86% without it; on the 18
     validation clips at the gate's 50/25 steps, 69% against 51% at 19200 training steps)."""
     config = dataclasses.replace(quality.edit_config(), attention="per-frame", inversion_steps=20,
                                  denoise_steps=10)
@@ -160,8 +162,9 @@ def test_late_resnet_injection_lets_a_far_colour_change_land(pipe):
     """PnP's ResNet features carry colour in this pixel-space model: injected at every step (the
     gate's settings) they hold a green triangle half-way to blue; injected only below t = 250
     (``pnp_resnet_max_t``) the blue lands (a validation clip, 4 frames, the gate's 50/25 steps:
-    measured 59% against 82% of the object blue, PSNR 25.2 against 25.4 dB). Not the default:
-    near changes overshoot (docs/method/tiny.md)."""
+    measured 58% against 76% of the object blue, PSNR 25.4 against 26.1 dB; 59% against 82% with
+    the mask grown by a cell, as the gate had it before). Not the default: near changes overshoot
+    (docs/method/tiny.md)."""
     config = dataclasses.replace(quality.edit_config(), attention="per-frame")
     clip = quality.moving_clips(6, 200, frames=4)[1]
     task = quality.colour_edit_task(clip, 201)
@@ -174,5 +177,5 @@ def test_late_resnet_injection_lets_a_far_colour_change_land(pipe):
                           generator=torch.Generator().manual_seed(200))
         scores[max_t] = metrics.edit_fidelity(edit.frames, task["truth"], task["mask"], task["target_colour"])
     assert config.pnp_resnet_max_t is None
-    assert scores[250]["attribute_accuracy"] >= scores[None]["attribute_accuracy"] + 0.2, scores
+    assert scores[250]["attribute_accuracy"] >= scores[None]["attribute_accuracy"] + 0.15, scores
     assert scores[250]["psnr"] >= scores[None]["psnr"], scores
