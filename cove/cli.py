@@ -111,6 +111,9 @@ def config_from_args(args) -> CoveConfig:
     if args.mask_threshold is not None and args.source_prompt.strip() in ("", args.prompt.strip()):
         raise ValueError("--mask-threshold needs a --source-prompt that describes the input "
                          "and differs from --prompt")
+    if (args.mask_dilate is not None or args.mask_fill_holes) and args.mask_threshold is None:
+        raise ValueError("--mask-dilate and --mask-fill-holes shape the edit mask; "
+                         "expected --mask-threshold too")
     if args.p2p_steps and not args.source_prompt.strip():
         raise ValueError("--p2p-steps needs a --source-prompt that describes the input")
     return CoveConfig(
@@ -124,6 +127,8 @@ def config_from_args(args) -> CoveConfig:
         guidance_scale=args.guidance if args.guidance is not None else base.guidance_scale,
         strength=args.strength if args.strength is not None else base.strength,
         mask_threshold=args.mask_threshold,
+        mask_dilate=args.mask_dilate if args.mask_dilate is not None else base.mask_dilate,
+        mask_fill_holes=args.mask_fill_holes,
         p2p_steps=args.p2p_steps,
         pnp_resnet_max_t=args.pnp_resnet_max_t,
     )
@@ -438,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the input outside an edit mask: where the source and target prompts' "
                            "noise predictions differ by more than T (0-1) of the frame's largest "
                            "difference (DiffEdit; needs --source-prompt; default: no mask, the paper)")
+    edit.add_argument("--mask-dilate", type=int, default=None, metavar="N",
+                      help=f"grow the edit mask by N cells (default: {defaults.mask_dilate}; "
+                           "cove-tiny's gate and demo: 0)")
+    edit.add_argument("--mask-fill-holes", action="store_true",
+                      help="also edit the cells the edit mask encloses (as cove-tiny's gate and demo do)")
     edit.add_argument("--p2p-steps", type=int, default=0, metavar="N",
                       help="prompt-to-prompt word swap: in the first N denoising steps each word of "
                            "--prompt reuses the cross-attention map of its counterpart in "

@@ -94,6 +94,19 @@ def test_config_from_args_mask_threshold():
     with pytest.raises(ValueError, match="mask_threshold must"):
         args = parser.parse_args(edit + ["--source-prompt", "a red star", "--mask-threshold", "1.5"])
         cli.config_from_args(args)
+    args = parser.parse_args(edit + ["--source-prompt", "a red star", "--mask-threshold", "0.4"])
+    config = cli.config_from_args(args)
+    assert (config.mask_dilate, config.mask_fill_holes) == (1, False)  # the engine's defaults
+    args = parser.parse_args(edit + ["--source-prompt", "a red star", "--mask-threshold", "0.4",
+                                     "--mask-dilate", "0", "--mask-fill-holes"])
+    config = cli.config_from_args(args)
+    assert (config.mask_dilate, config.mask_fill_holes) == (0, True)  # cove-tiny's gate
+    for extra in (["--mask-dilate", "0"], ["--mask-fill-holes"]):
+        with pytest.raises(ValueError, match="expected --mask-threshold too"):
+            cli.config_from_args(parser.parse_args(edit + ["--source-prompt", "a red star"] + extra))
+    with pytest.raises(ValueError, match="mask_dilate >= 0"):
+        cli.config_from_args(parser.parse_args(edit + ["--source-prompt", "a red star", "--mask-threshold",
+                                                       "0.4", "--mask-dilate", "-1"]))
 
 
 def test_config_from_args_p2p_steps():
