@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from . import world
+from .world.clip import bilinear
 
 __all__ = [
     "pck",
@@ -165,23 +166,6 @@ def pck_by_offset(
 # ---------------------------------------------------------------------------------------------
 
 
-def _bilinear(image: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Sample ``image`` (H, W, C) at float (x, y) pixel-index positions (..., 2) -> (..., C).
-
-    Positions outside the image are clamped to the border.
-    """
-    H, W = image.shape[:2]
-    x = np.clip(positions[..., 0], 0, W - 1)
-    y = np.clip(positions[..., 1], 0, H - 1)
-    x0 = np.clip(np.floor(x).astype(np.int64), 0, W - 2) if W > 1 else np.zeros_like(x, np.int64)
-    y0 = np.clip(np.floor(y).astype(np.int64), 0, H - 2) if H > 1 else np.zeros_like(y, np.int64)
-    x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
-    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
-
-
 def _consecutive_motion(motion, gt_visible, F, H, W):
     """Yield (positions (H, W, 2), visible (H, W)) from frame i to i + 1, pixel-index coords."""
     if hasattr(motion, "track"):  # a ShapesWorld Clip: pixel-level track, one pair at a time
@@ -228,7 +212,7 @@ def warp_error(frames, motion, gt_visible=None, *, reduce: bool = True):
     frames = frames.astype(np.float64)
     errors, counts = [], []
     for i, (positions, visible) in enumerate(_consecutive_motion(motion, gt_visible, F, H, W)):
-        warped = _bilinear(frames[i + 1], positions)  # (H, W, 3)
+        warped = bilinear(frames[i + 1], positions[..., 0], positions[..., 1])  # (H, W, 3)
         difference = np.abs(warped - frames[i]).mean(axis=-1)  # (H, W)
         counts.append(int(visible.sum()))
         errors.append(float(difference[visible].mean()) if counts[-1] else math.nan)

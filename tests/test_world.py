@@ -8,8 +8,12 @@ import pytest
 from cove import world
 from cove.world import (
     BACKGROUNDS, COLOURS, DEMO_EDIT, SHAPES, VOCABULARY, Scene, ShapeObject, demo_scene, edit,
-    photo_clip, random_scene, render, sample_training_images,
+    photo_clip, random_scene, render,
 )
+from cove.tiny.data import sample_training_images
+from cove.world import clip as render_mod
+from cove.world import scene as scene_mod
+from cove.world import textures
 
 SEEDS = range(6)
 
@@ -102,7 +106,7 @@ def test_vocab_sizes_and_colour_distances():
     rng = np.random.default_rng(0)
     wx, wy = rng.uniform(0, 2000, (2, 20000))
     for name in BACKGROUNDS:
-        tex = world._background(name, wx, wy, 64)  # (20000, 3)
+        tex = textures.texture(name, wx, wy, 64)  # (20000, 3)
         assert np.linalg.norm(tex[:, None] - cols[None], axis=-1).min() >= 100, name
 
 
@@ -115,7 +119,7 @@ def test_objects_stay_in_frame_and_mostly_unoccluded():
             alone = render(single).masks[:, 0]  # (F, H, W)
             for f in range(scene.frames):
                 unit = obj.pose(scene.time(f))[2]
-                area = (world._SDF[obj.shape](*np.meshgrid(*[np.linspace(-2, 2, 401)] * 2)) < 0
+                area = (scene_mod.SDF[obj.shape](*np.meshgrid(*[np.linspace(-2, 2, 401)] * 2)) < 0
                         ).mean() * 16 * unit**2  # full area in pixels
                 assert alone[f].sum() >= 0.65 * area
                 assert clip.masks[f, k].sum() >= 0.55 * alone[f].sum()
@@ -185,7 +189,7 @@ def test_tracked_colours_are_consistent():
             got = _nearest(fr[j], pos)  # (H, W, 3)
             exact = (got == fr[i]).all(-1)[core & vis]  # rounding may hit an occluder's edge
             assert exact.mean() > 0.97
-            diff = np.abs(world._bilinear(fr[j].astype(float), pos[..., 0], pos[..., 1])
+            diff = np.abs(render_mod.bilinear(fr[j].astype(float), pos[..., 0], pos[..., 1])
                           - fr[i]).max(-1)  # (H, W)
             bg = vis & _erode(~clip.masks[i].any(0), 3)
             assert np.median(diff[bg]) <= 6 and (diff[bg] > 40).mean() < 0.03
@@ -194,13 +198,13 @@ def test_tracked_colours_are_consistent():
 def test_visibility_matches_masks():
     """Visible tracked points land on their own surface; hidden in-frame ones on another."""
     for scene in [demo_scene()] + [random_scene(s, n_objects=2) for s in SEEDS]:
-        clip, motion = render(scene), world._SceneMotion(scene)
+        clip, motion = render(scene), render_mod._SceneMotion(scene)
         for i, j in [(0, 4), (4, 0), (7, 3)]:
             pos, vis = clip.track(i, j)
-            x, y = world._pixel_grid(64)
+            x, y = render_mod.pixel_grid(64)
             own = motion.labels(i, x, y)  # (H, W) surface label in frame i
             there = motion.labels(j, pos[..., 0], pos[..., 1])  # label at the tracked point
-            inside = world._in_frame(pos[..., 0], pos[..., 1], (64, 64))
+            inside = render_mod.in_frame(pos[..., 0], pos[..., 1], (64, 64))
             assert (there[vis] == own[vis]).all()
             assert (there[inside & ~vis] > own[inside & ~vis]).all()
     clip = render(demo_scene())
@@ -221,8 +225,8 @@ def test_colour_edit_changes_only_the_object():
         edited = render(edit(scene, obj.phrase, f"{new} {obj.shape}"))
         clip = render(scene)
         assert np.array_equal(edited.masks, clip.masks)
-        x, y = world._pixel_grid(64)
-        outside = np.stack([world._object_sd(obj, obj.pose(scene.time(f)), x, y) >= 0.5
+        x, y = render_mod.pixel_grid(64)
+        outside = np.stack([scene_mod.object_sd(obj, obj.pose(scene.time(f)), x, y) >= 0.5
                             for f in range(scene.frames)])  # (F, H, W) zero coverage
         assert (outside | clip.masks[:, -1]).mean() < 1  # a fringe exists between the two
         assert np.array_equal(edited.frames[outside], clip.frames[outside])
@@ -275,10 +279,10 @@ def test_photo_clip_correspondences(motion):
     fr = clip.frames.astype(float)
     pos, vis = clip.track(0, 5)
     assert 0.3 < vis.mean() <= 1.0
-    tracked = np.abs(world._bilinear(fr[5], pos[..., 0], pos[..., 1]) - fr[0])[vis].mean()
+    tracked = np.abs(render_mod.bilinear(fr[5], pos[..., 0], pos[..., 1]) - fr[0])[vis].mean()
     still = np.abs(fr[5] - fr[0])[vis].mean()
     assert tracked < 4.0 and still > 4 * tracked
-    x, y = world._pixel_grid(48)
+    x, y = render_mod.pixel_grid(48)
     x5, y5, _ = clip._motion.transfer(0, 5, x, y)
     x0, y0, _ = clip._motion.transfer(5, 0, x5, y5)  # an exact inverse: 0 -> 5 -> 0
     assert np.allclose(x0, x) and np.allclose(y0, y)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .. import world
+from .data import sample_training_images
 from .model import MAX_TOKENS, build_pipeline
 from .tokenizer import build_clip_tokenizer
 
@@ -222,7 +223,7 @@ def _lr(step: int, args) -> float:
 def batch(step: int, args, tokenizer, device="cpu"):
     """Images (B, 3, 64, 64) in [-1, 1], token ids (B, L) and object masks (B, 1, 64, 64) as
     floats in {0, 1}, for one step; seeded by step, built on the CPU, moved to ``device``."""
-    images, captions, objects = world.sample_training_images(
+    images, captions, objects = sample_training_images(
         args.batch, seed=args.seed * 1_000_003 + step, masks=True)
     rng = np.random.default_rng([args.seed, step])
     captions = ["" if rng.random() < args.uncond else c for c in captions]
