@@ -49,16 +49,16 @@ class CoveConfig:
             (bounds memory on long clips); ``None`` = all frames in one call.
         token_chunk: correspondence-guided attention processes this many tokens at once.
         mask_threshold: ``None`` (the paper) regenerates whole frames; a number in (0, 1) keeps
-            the source outside an edit mask (``cove.masking``, DiffEdit): cells where the
+            the source outside an edit mask (``cove.extras.masking``, DiffEdit): cells where the
             source and target prompts' noise predictions differ by more than this share of
             the frame's largest difference, grown by ``mask_dilate`` cells. Needs a source
             prompt that describes the input and differs from the prompt.
-        mask_fill_holes: also take into the mask the cells it encloses (``cove.masking.fill_holes``):
+        mask_fill_holes: also take into the mask the cells it encloses (``cove.extras.masking.fill_holes``):
             inside a flat object the prompts can differ too little, and a ring-shaped mask
             would keep the source's colour in its middle.
         mask_t / mask_samples: the timestep the mask's noise predictions are made at, and how
             many noises they are averaged over.
-        p2p_steps: prompt-to-prompt's word swap (``cove.p2p``; not in the paper): during the
+        p2p_steps: prompt-to-prompt's word swap (``cove.extras.p2p``; not in the paper): during the
             first ``p2p_steps`` denoising steps every word of the prompt takes the
             cross-attention map its counterpart in the source prompt had while inverting, so a
             swapped word ("red" -> "green") lands on the object the old word named. 0 (the

@@ -11,14 +11,12 @@ to the last frame, and the same backwards.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import cv2
-import numpy as np
 import torch
-import torch.nn.functional as nnf
 from torch import Tensor
+
+from .window import check_window, grid_cells, window_similarity
 
 # Largest gathered candidate tensor (elements) that `correspond` builds at once: 2**26 floats
 # are 256 MB in float32. Only the size of a chunk changes, never the result.
@@ -65,104 +63,6 @@ class Correspondence:
     def to(self, device: torch.device | str) -> "Correspondence":
         """The same correspondence with its tensors on ``device``."""
         return Correspondence(self.index.to(device), self.score.to(device), self.grid)
-
-
-# --------------------------------------------------------------------------------------------
-# Stage 2: one sliding window (Eq. 8-9)
-# --------------------------------------------------------------------------------------------
-
-
-def check_window(window: int, grid: tuple[int, int]) -> None:
-    """Raise a one-line ``ValueError`` unless ``window`` is odd and fits in ``grid`` ``(H, W)``."""
-    H, W = grid
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be a positive odd integer (it needs a centre), got {window}")
-    if window > H or window > W:
-        raise ValueError(f"window {window} does not fit in the {H}x{W} grid; use <= {min(H, W)}")
-
-
-def window_offsets(window: int, device: torch.device | str | None = None) -> Tensor:
-    """Long ``(l*l, 2)`` offsets ``(dx, dy)`` of the cells of an ``l x l`` window from its
-    top-left cell, in row-major order (``dy`` outer, ``dx`` inner)."""
-    d = torch.arange(window, device=device)
-    dy, dx = torch.meshgrid(d, d, indexing="ij")  # (l, l) each
-    return torch.stack([dx, dy], dim=-1).reshape(window * window, 2)  # (l*l, 2)
-
-
-def window_start(centre: Tensor, window: int, grid: tuple[int, int]) -> Tensor:
-    """Top-left cell ``(x, y)`` of the ``l x l`` window centred on ``centre``, shifted inward.
-
-    Args:
-        centre: long ``(..., 2)`` cell ``(x, y)`` the window is centred on.
-        window: ``l``, odd and ``<= min(H, W)``.
-        grid: ``(H, W)``.
-
-    Returns:
-        Long ``(..., 2)``: ``clamp(centre - l // 2, 0, (W - l, H - l))``, so that the window
-        always lies entirely inside the grid and has exactly ``l*l`` cells (the paper's
-        border rule, Sec. 3.2).
-    """
-    H, W = grid
-    start = centre - window // 2  # (..., 2)
-    x = start[..., 0].clamp(0, W - window)
-    y = start[..., 1].clamp(0, H - window)
-    return torch.stack([x, y], dim=-1)  # (..., 2)
-
-
-def window_indices(centre: Tensor, window: int, grid: tuple[int, int]) -> Tensor:
-    """Long ``(..., l*l)`` token indices ``n = y*W + x`` of the (inward-shifted) window
-    centred on each ``centre`` ``(..., 2)`` (row-major inside the window)."""
-    _, W = grid
-    start = window_start(centre, window, grid)  # (..., 2)
-    cells = start[..., None, :] + window_offsets(window, centre.device)  # (..., l*l, 2)
-    return cells[..., 1] * W + cells[..., 0]  # (..., l*l)
-
-
-def window_similarity(
-    query: Tensor, target: Tensor, centre: Tensor, window: int
-) -> tuple[Tensor, Tensor]:
-    """Similarity of each query with the ``l x l`` window of ``target`` around it (Eq. 8-9).
-
-    Args:
-        query: ``(M, C)`` query features (L2-normalised over ``C`` by the caller, so that the
-            dot product is the cosine similarity; nothing is renormalised here).
-        target: ``(C, H, W)`` feature map of the frame searched.
-        centre: long ``(M, 2)`` cell ``(x, y)`` each window is centred on (shifted inward at
-            the borders, see ``window_start``).
-        window: ``l``, odd and ``<= min(H, W)``.
-
-    Leading batch dimensions are allowed and must agree: ``query (..., M, C)``,
-    ``target (..., C, H, W)``, ``centre (..., M, 2)``; ``correspond`` uses this to search
-    all frame pairs at once.
-
-    Returns:
-        ``(similarity (M, l*l), index (M, l*l))``: ``similarity[m, c] = query[m] .
-        target[:, y_c, x_c]`` for the window cells in row-major order, and ``index`` their
-        long token indices ``n = y*W + x`` into ``target``. Materialises ``(M, l*l, C)``.
-    """
-    if query.ndim < 2 or target.ndim != query.ndim + 1 or centre.shape != (*query.shape[:-1], 2):
-        raise ValueError(
-            "expected query (M, C), target (C, H, W) and centre (M, 2) (with the same leading "
-            f"dims), got {tuple(query.shape)}, {tuple(target.shape)} and {tuple(centre.shape)}"
-        )
-    C, H, W = target.shape[-3:]
-    if query.shape[-1] != C:
-        raise ValueError(f"query has {query.shape[-1]} channels but target has {C}")
-    check_window(window, (H, W))
-    *batch, M, _ = query.shape
-    index = window_indices(centre, window, (H, W))  # (..., M, l*l)
-    tokens = target.flatten(-2).transpose(-1, -2)  # (..., N, C)
-    flat = index.flatten(-2)[..., None].expand(*batch, M * window * window, C)  # (..., M*l*l, C)
-    candidates = tokens.gather(-2, flat).view(*batch, M, window * window, C)  # (..., M, l*l, C)
-    similarity = torch.einsum("...mc,...mlc->...ml", query, candidates)  # (..., M, l*l)
-    return similarity, index
-
-
-def grid_cells(grid: tuple[int, int], device: torch.device | str | None = None) -> Tensor:
-    """Long ``(N, 2)``: the cell ``(x, y)`` of every token ``n = y*W + x``."""
-    H, W = grid
-    n = torch.arange(H * W, device=device)
-    return torch.stack([n % W, n // W], dim=-1)  # (N, 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,96 +177,11 @@ def correspond(
     return Correspondence(index=index, score=score, grid=(H, W))
 
 
-# --------------------------------------------------------------------------------------------
-# Baseline: optical flow (Fig. 1 and the PCK comparison)
-# --------------------------------------------------------------------------------------------
 
 
-def optical_flow(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dense OpenCV DIS flow between consecutive frames, both ways.
+def __getattr__(name):  # the paper's baseline lives beside the method: cove.extras.flow
+    if name == "flow_correspondence":
+        from .extras.flow import flow_correspondence
 
-    Args:
-        frames: uint8 ``(F, H_img, W_img, 3)`` RGB.
-
-    Returns:
-        ``(forward, backward)``, float32 ``(F-1, H_img, W_img, 2)`` each, in pixels ``(dx, dy)``:
-        ``forward[a]`` moves frame ``a`` to ``a+1``, ``backward[a]`` moves frame ``a+1`` to ``a``.
-    """
-    gray = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    forward = [dis.calc(a, b, None) for a, b in zip(gray[:-1], gray[1:])]
-    backward = [dis.calc(b, a, None) for a, b in zip(gray[:-1], gray[1:])]
-    shape = (0, *frames.shape[1:3], 2)
-    stack = lambda flows: np.stack(flows) if flows else np.zeros(shape, np.float32)  # noqa: E731
-    return stack(forward).astype(np.float32), stack(backward).astype(np.float32)
-
-
-def sample_flow(flow: Tensor, points: Tensor) -> Tensor:
-    """Bilinearly sample ``flow`` ``(B, H_img, W_img, 2)`` at pixel ``points`` ``(B, M, 2)``.
-
-    Pixel coordinates put pixel centres at ``p = i + 0.5``; outside the image the border
-    value is used. Returns ``(B, M, 2)``.
-    """
-    B, H_img, W_img, _ = flow.shape
-    size = torch.tensor([W_img, H_img], dtype=points.dtype)
-    normalised = 2 * points / size - 1  # (B, M, 2) in [-1, 1], align_corners=False convention
-    sampled = nnf.grid_sample(
-        flow.permute(0, 3, 1, 2), normalised[:, :, None], align_corners=False, padding_mode="border"
-    )  # (B, 2, M, 1)
-    return sampled[..., 0].transpose(1, 2)  # (B, M, 2)
-
-
-def flow_correspondence(frames: np.ndarray, grid: tuple[int, int]) -> Correspondence:
-    """Optical-flow correspondence with ``K = 1``: the paper's baseline (Fig. 1, PCK table).
-
-    Each grid cell centre of frame ``i`` (in pixels) is advected frame by frame, forwards and
-    backwards, by the OpenCV DIS flow bilinearly sampled at its current position. Its position
-    in frame ``j``, in cell coordinates, rounded to the nearest cell and clamped inside the grid,
-    gives ``index[i, n, j, 0]``.
-
-    ``score = exp(-e)`` where ``e`` is the forward-backward error in cells summed along the
-    chain: for each step ``p -> p' = p + flow(p)``, ``|p' + flow_back(p') - p|`` (converted to
-    cells). 1 for a perfectly consistent chain, small after occlusions or flow failures.
-
-    Args:
-        frames: uint8 ``(F, H_img, W_img, 3)`` RGB frames.
-        grid: ``(H, W)`` token grid.
-
-    Returns:
-        ``Correspondence`` with ``index``, ``score`` ``(F, N, F, 1)`` on CPU (float32 scores),
-        ``index[i, n, i, 0] = n``, ``score[i, n, i, 0] = 1``.
-    """
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
-    F, H_img, W_img, _ = frames.shape
-    H, W = grid
-    N = H * W
-    forward, backward = map(torch.from_numpy, optical_flow(frames))  # (F-1, H_img, W_img, 2)
-    px_per_cell = torch.tensor([W_img / W, H_img / H])  # (2,)
-    start = (grid_cells(grid).float() + 0.5) * px_per_cell  # (N, 2) pixel positions of centres
-    index = torch.arange(N)[None, :, None, None].repeat(F, 1, F, 1)  # (F, N, F, 1)
-    score = torch.ones(F, N, F, 1)  # (F, N, F, 1)
-    for ahead in (True, False):
-        points = start.expand(F, N, 2).clone()  # (F, N, 2) chain position of each start frame
-        error = torch.zeros(F, N)  # (F, N) summed forward-backward error in cells
-        for d in range(1, F):
-            starts = torch.arange(F - d) + (0 if ahead else d)  # frames i
-            steps = starts + d - 1 if ahead else starts - d  # flow index between j -+ 1 and j
-            there, back = (forward, backward) if ahead else (backward, forward)
-            moved = points[starts] + sample_flow(there[steps], points[starts])  # (F-d, N, 2)
-            returned = moved + sample_flow(back[steps], moved)  # (F-d, N, 2)
-            error[starts] += ((returned - points[starts]) / px_per_cell).norm(dim=-1)
-            points[starts] = moved
-            cell = (moved / px_per_cell - 0.5).round().long()  # (F-d, N, 2) nearest cell (x, y)
-            x, y = cell[..., 0].clamp(0, W - 1), cell[..., 1].clamp(0, H - 1)
-            frames_j = starts + d if ahead else starts - d
-            index[starts, :, frames_j, 0] = y * W + x
-            score[starts, :, frames_j, 0] = torch.exp(-error[starts])
-    return Correspondence(index=index, score=score, grid=(H, W))
-
-
-def correspondence_gflop(frames: int, grid: tuple[int, int], channels: int, window: int) -> float:
-    """GFLOP (multiply + add) of one direction of ``correspond``: ``(F-1)`` frame pairs of
-    ``N l^2`` dot products of length ``C``. Matches the paper's window table for 20 frames,
-    64x64x320: l = 3 / 9 / 15 -> 0.448 / 4.03 / 11.2. ``correspond`` does both directions."""
-    return 2 * (frames - 1) * math.prod(grid) * window * window * channels / 1e9
+        return flow_correspondence
+    raise AttributeError(f"module 'cove.correspondence' has no attribute {name!r}")

@@ -26,11 +26,17 @@ from diffusers import DDIMScheduler
 
 from .config import CoveConfig
 from .correspondence import Correspondence, correspond, flow_correspondence
+from .extras.masking import blend, edit_mask, mask_scores
+from .extras.p2p import token_map
 from .features import extract_features, feature_grid
-from .masking import blend, edit_mask, mask_scores
-from .p2p import token_map
 from .processors import AttentionState, cove_attention, pnp_layers
-from .sd import check_frames, check_size, decode_latents, device_dtype, encode_frames, encode_text
+from .sd import (
+    check_frames,
+    check_size,
+    decode_latents,
+    encode_frames,
+    encode_text,
+)
 
 
 @dataclass
@@ -172,7 +178,7 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
     """DDIM denoising with classifier-free guidance from noisy latents at the first timestep.
 
         eps = eps_u + s (eps_c - eps_u),    x_{t-1} = DDIM(eps, t, x_t)
-        with a mask:  x_{t-1} <- m x_{t-1} + (1 - m) source[t-1]       (``cove.masking.blend``)
+        with a mask:  x_{t-1} <- m x_{t-1} + (1 - m) source[t-1]       (``cove.extras.masking.blend``)
 
     Args:
         latents: (F, c, h, w) at timestep ``denoise_timesteps(pipe, config)[0]``.
@@ -180,7 +186,7 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
         state: processors' state; PnP injection during the first ``config.pnp_steps`` steps,
             the source's cross-attention maps (prompt-to-prompt) during the first
             ``config.p2p_steps`` if ``state.token_map`` is set.
-        mask: (F, h, w) edit mask (``cove.masking.edit_mask``); outside it the result is
+        mask: (F, h, w) edit mask (``cove.extras.masking.edit_mask``); outside it the result is
             ``source``'s latent of the same timestep.
         source: {timestep: latents (F, c, h, w)}, the inversion trajectory (``invert``) plus
             the clean latents under key -1; needed with ``mask``.
@@ -267,7 +273,7 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
             Passing the source prompt here guides along "target minus source" only, so what
             both prompts share (the background) is pulled nowhere.
         config: :class:`cove.CoveConfig` (``attention="cove" | "spatiotemporal" | "per-frame"``;
-            ``mask_threshold`` keeps the source outside an edit mask, see ``cove.masking``).
+            ``mask_threshold`` keeps the source outside an edit mask, see ``cove.extras.masking``).
 
     Args to tinker with:
         callback: called with {'phase', 'i', 't', 'latents'} after every step.

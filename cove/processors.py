@@ -14,7 +14,7 @@ the processor does, per call, on hidden states (B, N, C) holding G groups of F f
    attending to its (F-1)*K corresponding tokens, merged first (Sec. 3.3).
 
 With ``AttentionState.token_map`` set, every cross-attention (``attn2``) gets
-:class:`CrossAttnMapProcessor` too: prompt-to-prompt's word swap (``cove.p2p``).
+:class:`CrossAttnMapProcessor` too: prompt-to-prompt's word swap (``cove.extras.p2p``).
 
 The processor holds no globals: all state arrives through an :class:`AttentionState`.
 """
@@ -48,7 +48,7 @@ class AttentionState:
             this; ``None``: at every PnP step.
         token_map: (L,) long, prompt-to-prompt's word swap: for each token of the edit prompt,
             the source prompt's token whose cross-attention map it takes (-1: its own);
-            ``None`` leaves cross-attention alone (``cove.p2p.token_map``).
+            ``None`` leaves cross-attention alone (``cove.extras.p2p.token_map``).
         cross_max_tokens: maps are kept only in cross-attention layers of at most this many
             image tokens (prompt-to-prompt's reference code stores up to 32x32 too): on SD at
             512 px the 64x64 layers would need ~25 MB per layer, step and 8 frames.

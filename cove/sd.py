@@ -15,19 +15,28 @@ def device_dtype(pipe) -> tuple[torch.device, torch.dtype]:
 
 
 def frame_size(pipe) -> int:
-    """Side of the square frames the pipeline was trained on (512 for SD 2.1 base)."""
-    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+    """Side of the square frames the pipeline was trained on (512 for SD 2.1 base):
+    ``unet.config.sample_size * vae_scale_factor``."""
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
 
-def check_frames(frames) -> np.ndarray:
-    """Validate ``uint8 (F, H, W, 3)`` frames; raise a one-line ValueError otherwise."""
+def size_multiple(pipe) -> int:
+    """Image sides must be multiples of this so that every UNet level has an integer grid."""
+    levels = len(pipe.unet.config.down_block_types)
+    return int(pipe.vae_scale_factor * 2 ** (levels - 1))
+
+
+def check_frames(frames, name: str = "frames") -> np.ndarray:
+    """Return ``frames`` (a numpy array or torch tensor) as a ``uint8 (F, H, W, 3)`` numpy array,
+    or raise a one-line ValueError naming ``name``."""
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
-    if frames.shape[0] < 1:
-        raise ValueError("frames must hold at least one frame")
+    if not isinstance(frames, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array uint8 (F, H, W, 3), got {type(frames).__name__}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 (F, H, W, 3), got dtype {frames.dtype}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or min(frames.shape[:3]) < 1:
+        raise ValueError(f"{name} must have shape (F, H, W, 3) with F, H, W >= 1, got {frames.shape}")
     return frames
 
 

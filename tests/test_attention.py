@@ -4,7 +4,12 @@ import math
 import pytest
 import torch
 
-from cove.attention import attention_weights, gather_correspondents, guided_attention, other_frames
+from cove.attention import (
+    attention_weights,
+    gather_correspondents,
+    guided_attention,
+    other_frames,
+)
 from cove.correspondence import correspond
 from cove.merging import make_merge, merge_count, merge_with_sizes
 

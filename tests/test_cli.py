@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from cove import cli, io
+from cove.app import cli, io
 from cove.config import CoveConfig
+from cove.sd import frame_size
 
 
 def textured_clip(F=4, size=64, shift=8, seed=0):
@@ -131,10 +132,10 @@ def test_write_all_is_all_or_nothing(tmp_path):
     good = textured_clip(F=2)
     (tmp_path / "a.gif").write_bytes(b"old")
     with pytest.raises(ValueError, match="uint8"):
-        cli.write_all({tmp_path / "a.gif": good, tmp_path / "b.gif": good.astype(np.float32)}, fps=8)
+        io.write_all({tmp_path / "a.gif": good, tmp_path / "b.gif": good.astype(np.float32)}, fps=8)
     assert [p.name for p in tmp_path.iterdir()] == ["a.gif"]  # no new or pending file
     assert (tmp_path / "a.gif").read_bytes() == b"old"  # an earlier output is kept
-    cli.write_all({tmp_path / "a.gif": good, tmp_path / "b.gif": good}, fps=8)
+    io.write_all({tmp_path / "a.gif": good, tmp_path / "b.gif": good}, fps=8)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "b.gif"]
     assert io.read_video(tmp_path / "a.gif").shape == good.shape
 
@@ -209,7 +210,7 @@ def test_edit_end_to_end(tiny_pipe, tiny_folder, tmp_path, capsys):
     captured = capsys.readouterr()
     out, side = tmp_path / "in" / "walk_edited.mp4", tmp_path / "in" / "walk_edited_side_by_side.mp4"
     edited = io.read_video(out)
-    size = cli.natural_size(tiny_pipe)  # unet.config.sample_size * vae_scale_factor
+    size = frame_size(tiny_pipe)  # unet.config.sample_size * vae_scale_factor
     assert edited.shape == (3, size, size, 3)
     both = io.read_video(side)
     assert both.shape[0] == 3 and both.shape[2] == 2 * size and both.shape[1] > size
@@ -279,30 +280,31 @@ def test_demo_quick(tmp_path, capsys):
     summary = json.loads((out_dir / "metrics.json").read_text())
     F, H, W = summary["frames"]
     assert io.read_video(out_dir / "edited.mp4").shape == (F, H, W, 3)
-    from cove.demo import DISPLAY_SCALE
+    from cove.app.demo import DISPLAY_SCALE
 
     assert io.read_video(out_dir / "side_by_side.mp4").shape[2] == 4 * W * DISPLAY_SCALE
     for name in ("source", "per_frame", "cove", "ground_truth"):
         assert math.isfinite(summary["metrics"][name]["warp_error"])
-    # the ground truth is its own reference: infinite PSNR, stored as null
-    assert summary["metrics"]["ground_truth"]["psnr"] is None
+    # the ground truth is its own reference: infinite PSNR, stored as the string "inf"
+    assert summary["metrics"]["ground_truth"]["psnr"] == "inf"
     assert 0.0 <= summary["pck"]["diffusion"] <= 1.0 and 0.0 <= summary["pck"]["flow"] <= 1.0
     assert summary["config"]["attention"] == "cove" and summary["quick"] is True
     assert summary["timings"]["edit cove"] > 0 and summary["machine"]["torch"] == torch.__version__
 
 
 def test_format_summary_handles_missing_values():
-    from cove.demo import _finite_or_none, format_summary
+    from cove.app.demo import format_summary
+    from cove.eval.bench import jsonable
 
     metrics = {"warp_error": 1.5, "psnr": float("inf"), "background_psnr": 30.0,
                "object_psnr": float("nan"), "attribute_accuracy": np.float64(0.5)}
-    summary = _finite_or_none({
+    summary = jsonable({
         "frames": [8, 64, 64], "edit": ["red star", "yellow star"], "prompt": "a yellow star",
         "quick": False, "metrics": {"cove": metrics},
         "pck": {"diffusion": 0.9, "flow": 0.8, "grid": [16, 16]},
         "timings": {"edit cove": 1.0, "edit per-frame": 2.0, "total": 4.0}, "machine": {"device": "cpu"},
     })
-    assert summary["metrics"]["cove"]["psnr"] is None and summary["metrics"]["cove"]["object_psnr"] is None
+    assert summary["metrics"]["cove"]["psnr"] == "inf" and summary["metrics"]["cove"]["object_psnr"] is None
     json.dumps(summary, allow_nan=False)  # strict JSON
     text = format_summary(summary)
     (cove_line,) = [line for line in text.splitlines() if line.split()[:1] == ["COVE"] and "demo" not in line]

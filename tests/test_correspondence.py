@@ -4,13 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from cove.correspondence import (
-    Correspondence,
-    correspond,
-    flow_correspondence,
-    window_indices,
-    window_similarity,
-)
+from cove.correspondence import Correspondence, correspond
+from cove.extras.flow import flow_correspondence
+from cove.window import window_indices, window_similarity
 
 
 def random_features(*shape, seed=0, dtype=torch.float32):

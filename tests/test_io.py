@@ -1,11 +1,11 @@
-"""cove.io: round trips through mp4 / gif / frame folders, preparation, errors, atomic writes."""
+"""cove.app.io: round trips through mp4 / gif / frame folders, preparation, errors, atomic writes."""
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cove import io
+from cove.app import io
 
 
 def moving_square(F=6, H=48, W=64, seed=0):

@@ -1,4 +1,4 @@
-"""The edit mask and latent blending (cove.masking, DiffEdit) on a tiny seeded SD pipeline."""
+"""The edit mask and latent blending (cove.extras.masking, DiffEdit) on a tiny seeded SD pipeline."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cove import CoveConfig
-from cove.masking import blend, edit_mask, fill_holes, mask_scores
+from cove.extras.masking import blend, edit_mask, fill_holes, mask_scores
 from cove.pipeline import edit_video
 from cove.sd import encode_frames, encode_text
 

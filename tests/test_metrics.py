@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cove import metrics
-
+from cove.eval import judge
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -194,6 +194,7 @@ def test_edit_fidelity_rejects_mismatched_shapes():
 # ---------------------------------------------------------------------------------------------
 
 from cove import world  # noqa: E402
+from cove.eval.bench import jsonable  # noqa: E402
 from cove.tiny import quality  # noqa: E402
 
 
@@ -223,9 +224,9 @@ def test_edit_fidelity_of_the_ground_truth_edit_is_perfect():
 
 
 def test_parse_caption():
-    assert metrics.parse_caption("a red star and an orange circle on grass") == {
+    assert judge.parse_caption("a red star and an orange circle on grass") == {
         "objects": [("red", "star"), ("orange", "circle")], "background": "grass"}
-    assert metrics.parse_caption("squares on snow") == {"objects": [(None, "square")], "background": "snow"}
+    assert judge.parse_caption("squares on snow") == {"objects": [(None, "square")], "background": "snow"}
 
 
 def test_judge_is_accurate_on_single_object_renders():
@@ -235,7 +236,7 @@ def test_judge_is_accurate_on_single_object_renders():
     for seed in range(n):
         scene = world.random_scene(seed, frames=8, n_objects=1)
         image = world.render(scene).frames[seed % 8]
-        followed = metrics.prompt_followed(image, scene.caption)
+        followed = judge.prompt_followed(image, scene.caption)
         for key in correct:
             correct[key] += followed[key]
     accuracy = {key: value / n for key, value in correct.items()}
@@ -250,7 +251,7 @@ def test_judge_tolerates_blur():
     for seed in range(200, 240):
         scene = world.random_scene(seed, frames=1, n_objects=1)
         image = cv2.GaussianBlur(world.render(scene).frames[0], (0, 0), 1.0)
-        hits += metrics.prompt_followed(image, scene.caption)["all"]
+        hits += judge.prompt_followed(image, scene.caption)["all"]
     assert hits >= 36
 
 
@@ -258,20 +259,20 @@ def test_prompt_followed_detects_wrong_colour_shape_and_background():
     scene = world.random_scene(3, frames=1, n_objects=1)
     image = world.render(scene).frames[0]
     obj = scene.objects[0]
-    assert metrics.prompt_followed(image, scene.caption)["all"]
-    judged = metrics.judge_image(image)
+    assert judge.prompt_followed(image, scene.caption)["all"]
+    judged = judge.judge_image(image)
     assert judged["background"] == scene.background and judged["objects"] == [(obj.colour, obj.shape)]
     other_colour = next(c for c in world.COLOURS if c != obj.colour)
     other_shape = next(s for s in world.SHAPES if s != obj.shape)
     other_background = next(b for b in world.BACKGROUNDS if b != scene.background)
-    wrong = metrics.prompt_followed(image, f"a {other_colour} {obj.shape} on {scene.background}")
+    wrong = judge.prompt_followed(image, f"a {other_colour} {obj.shape} on {scene.background}")
     assert wrong == {"colour": False, "shape": True, "background": True, "all": False}
-    wrong = metrics.prompt_followed(image, f"a {obj.colour} {other_shape} on {other_background}")
+    wrong = judge.prompt_followed(image, f"a {obj.colour} {other_shape} on {other_background}")
     assert wrong == {"colour": True, "shape": False, "background": False, "all": False}
     # an empty background follows no object prompt
     empty = world.render(world.Scene((), scene.background, frames=1)).frames[0]
-    assert metrics.judge_image(empty)["objects"] == []
-    assert not metrics.prompt_followed(empty, scene.caption)["colour"]
+    assert judge.judge_image(empty)["objects"] == []
+    assert not judge.prompt_followed(empty, scene.caption)["colour"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +295,7 @@ def test_quality_prompts_gates_and_table():
     results["gates"] = gates
     table = quality.format_table(results)
     assert "prompt_following.background" in table and "NO" in table
-    assert quality._jsonable({"a": math.nan, "b": np.float32(1.5), "c": (math.inf,)}) == {
+    assert jsonable({"a": math.nan, "b": np.float32(1.5), "c": (math.inf,)}) == {
         "a": None, "b": 1.5, "c": ["inf"]}
 
 

@@ -1,4 +1,4 @@
-"""Prompt-to-prompt's word swap (cove.p2p, CrossAttnMapProcessor) on a tiny seeded SD pipeline."""
+"""Prompt-to-prompt's word swap (cove.extras.p2p, CrossAttnMapProcessor) on a tiny seeded SD pipeline."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -9,7 +9,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor
 
 from cove import CoveConfig
-from cove.p2p import cross_attention_maps, token_index, token_map
+from cove.extras.p2p import cross_attention_maps, token_index, token_map
 from cove.pipeline import edit_video
 from cove.processors import AttentionState, CrossAttnMapProcessor, cove_attention
 from cove.sd import encode_frames

@@ -10,8 +10,20 @@ import torch
 import cove
 from cove import CoveConfig
 from cove.features import default_feature_layer, extract_features, feature_grid
-from cove.pipeline import ddim_scheduler, denoise, denoise_timesteps, edit_video, invert, start_latents
-from cove.processors import AttentionState, CoveAttnProcessor, cove_attention, self_attention_names
+from cove.pipeline import (
+    ddim_scheduler,
+    denoise,
+    denoise_timesteps,
+    edit_video,
+    invert,
+    start_latents,
+)
+from cove.processors import (
+    AttentionState,
+    CoveAttnProcessor,
+    cove_attention,
+    self_attention_names,
+)
 from cove.sd import encode_frames, encode_text
 
 FAST = CoveConfig(inversion_steps=4, denoise_steps=2, pnp_steps=1, window=5, k=2)

@@ -11,6 +11,7 @@ import cove
 from cove import metrics, world
 from cove.config import CoveConfig
 from cove.correspondence import correspond
+from cove.eval import judge
 from cove.features import extract_features
 from cove.loading import TINY_PATH
 from cove.pipeline import edit_video, reconstruct
@@ -83,7 +84,7 @@ def test_generation_follows_the_background(pipe):
     images = pipe(prompts, num_inference_steps=20, guidance_scale=5.0,
                   generator=torch.Generator().manual_seed(0), output_type="np").images
     images = (images * 255).round().astype(np.uint8)
-    judged = [metrics.prompt_followed(im, p) for im, p in zip(images, prompts)]
+    judged = [judge.prompt_followed(im, p) for im, p in zip(images, prompts)]
     assert all(j["background"] and j["colour"] for j in judged), judged
 
 
@@ -109,7 +110,7 @@ def test_source_caption_as_negative_prompt_keeps_the_background(pipe):
 
 
 def test_edit_mask_finds_the_object_and_keeps_the_background(pipe):
-    """DiffEdit's mask (cove.masking) on the demo clip, red star -> yellow star, as the gate makes
+    """DiffEdit's mask (cove.extras.masking) on the demo clip, red star -> yellow star, as the gate makes
     it (not grown, holes filled): it covers the latent cells inside the star (measured: 96% of
     them; 77% of all the cells the star touches, its outline being partly background), marking
     4.7% of all cells, and blending outside it keeps the background (measured on 4 frames, 10
@@ -136,7 +137,7 @@ def test_edit_mask_finds_the_object_and_keeps_the_background(pipe):
 
 
 def test_word_swap_recolours_more_of_the_object(pipe):
-    """Prompt-to-prompt's word swap (cove.p2p), the gate's edit settings otherwise: the new colour
+    """Prompt-to-prompt's word swap (cove.extras.p2p), the gate's edit settings otherwise: the new colour
     lands on more of the named object (measured on these four 4-frame edits, 10 steps: 98%, 9%,
     59% and 87% of the object recoloured, against 91%, 4%, 10% and 86% without it; on the 18
     validation clips at the gate's 50/25 steps, 69% against 51% at 19200 training steps)."""

@@ -1,9 +1,9 @@
-"""Pure plotting helpers of cove.viz: shapes, dtypes and properties that can fail."""
+"""Pure plotting helpers of cove.app.viz: shapes, dtypes and properties that can fail."""
 import numpy as np
 import pytest
 import torch
 
-from cove import viz
+from cove.app import viz
 
 
 def _features(seed=0, F=3, C=8, H=5, W=6):

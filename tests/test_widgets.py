@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cove import metrics, widgets
+from cove import metrics
+from cove.app import widgets
 from cove.config import CoveConfig
 from cove.correspondence import correspond
 

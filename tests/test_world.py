@@ -6,14 +6,24 @@ import numpy as np
 import pytest
 
 from cove import world
-from cove.world import (
-    BACKGROUNDS, COLOURS, DEMO_EDIT, SHAPES, VOCABULARY, Scene, ShapeObject, demo_scene, edit,
-    photo_clip, random_scene, render,
-)
 from cove.tiny.data import sample_training_images
+from cove.world import (
+    BACKGROUNDS,
+    COLOURS,
+    DEMO_EDIT,
+    SHAPES,
+    VOCABULARY,
+    Scene,
+    ShapeObject,
+    demo_scene,
+    edit,
+    photo_clip,
+    random_scene,
+    render,
+    textures,
+)
 from cove.world import clip as render_mod
 from cove.world import scene as scene_mod
-from cove.world import textures
 
 SEEDS = range(6)
 

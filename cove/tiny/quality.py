@@ -5,7 +5,7 @@ writes the figures, the gates and the machine they were measured on as JSON. Eac
 importable function so notebooks and docs can reuse it:
 
 a. ``measure_prompt_following``  text-to-image: colour, shape and background followed
-   (judge: ``cove.metrics.judge_image``); gate: each >= 0.90.
+   (judge: ``cove.judge.judge_image``); gate: each >= 0.90.
    ``measure_shape_retention``   the shape judged after SDEdit of true renders at several
    strengths: where the shapes get lost (reported, no gate).
 b. ``measure_reconstruction``    DDIM inversion then reconstruction of 8-frame clips; gate:
@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
 import itertools
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,59 +31,9 @@ import numpy as np
 import torch
 
 from .. import metrics, world
-
-# Settings chosen on validation seeds (prompts seed 7, clips seed 100), never on the gate's:
-# generation: 50 DDIM steps, guidance 3 (3 / 5 / 7.5 gave all-three 0.35 / 0.28 / 0.30 on 40 prompts);
-# edit: the last 70% of a 25-step schedule (strength 0.7) with PnP injection in every step run,
-# guidance 7.5 with the source prompt as the negative prompt: the best PSNR against the true edit
-# (22.4 dB, 55% of object pixels recoloured, 6 clips) of strength 0.5 / 0.7 / 1.0 x guidance
-# 7.5 / 12 x negative prompt source / empty; guidance 12 at strength 1 recolours more (81%) but
-# repaints the background (18 dB). Figures of the 8400-step model; the shipped 12000-step model,
-# same validation: all-three 0.375 (guidance 3); edit 22.5 dB, 65% recoloured, background 25.2 dB
-# (negative prompt "": 19.2 dB, 40%, background 21.2 dB). With the edit mask (cove.masking,
-# threshold 0.4 at t = 400, 4 noises, dilated by 1 cell): 25.2 dB, 65% recoloured, background
-# 30.6 dB; thresholds 0.3 / 0.5, t = 300 / 500 and dilation 2 all gave 25.0-25.2 dB, no
-# dilation 24.5 dB. The mask's cells overlap the true object's with IoU 0.72 (t = 400).
-# With prompt-to-prompt's word swap (cove.p2p, every step), judged on 12 clips (seeds 100 and
-# 200; seed 200's clips are harder: adjacent objects, a same-coloured neighbour): recoloured /
-# PSNR 36% / 22.4 dB without it; with it 56% / 23.9 dB (strength 0.7, guidance 7.5), 58% / 23.9
-# (0.5, 10), 63% / 23.5 dB (0.5, 12; chosen: the most recolouring at a PSNR above the old one;
-# the background falls from 30.3 to 27.8 dB), 39% / 20.0 dB on seed 200 alone at (1.0, 12);
-# boosting the swapped word's maps 2x (P2P's re-weighting) gave 71% / 23.0 dB but a background
-# of 26.2 dB, and is not used.
-# PnP's ResNet injection (up_blocks.1.resnets.1, 16x16) carries colour in this pixel-space model.
-# Injecting it only below timestep t (CoveConfig.pnp_resnet_max_t; Q, K injection unchanged), same
-# 12 clips, recoloured / PSNR / background: every step (these settings) 63% / 23.5 / 27.8 dB;
-# t 400: 75% / 23.8 / 27.2; 300: 82% / 23.9 / 26.5; 250: 84% / 23.7 / 26.0; 200: 88% / 22.9 /
-# 24.7; 100: 89% / 21.4 / 22.8; never: 84% / 19.6 / 20.7; at t 250 with guidance 10: 77% / 24.3
-# / 27.3, 7.5: 66% / 24.9 / 29.6. Far colour edits (orange -> purple, red -> blue) land where they
-# did not, but near ones overshoot (yellow -> orange comes out red): on the demo clip (red ->
-# yellow) t 250 gave 80% / 24.5 dB against 93% / 26.6 (25 steps; 22% / 20.4 dB at the demo's 10),
-# and on the gate's clips 35% / 23.1 dB against 40% / 23.2. Not used by default. Clips meeting the
-# edit gate on their own (>= 90%, >= 25 dB) out of 18 (seeds 100, 200, 300): every step 6; t 250 at
-# guidance 12 / 10 / 7.5: 8 / 8 / 9 (7.5 at the demo's 10 steps: 41% against 91%).
-# Re-noising the mask's inside with fresh noise at strength 0.85 instead of the inverted latent
-# (Blended Latent Diffusion's start) did not help either (66%, 21.7 dB).
-# The figures above are of the 12000-step model; the shipped 22800-step model's, on the same
-# validation seeds, are in docs/method/tiny.md, with the settings tried on it: of those, the mask
-# not grown and with its holes filled (mask_dilate=0, mask_fill_holes=True) was adopted.
-PROMPT_STEPS = 50
-PROMPT_GUIDANCE = 3.0
-
-
-def edit_negative_prompt(source_prompt: str) -> str:
-    """The negative prompt the gate and ``cove demo`` edit cove-tiny with: the source prompt, so
-    that guidance pulls along "target minus source" rather than "target minus empty"."""
-    return source_prompt
-
-
-def edit_config():
-    """The ``CoveConfig`` the quality gate and ``cove demo`` edit cove-tiny with."""
-    from ..config import CoveConfig
-
-    return CoveConfig(inversion_steps=50, denoise_steps=25, pnp_steps=25, p2p_steps=25, strength=0.5,
-                      guidance_scale=12.0, mask_threshold=0.4, mask_dilate=0, mask_fill_holes=True)
-
+from ..eval import judge
+from ..eval.bench import jsonable, machine_info
+from .presets import PROMPT_GUIDANCE, PROMPT_STEPS, edit_config, edit_negative_prompt
 
 GATES = {
     "prompt_following.colour": 0.90,
@@ -102,37 +49,6 @@ GATES = {
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def machine_info(pipe=None) -> dict:
-    """Platform, CPU, library versions and date of a measurement."""
-    import diffusers
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "numpy": np.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if pipe is not None:
-        info["device"] = str(pipe.device)
-        info["dtype"] = str(pipe.unet.dtype)
-        if torch.cuda.is_available() and pipe.device.type == "cuda":
-            info["gpu"] = torch.cuda.get_device_name(pipe.device)
-    return info
 
 
 def single_object_prompts(n: int | None = None, seed: int = 0) -> list[str]:
@@ -206,11 +122,11 @@ def measure_prompt_following(pipe, n: int | None = 96, seed: int = 0, *, steps: 
     images = generate(pipe, prompts, seed=seed, steps=steps, guidance_scale=guidance_scale,
                       batch_size=batch_size)
     seconds = time.perf_counter() - start
-    checks = [metrics.prompt_followed(image, prompt) for image, prompt in zip(images, prompts)]
+    checks = [judge.prompt_followed(image, prompt) for image, prompt in zip(images, prompts)]
     result = {key: float(np.mean([c[key] for c in checks])) for key in ("colour", "shape", "background", "all")}
     result.update(n=len(prompts), steps=steps, guidance_scale=guidance_scale, seconds=round(seconds, 2))
     result["failures"] = [
-        {"prompt": p, "judged": _judged(metrics.judge_image(image))}
+        {"prompt": p, "judged": _judged(judge.judge_image(image))}
         for p, image, c in zip(prompts, images, checks) if not c["all"]
     ]
     if return_images:
@@ -245,7 +161,7 @@ def measure_shape_retention(pipe, n: int = 32, seed: int = 0, *,
 
     Each one-object render is noised to ``strength`` of the schedule and denoised with its own
     caption (diffusers' ``StableDiffusionImg2ImgPipeline`` on the same components); the shape
-    judge (``cove.metrics.judge_image``) then reads the object's shape. At strength 1 this is
+    judge (``cove.judge.judge_image``) then reads the object's shape. At strength 1 this is
     text-to-image; at small strengths the noisy input still shows the shape, so a model that
     loses it there fails at denoising, not at reading the prompt. No gate: a diagnostic of where
     cove-tiny's blobs come from.
@@ -264,7 +180,7 @@ def measure_shape_retention(pipe, n: int = 32, seed: int = 0, *,
     truth = [clip.scene.objects[0].shape for clip in clips]
 
     def right(images) -> float:
-        judged = [metrics.judge_image(image)["objects"] for image in images]
+        judged = [judge.judge_image(image)["objects"] for image in images]
         return float(np.mean([bool(o) and o[0][1] == shape for o, shape in zip(judged, truth)]))
 
     x = torch.from_numpy(renders).permute(0, 3, 1, 2).float() / 127.5 - 1  # (n, 3, H, W)
@@ -534,19 +450,6 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return None if math.isnan(value) else ("inf" if math.isinf(value) else round(value, 4))
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def load_tiny(device=None):
     """``cove.load_pipeline("cove-tiny")`` with a clear error when the weights are missing."""
     from ..loading import load_pipeline
@@ -612,7 +515,7 @@ def main(argv=None) -> int:
     print(format_table(results))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    out.write_text(json.dumps(jsonable(results, 4), indent=2) + "\n")
     print(f"wrote {out}")
     failed = [name for name, gate in results["gates"].items() if not gate["passed"]]
     if failed:

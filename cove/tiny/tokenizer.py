@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
-
 from functools import lru_cache
+from pathlib import Path
 
 from transformers import CLIPTokenizer
 

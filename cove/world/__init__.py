@@ -13,9 +13,9 @@ the same motion with a changed attribute, the true edit.
 - ``edits``: ``edit``, the same scene with one attribute changed;
 - ``photo``: ``photo_clip``, a scikit-image photo moved by a known smooth warp.
 """
+from .clip import Clip, render
 from .edits import edit
 from .photo import PHOTO_CAPTIONS, PHOTO_MOTIONS, PHOTOS, photo_clip
-from .clip import Clip, render
 from .scene import (
                     BACKGROUNDS,
                     COLOURS,

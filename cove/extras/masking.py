@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
-from .sd import noise_latents
+from ..sd import noise_latents
 
 
 @torch.no_grad()

@@ -67,8 +67,8 @@ def cross_attention_maps(pipe, latents: torch.Tensor, prompt: str, *, t: int = 4
     Returns:
         (F, L, gh, gw) float32; every cell's maps sum to 1 over the L tokens.
     """
-    from .processors import AttentionState, cove_attention
-    from .sd import encode_text, noise_latents
+    from ..processors import AttentionState, cove_attention
+    from ..sd import encode_text, noise_latents
 
     f, _, h, w = latents.shape
     length = pipe.tokenizer.model_max_length

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .config import ATTENTION_MODES, CORRESPONDENCE_SOURCES, CoveConfig
+from .. import __version__
+from ..config import ATTENTION_MODES, CORRESPONDENCE_SOURCES, CoveConfig
+from ..sd import frame_size, size_multiple
 
 DTYPES = ("float32", "float16", "bfloat16")
 # Share of the denoising steps with plug-and-play injection when --pnp-steps is not given:
@@ -69,17 +70,6 @@ def torch_dtype(name: str | None):
     import torch
 
     return getattr(torch, name)
-
-
-def natural_size(pipe) -> int:
-    """Image side the pipeline was trained at: ``unet.config.sample_size * vae_scale_factor``."""
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
-
-
-def size_multiple(pipe) -> int:
-    """Image sides must be multiples of this so that every UNet level has an integer grid."""
-    levels = len(pipe.unet.config.down_block_types)
-    return int(pipe.vae_scale_factor * 2 ** (levels - 1))
 
 
 def default_output(input_path, suffix: str = "_edited.mp4") -> Path:
@@ -145,7 +135,7 @@ def load_frames_for(pipe, args):
     from . import io
 
     frames = io.read_video(args.input)  # (F, H0, W0, 3)
-    size = args.size if args.size is not None else natural_size(pipe)
+    size = args.size if args.size is not None else frame_size(pipe)
     return io.prepare_frames(frames, size=size, num_frames=args.frames, multiple=size_multiple(pipe))
 
 
@@ -167,8 +157,8 @@ def cmd_edit(args) -> int:
     timings = {}
     start = time.perf_counter()
     io.read_video(args.input, max_frames=1)  # fail fast on a bad input, before loading a model
-    from .loading import load_pipeline
-    from .pipeline import denoise_timesteps, edit_video, inversion_timesteps
+    from ..loading import load_pipeline
+    from ..pipeline import denoise_timesteps, edit_video, inversion_timesteps
 
     pipe = load_pipeline(args.model, device=args.device, dtype=torch_dtype(args.dtype))
     timings["load model"] = time.perf_counter() - start
@@ -197,37 +187,12 @@ def cmd_edit(args) -> int:
     tick = time.perf_counter()
     labels = ["source", f"{config.attention}: {args.prompt}"]
     both = io.side_by_side(frames, result.frames, labels=labels)  # (F, H + bar, 2W, 3)
-    write_all({out: result.frames, side: both}, fps=args.fps)
+    io.write_all({out: result.frames, side: both}, fps=args.fps)
     timings["write"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
     print(f"wrote {out}\nwrote {side}")
     print("timings:\n" + format_timings(timings))
     return 0
-
-
-def write_all(clips: dict, fps: float) -> None:
-    """Write every ``{path: frames}`` clip, all or none.
-
-    Each clip first goes to a hidden ``.pending`` file next to its target; only when every one
-    is written are they renamed into place. On failure the pending files are removed and any
-    earlier files at the target paths are left as they were.
-    """
-    import os
-
-    from . import io
-
-    pending = []
-    try:
-        for path, frames in clips.items():
-            path = Path(path)
-            tmp = path.with_name(f".{path.stem}.pending-{os.getpid()}{path.suffix}")
-            pending.append((tmp, path))
-            io.write_video(tmp, frames, fps=fps)
-        for tmp, path in pending:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in pending:
-            tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- cove correspond
@@ -310,7 +275,7 @@ def cmd_correspond(args) -> int:
     timings = {}
     start = time.perf_counter()
     if args.source == "flow":
-        from .correspondence import flow_correspondence
+        from ..extras.flow import flow_correspondence
 
         frames = io.prepare_frames(io.read_video(args.input), size=args.size, num_frames=args.frames)
         grid = tuple(args.grid) if args.grid else (frames.shape[1] // 8, frames.shape[2] // 8)
@@ -319,8 +284,8 @@ def cmd_correspond(args) -> int:
         correspondence = flow_correspondence(frames, grid)
         timings["optical flow"] = time.perf_counter() - tick
     else:
-        from .loading import load_pipeline
-        from .pipeline import compute_correspondence
+        from ..loading import load_pipeline
+        from ..pipeline import compute_correspondence
 
         if args.grid:
             raise ValueError("--grid applies to --source flow; diffusion features fix their own grid")

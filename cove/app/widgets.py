@@ -2,7 +2,7 @@
 
 Every builder returns a :class:`Panel` (an ``ipywidgets.VBox``) whose callbacks call the same
 pure functions the tests call (``cove.correspondence``, ``cove.attention``, ``cove.merging``,
-``cove.pipeline``, ``cove.metrics``) and draw with ``cove.viz``. Conventions:
+``cove.pipeline``, ``cove.metrics``) and draw with ``cove.app.viz``. Conventions:
 
 - sliders use ``continuous_update=False`` (work happens when the slider is released);
 - slow work (an edit) sits behind a button;
@@ -172,10 +172,10 @@ def feature_explorer(pipe, frames, *, t: int = 261, layer: str | None = None, en
     """Noise level ``t``, decoder layer and noise ensemble as controls; features as PCA colours.
 
     Calls ``cove.features.extract_features`` (cached per ``(t, layer, ensemble)``) and
-    ``cove.viz.pca_rgb``. Top row: the frames; bottom row: their features, one PCA fitted on
+    ``cove.app.viz.pca_rgb``. Top row: the frames; bottom row: their features, one PCA fitted on
     all frames so that equal colours mean similar features.
     """
-    from .features import default_feature_layer, extract_features
+    from ..features import default_feature_layer, extract_features
 
     w = ipywidgets
     frames = viz.to_numpy(frames)
@@ -221,7 +221,7 @@ def window_explorer(features, frames, *, window: int = 9, frame: int = 0, point=
     (``cove.correspondence.window_similarity``) and its top-``K`` cells; the similarity with
     *every* token of frame ``i+1``, i.e. what a full search would compare (window outlined).
     """
-    from .correspondence import window_similarity
+    from ..correspondence import window_similarity
 
     features = torch.as_tensor(features)
     frames = viz.to_numpy(frames)
@@ -291,7 +291,7 @@ def correspondence_explorer(frames, corr, gt=None, *, frame: int = 0, point=None
             (``Clip.ground_truth(grid)``): the true position is drawn as a white square and
             PCK (``cove.metrics.pck``) is reported per row.
     """
-    from . import metrics
+    from .. import metrics
 
     frames = viz.to_numpy(frames)
     corrs = corr if isinstance(corr, dict) else {"correspondence": corr}
@@ -350,13 +350,13 @@ def attention_explorer(q, k, index, frames, *, grid: tuple[int, int], heads: int
 
     Calls ``cove.attention.attention_weights`` (the same code as ``guided_attention``) for the
     token, averages the heads and spreads the weights onto the frames with
-    ``cove.viz.attention_maps``. The query's own frame gets nothing: CGA leaves it out.
+    ``cove.app.viz.attention_maps``. The query's own frame gets nothing: CGA leaves it out.
 
     Args:
         q, k: ``(F, N, C)`` queries and keys on the ``grid`` ``(H, W)``; index: long
             ``(F, N, F, K)``; frames: uint8 ``(F, H_img, W_img, 3)``.
     """
-    from .attention import attention_weights
+    from ..attention import attention_weights
 
     frames = viz.to_numpy(frames)
     q, k, index = torch.as_tensor(q), torch.as_tensor(k), torch.as_tensor(index)
@@ -407,9 +407,9 @@ def predict_clean(pipe, latents, t: int, prompt: str, *, state=None, guidance_sc
     Returns:
         uint8 ``(F, H, W, 3)``.
     """
-    from .pipeline import _epsilon, ddim_scheduler
-    from .processors import AttentionState, cove_attention
-    from .sd import decode_latents, encode_text
+    from ..pipeline import _epsilon, ddim_scheduler
+    from ..processors import AttentionState, cove_attention
+    from ..sd import decode_latents, encode_text
 
     F = latents.shape[0]
     state = state or AttentionState(frames=F, mode="per-frame")
@@ -435,14 +435,14 @@ def merge_explorer(tokens, index, frames, *, grid: tuple[int, int], ratio: float
 
     For the chosen token, gathers its ``(F-1)*K`` correspondents
     (``cove.attention.gather_correspondents``), runs bipartite merging on them
-    (``cove.merging.make_merge`` via ``cove.viz.merge_groups``) and draws each gathered token
+    (``cove.merging.make_merge`` via ``cove.app.viz.merge_groups``) and draws each gathered token
     in the colour of the merged token it joins: one colour, one key after merging.
 
     Args:
         tokens: ``(F, N, C)`` (e.g. diffusion features, or keys); index: ``(F, N, F, K)``.
     """
-    from .attention import gather_correspondents, other_frames
-    from .merging import merge_count
+    from ..attention import gather_correspondents, other_frames
+    from ..merging import merge_count
 
     frames = viz.to_numpy(frames)
     tokens, index = torch.as_tensor(tokens), torch.as_tensor(index)
@@ -496,11 +496,11 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
 
     Each click runs ``cove.pipeline.edit_video`` with the chosen prompt, attention mode, ``K``,
     ``l``, merge ratio, steps, strength, edit-mask threshold (0: no mask), prompt-to-prompt
-    steps (0: none; ``cove.p2p``) and the timestep below which PnP's ResNet features are
+    steps (0: none; ``cove.extras.p2p``) and the timestep below which PnP's ResNet features are
     injected (1000: every PnP step; ``CoveConfig.pnp_resnet_max_t``), then scores the
     result with ``cove.metrics``: flicker (``warp_error`` along ``clip``'s true motion, lower
     is better) and fidelity (PSNR and colour accuracy against the ground-truth edit ``truth``,
-    via ``cove.demo.fidelity``).
+    via ``cove.app.demo.fidelity``).
     Every run is added to a table, so runs can be compared (the paper's ablation in miniature).
 
     Args:
@@ -511,11 +511,11 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
         truth: the ground-truth edited ``world.Clip``; optional. target_phrase: the edited
             object ("yellow star"), for colour accuracy.
     """
-    from . import metrics
-    from .config import ATTENTION_MODES, CoveConfig
+    from .. import metrics
+    from ..config import ATTENTION_MODES, CoveConfig
+    from ..pipeline import denoise_timesteps, edit_video, inversion_timesteps
     from .demo import fidelity
     from .io import side_by_side
-    from .pipeline import denoise_timesteps, edit_video, inversion_timesteps
 
     w = ipywidgets
     frames = viz.to_numpy(frames)

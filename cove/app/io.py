@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageSequence
 
+from ..sd import check_frames
+
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 WRITE_SUFFIXES = (".mp4", ".gif")
@@ -49,17 +51,6 @@ def _mediapy():
 
 
 # ---------------------------------------------------------------------------- checks
-
-
-def check_frames(frames, name: str = "frames") -> np.ndarray:
-    """Return ``frames`` as a ``uint8 (F, H, W, 3)`` array or raise a one-line ValueError."""
-    if not isinstance(frames, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array uint8 (F, H, W, 3), got {type(frames).__name__}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"{name} must be uint8 (F, H, W, 3), got dtype {frames.dtype}")
-    if frames.ndim != 4 or frames.shape[-1] != 3 or min(frames.shape[:3]) < 1:
-        raise ValueError(f"{name} must have shape (F, H, W, 3) with F, H, W >= 1, got {frames.shape}")
-    return frames
 
 
 def _natural_key(path: Path) -> list:
@@ -269,6 +260,27 @@ def write_video(path, frames, fps: float = 8) -> Path:
 
 
 # ---------------------------------------------------------------------------- side by side
+
+
+def write_all(clips: dict, fps: float) -> None:
+    """Write every ``{path: frames}`` clip, all or none.
+
+    Each clip first goes to a hidden ``.pending`` file next to its target; only when every one
+    is written are they renamed into place. On failure the pending files are removed and any
+    earlier files at the target paths are left as they were.
+    """
+    pending = []
+    try:
+        for path, frames in clips.items():
+            path = Path(path)
+            tmp = path.with_name(f".{path.stem}.pending-{os.getpid()}{path.suffix}")
+            pending.append((tmp, path))
+            write_video(tmp, frames, fps=fps)
+        for tmp, path in pending:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
 
 
 def _font(size: int):

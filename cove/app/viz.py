@@ -1,6 +1,6 @@
 """Pure plotting helpers: numbers in, ``uint8`` pictures out.
 
-Nothing here draws on screen or keeps state; the widgets (``cove.widgets``) and the notebooks
+Nothing here draws on screen or keeps state; the widgets (``cove.app.widgets``) and the notebooks
 call these and show the result with mediapy. Positions follow the project convention: a
 *cell* position is a float ``(x, y)`` whose integer values are cell centres of an ``H x W``
 grid; a *pixel* position has pixel centres at ``i + 0.5``.
@@ -282,7 +282,7 @@ def merge_groups(metric, r: int) -> np.ndarray:
     """
     import torch
 
-    from .merging import make_merge
+    from ..merging import make_merge
 
     metric = torch.as_tensor(to_numpy(metric), dtype=torch.float32)
     if metric.ndim != 2:

@@ -8,15 +8,12 @@ score what the paper could only judge by eye:
 * PCK of COVE's diffusion-feature correspondence against the true motion (and of optical flow,
   the paper's comparison: 0.87 flow vs 0.92 diffusion on real videos).
 
-    >>> from cove.demo import run_demo, format_summary
+    >>> from cove.app.demo import run_demo, format_summary
     >>> print(format_summary(run_demo("cove-demo")))
 """
 from __future__ import annotations
 
-import json
-import math
 import os
-import platform
 import tempfile
 import time
 from dataclasses import replace
@@ -24,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CoveConfig
-from .tiny.quality import edit_config, edit_negative_prompt
+from ..config import CoveConfig
+from ..eval.bench import dumps, jsonable, machine_info
+from ..tiny.presets import edit_config, edit_negative_prompt
 
 # cove-tiny's edit settings (``cove.tiny.quality.edit_config``: the last half of a 25-step
 # schedule, PnP and the word swap in every step run, guidance 12 with the source prompt as the
@@ -60,7 +58,7 @@ def fidelity(edited: np.ndarray, target_clip, target_phrase: str) -> dict:
     Object edits: ``cove.metrics.edit_fidelity`` with the edited object's mask (F, H, W) and
     colour. Background edits: PSNR over the frame and outside the objects only.
     """
-    from . import metrics
+    from .. import metrics
 
     o = edited_object(target_clip.scene, target_phrase)
     if o is not None:
@@ -75,42 +73,10 @@ def fidelity(edited: np.ndarray, target_clip, target_phrase: str) -> dict:
 
 def correspondence_pck(correspondence, clip) -> float:
     """PCK of a correspondence's top-1 matches against the clip's true motion on its grid."""
-    from . import metrics
+    from .. import metrics
 
     positions, visible = clip.ground_truth(grid=tuple(correspondence.grid))  # (F, N, F, 2), (F, N, F)
     return metrics.pck(correspondence, positions, visible, threshold=PCK_THRESHOLD)
-
-
-def machine_info(pipe) -> dict:
-    """What the timings were measured on."""
-    import torch
-
-    device = str(pipe.device)
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-        "dtype": str(pipe.unet.dtype).replace("torch.", ""),
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(pipe.device)
-    return info
-
-
-def _finite_or_none(value):
-    """JSON has no NaN / inf: map them to ``None``, recursively."""
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -120,7 +86,7 @@ def write_json(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.json", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, allow_nan=False)
+            handle.write(dumps(data))
         publish(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -129,7 +95,7 @@ def write_json(path: Path, data: dict) -> None:
 def _edit(pipe, frames, prompt, source_prompt, config):
     import torch
 
-    from .pipeline import edit_video
+    from ..pipeline import edit_video
 
     generator = torch.Generator(device=pipe.device).manual_seed(SEED)
     start = time.perf_counter()
@@ -160,12 +126,13 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
         summary dict: ``prompt``, ``source_prompt``, ``edit``, ``frames`` (F, H, W),
         ``metrics`` {clip: {warp_error, psnr, ...}} for ``source``, ``per_frame``, ``cove``,
         ``ground_truth``; ``pck`` {``diffusion``, ``flow``}; ``timings`` (seconds);
-        ``config``; ``machine``; ``files``. NaN / inf values are ``None`` (strict JSON).
+        ``config``; ``machine``; ``files``. NaN is ``None`` and infinity ``"inf"`` (strict JSON).
     """
-    from . import io, metrics, world
-    from .cli import natural_size, write_all
-    from .correspondence import flow_correspondence
-    from .loading import load_pipeline
+    from .. import metrics, world
+    from ..extras.flow import flow_correspondence
+    from ..loading import load_pipeline
+    from ..sd import frame_size
+    from . import io
     from .viz import enlarge
 
     start = time.perf_counter()
@@ -185,8 +152,8 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
     pipe = load_pipeline("cove-tiny", device=device)
     timings["load model"] = time.perf_counter() - tick
     F, H, W, _ = clip.frames.shape
-    if natural_size(pipe) != H or H != W:
-        side = natural_size(pipe)
+    if frame_size(pipe) != H or H != W:
+        side = frame_size(pipe)
         raise ValueError(f"the demo clip is {H}x{W} but cove-tiny works at {side}x{side}")
 
     # 3. two edits from the same inversion settings and seed
@@ -234,10 +201,10 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
         files["per_frame"]: per_frame.frames,
         files["side_by_side"]: panel,
     }
-    write_all(videos, fps=4)  # all or none
+    io.write_all(videos, fps=4)  # all or none
     timings["write"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
-    summary = _finite_or_none(
+    summary = jsonable(
         {
             "prompt": prompt,
             "source_prompt": source_prompt,
@@ -261,8 +228,10 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
 
 
 def _cell(value, width: int, digits: int = 2) -> str:
-    """A right-aligned number, or ``-`` for a missing (NaN / inf) one."""
-    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+    """A right-aligned number, or ``-`` for a missing (NaN, ``None``) or infinite one."""
+    if not isinstance(value, (int, float)):
+        return f"{'-':>{width}}"
+    return f"{value:>{width}.{digits}f}"
 
 
 def format_summary(d: dict) -> str:
