@@ -2,8 +2,10 @@
 
 Trains each design of ``cove.tiny.model.DESIGNS`` named in ``--designs`` for the same CPU
 minutes with ``cove.tiny.train`` (one cosine cycle of ``--steps`` steps, stopped by the budget),
-in turns of ``--interval`` minutes taken design by design, so that an interrupted comparison
-has given every design about the same time. After every turn it records a point of that
+in turns of about ``--interval`` CPU minutes taken design by design (the least trained next), so
+that an interrupted comparison has given every design about the same time. A design's first
+turn runs ``--interval`` wall-clock minutes; later turns run the steps that take ``--interval``
+CPU minutes at the CPU seconds per step measured in the turn before. After every turn it records a point of that
 design's learning curve:
 
 - ``loss``: the mean training loss of the turn (``train``'s log);
@@ -48,7 +50,7 @@ def _parse(argv=None):
     p.add_argument("--designs", type=_designs, default=("a", "b"),
                    help=f"comma-separated names of cove.tiny.model.DESIGNS ({', '.join(DESIGNS)}); default a,b")
     p.add_argument("--work", type=Path, required=True, help="folder for checkpoints, curves.json, curves.png")
-    p.add_argument("--interval", type=train._minutes, default=5.0, help="minutes of training between points")
+    p.add_argument("--interval", type=train._minutes, default=5.0, help="CPU minutes of training between points")
     p.add_argument("--steps", type=int, default=4000, help="length of the cosine learning-rate cycle")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -137,11 +139,21 @@ def _unrecorded_minutes(args, design: str, curve: dict, step0: int) -> float:
     return (max(times) - min(times)) / 60 if len(times) > 1 else 0.0
 
 
-def _train_args(args, design: str, minutes: float) -> list[str]:
+def _train_args(args, design: str, limit: list[str]) -> list[str]:
     work = args.work / design
     return ["--design", design, "--work", str(work), "--out", str(work / "pipeline"),
             "--steps", str(args.steps), "--batch", str(args.batch), "--seed", str(args.seed),
-            "--threads", str(args.threads), "--save-every", "10", "--resume", "--minutes", f"{minutes:.6g}"]
+            "--threads", str(args.threads), "--save-every", "10", "--resume", *limit]
+
+
+def _turn_limit(minutes: float, curve: dict, before: int) -> list[str]:
+    """train's stopping option for a turn of ``minutes`` CPU minutes: the steps that take at the
+    last point's CPU seconds per step (``--stop-at``), or for a first turn ``--minutes``
+    (wall-clock)."""
+    if not curve["points"]:
+        return ["--minutes", f"{minutes:.6g}"]
+    steps = max(1, round(60 * minutes / curve["points"][-1]["seconds_per_step"]))
+    return ["--stop-at", str(before + steps)]
 
 
 def _point(args, design: str, curve: dict, tokenizer, clips) -> dict:
@@ -151,8 +163,11 @@ def _point(args, design: str, curve: dict, tokenizer, clips) -> dict:
     spent += _unrecorded_minutes(args, design, curve, step0)
     turn = max(min(args.interval, args.minutes - spent), 1e-3)
     before = _checkpoint_step(args, design)
+    if before >= args.steps:
+        raise ValueError(f"design {design} finished its {args.steps}-step schedule within the budget; "
+                         "rerun with a larger --steps")
     cpu, wall = time.process_time(), time.time()
-    train.train(_train_args(args, design, turn))
+    train.train(_train_args(args, design, _turn_limit(turn, curve, before)))
     cpu, wall = (time.process_time() - cpu) / 60, (time.time() - wall) / 60
     tick = time.time()
     pipe, step = load_checkpoint(design, args.work / design / "checkpoint.pt", tokenizer)
