@@ -93,7 +93,7 @@ def feature_pck(pipe, clips) -> dict:
     cell, px4 = [], []
     for clip in clips:
         feats = extract_features(pipe, clip.frames, t=261, generator=torch.Generator().manual_seed(0))
-        F, C, H, W = feats.shape
+        H, W = feats.shape[-2:]  # feats (F, C, H, W)
         pos, vis = clip.ground_truth(grid=(H, W))  # (F, N, F, 2), (F, N, F)
         corr = correspond(feats, window=9, k=3)
         cell.append(metrics.pck(corr, pos, vis, 1.0))
