@@ -94,16 +94,75 @@ class PixelShuffleVAE(ModelMixin, ConfigMixin):
         return self.decode(self.encode(x).latent_dist.mean).sample
 
 
-def unet_config() -> dict:
-    """The UNet: a 32x32 convolutional level, then 16x16 and 8x8 levels with self-attention
-    and cross-attention to the text (6.1M parameters)."""
-    return dict(
-        sample_size=IMAGE_SIZE // FACTOR, in_channels=3 * FACTOR**2, out_channels=3 * FACTOR**2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64, 128), layers_per_block=2, attention_head_dim=32,
-        cross_attention_dim=64, norm_num_groups=16,
-    )
+@dataclass(frozen=True)
+class Design:
+    """A cove-tiny architecture: the pixel fold ``factor`` and the UNet's levels.
+
+    block_out_channels: channels per level, the first at the latent's full resolution.
+    attention: True for a level with self- and cross-attention (CrossAttn blocks).
+    heads: attention heads per level; diffusers' ``attention_head_dim`` is read as this *count*
+    (the head dimension is channels / heads).
+    """
+
+    factor: int
+    block_out_channels: tuple[int, ...]
+    attention: tuple[bool, ...]
+    heads: int | tuple[int, ...]
+    layers_per_block: int = 2
+    cross_attention_dim: int = 64
+    norm_num_groups: int = 16
+
+    @property
+    def latent_channels(self) -> int:
+        return 3 * self.factor**2
+
+    @property
+    def latent_side(self) -> int:
+        return IMAGE_SIZE // self.factor
+
+    def unet_config(self) -> dict:
+        down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in self.attention)
+        up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(self.attention))
+        return dict(
+            sample_size=self.latent_side, in_channels=self.latent_channels,
+            out_channels=self.latent_channels, down_block_types=down, up_block_types=up,
+            block_out_channels=self.block_out_channels, layers_per_block=self.layers_per_block,
+            attention_head_dim=self.heads, cross_attention_dim=self.cross_attention_dim,
+            norm_num_groups=self.norm_num_groups,
+        )
+
+
+DESIGNS: dict[str, Design] = {
+    # The shipped model: 12 x 32 x 32, a convolutional 32x32 level, attention at 16x16 and 8x8.
+    # attention_head_dim=32 is read by diffusers as 32 heads (of dimension 2 and 4); kept so
+    # that the shipped weights load and behave identically.
+    "shipped": Design(2, (32, 64, 128), (False, True, True), 32),
+    # (a) the same fold and widths with heads of dimension 32, and attention at 32x32 too: the
+    # latent's full resolution, where CGA acts.
+    "a": Design(2, (32, 64, 128), (True, True, True), (1, 2, 4)),
+    # (b) folded 4x4: 48 x 16 x 16, a 128-channel top level for 48 channels of pixel noise,
+    # attention at 16x16 (full resolution), 8x8 and 4x4 with heads of dimension 64; one layer
+    # per down block (two per up block) keeps it trainable on a CPU.
+    "b": Design(4, (128, 128, 128), (True, True, True), (2, 2, 2), layers_per_block=1,
+                norm_num_groups=32),
+}
+
+
+def unet_config(design: str = "shipped") -> dict:
+    """The UNet of a design (``DESIGNS``). The shipped one: a 32x32 convolutional level, then
+    16x16 and 8x8 levels with self-attention and cross-attention to the text (6.1M parameters)."""
+    return _design(design).unet_config()
+
+
+def _design(name: str) -> Design:
+    if name not in DESIGNS:
+        raise ValueError(f"design: expected one of {', '.join(DESIGNS)}, got {name!r}")
+    return DESIGNS[name]
+
+
+def _fold_channels(factor: int) -> tuple[int, ...]:
+    """``PixelShuffleVAE.block_out_channels`` for a fold: (3, 12, ...) of length log2(factor) + 1."""
+    return tuple(3 * 4**k for k in range(factor.bit_length()))
 
 
 def text_config(vocab_size: int, bos: int, eos: int) -> CLIPTextConfig:
@@ -130,14 +189,16 @@ def scheduler() -> DDIMScheduler:
     )
 
 
-def build_pipeline(tokenizer, *, seed: int = 0) -> StableDiffusionPipeline:
-    """Fresh (untrained, seeded) cove-tiny components assembled as a StableDiffusionPipeline."""
+def build_pipeline(tokenizer, *, seed: int = 0, design: str = "shipped") -> StableDiffusionPipeline:
+    """Fresh (untrained, seeded) cove-tiny components assembled as a StableDiffusionPipeline;
+    ``design`` names one of ``DESIGNS`` (default: the shipped architecture)."""
+    d = _design(design)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_config())
+    unet = UNet2DConditionModel(**d.unet_config())
     text_encoder = CLIPTextModel(text_config(len(tokenizer), tokenizer.bos_token_id,
                                              tokenizer.eos_token_id))
     return StableDiffusionPipeline(
-        vae=PixelShuffleVAE(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        vae=PixelShuffleVAE(d.factor, block_out_channels=_fold_channels(d.factor)), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=scheduler(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )

@@ -23,7 +23,8 @@ batches, bit for bit), ``--bf16`` runs the forward pass under bfloat16 autocast 
 matrix products use TF32 in any case), ``--minutes M`` stops cleanly (checkpoint and export)
 before a time limit, and ``--init FOLDER`` starts from a pipeline folder's weights (the shipped
 ones, or an earlier export) when there is no checkpoint to resume. docs/method/tiny.md has the
-recipe for a lent GPU's 10-minute commands.
+recipe for a lent GPU's 10-minute commands. ``--design`` trains another architecture of
+``cove.tiny.model.DESIGNS`` (``python -m cove.tiny.compare`` compares them).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ import torch
 
 from .. import world
 from .data import sample_training_images
-from .model import MAX_TOKENS, build_pipeline
+from .model import DESIGNS, MAX_TOKENS, build_pipeline
 from .tokenizer import build_clip_tokenizer
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -62,6 +63,8 @@ EMA_RESTARTS = (0, 0, 0, 0, 0, 1)
 def _parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m cove.tiny.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=WEIGHTS, help="pipeline folder to write")
+    p.add_argument("--design", choices=tuple(DESIGNS), default="shipped",
+                   help="architecture (cove.tiny.model.DESIGNS); default the shipped one")
     p.add_argument("--work", type=Path, default=Path("runs/cove-tiny"), help="checkpoints, log")
     p.add_argument("--cycles", type=_cycles, default=CYCLES,
                    help="learning-rate cycles, comma-separated step counts (warm restarts); "
@@ -324,7 +327,7 @@ def train(argv=None) -> Path:
         torch.backends.cudnn.allow_tf32 = True
     with tempfile.TemporaryDirectory() as folder:  # the tokenizer is saved with the pipeline
         tokenizer = build_clip_tokenizer(world.VOCABULARY, Path(folder), max_length=MAX_TOKENS)
-    pipe = build_pipeline(tokenizer, seed=args.seed)
+    pipe = build_pipeline(tokenizer, seed=args.seed, design=args.design)
     start, ckpt = 0, args.work / "checkpoint.pt"
     if args.init is not None and not (args.resume and ckpt.exists()):
         init_weights(pipe.unet, pipe.text_encoder, args.init)  # before anything is written
@@ -338,6 +341,9 @@ def train(argv=None) -> Path:
     abar = pipe.scheduler.alphas_cumprod.to(device)  # (1000,)
     if args.resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device)
+        if state.get("design", "shipped") != args.design:
+            raise ValueError(f"--resume: {ckpt} holds design {state.get('design', 'shipped')!r}, "
+                             f"expected {args.design!r} (--design)")
         for p, v in zip(params, state["params"]):
             p.data.copy_(v)
         for e, v in zip(ema, state["ema"]):
@@ -361,7 +367,7 @@ def train(argv=None) -> Path:
         gen.manual_seed(args.seed * 7919 + step)
         t, eps = draw_noise(gen, tuple(x0.shape), len(abar), args.mid_t[cycle], args.mid_t_range)
         t, eps = t.to(device), eps.to(device)
-        z0 = pipe.vae.encode(x0).latent_dist.mean  # (B, 12, 32, 32)
+        z0 = pipe.vae.encode(x0).latent_dist.mean  # (B, 3 f^2, 64 / f, 64 / f): (B, 12, 32, 32) at f = 2
         eps = pipe.vae.encode(eps).latent_dist.mean  # same reshape of the noise
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
@@ -388,15 +394,15 @@ def train(argv=None) -> Path:
             eta = (args.steps - step - 1) / max(rate, 1e-9) / 60
             print(f"step {step:5d}/{args.steps} loss {loss.item():.4f} lr {_lr(step, args):.2e} "
                   f"{rate:.2f} it/s ({rate * args.batch:.0f} images/s) eta {eta:.0f} min", flush=True)
-            log.write(json.dumps({"step": step, "loss": loss.item(), "time": time.time()}) + "\n")
-            log.flush()
+        log.write(json.dumps({"step": step, "loss": loss.item(), "time": time.time()}) + "\n")  # every step
+        log.flush()
         out_of_time = args.minutes is not None and time.time() - t0 >= 60 * args.minutes
         if out_of_time and step < last - 1:
             print(f"--minutes {args.minutes:g} spent: stopping after step {step + 1}", flush=True)
             last = step + 1
         if (step + 1) % args.save_every == 0 or step == last - 1:
             torch.save({"params": [p.detach() for p in params], "ema": ema, "opt": opt.state_dict(),
-                        "step": step + 1}, ckpt.with_suffix(".tmp"))
+                        "step": step + 1, "design": args.design}, ckpt.with_suffix(".tmp"))
             ckpt.with_suffix(".tmp").replace(ckpt)
         if step == last - 1:
             break
@@ -408,13 +414,13 @@ def train(argv=None) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out)
     elapsed = time.time() - t0
-    info = {"steps": args.steps, "cycles": list(args.cycles), "restart_lr": args.restart_lr,
+    info = {"design": args.design, "steps": args.steps, "cycles": list(args.cycles), "restart_lr": args.restart_lr,
             "object_weight": list(args.object_weight), "mid_t": list(args.mid_t),
             "mid_t_range": list(args.mid_t_range), "ema_restart": list(args.ema_restart),
             "stopped_at": last, "batch": args.batch, "lr": args.lr, "seed": args.seed, "ema": args.ema,
             "device": str(device), "machine": platform.platform(),
             "processor": platform.processor(), "torch": torch.__version__,
-            "minutes": round(elapsed / 60, 1),
+            "minutes": round(elapsed / 60, 1), "seconds": round(elapsed, 1),
             "images_per_second": round(seen * args.batch / max(elapsed, 1e-9), 1),
             "workers": args.workers, "bf16": args.bf16}
     if args.init is not None:
