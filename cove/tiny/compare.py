@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from .. import metrics, world
-from ..correspondence import correspond, flow_correspondence
+from ..correspondence import correspond
+from ..extras.flow import flow_correspondence
 from ..features import extract_features
 from . import quality, train
 from .model import DESIGNS, MAX_TOKENS, build_pipeline
