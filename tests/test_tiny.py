@@ -74,7 +74,7 @@ def test_the_denoiser_keeps_a_shape_it_is_handed_at_low_noise(pipe):
     r = quality.measure_shape_retention(pipe, 12, seed=0, strengths=(0.2, 1.0), steps=20)
     assert r["clean"] >= 0.9
     assert r["shape"]["0.2"] >= 0.75 and r["psnr"]["0.2"] >= 24.0, r
-    assert r["shape"]["1"] >= 0.5 and (r["shape"]["1"] * 12).is_integer(), r  # chance is 0.25
+    assert r["shape"]["1"] >= 0.5, r  # 12 judged shapes; chance is 0.25
 
 
 def test_generation_follows_the_background(pipe):
