@@ -1,18 +1,81 @@
 """One frozen configuration for the whole method; variants via ``dataclasses.replace``.
 
-Every default cites the part of the paper (``shared/PAPER.md`` restates it) it comes from.
+``CoveConfig`` holds the paper's settings at top level, each default citing the part of the
+paper (``shared/PAPER.md`` restates it) it comes from. Two labelled groups hold the rest:
+``engine`` (:class:`EngineOptions`: where PnP injects, memory chunking) and ``extras``
+(:class:`Extras`: options beyond the paper, all off by default)::
+
+    CoveConfig(k=5)                                                  # a paper setting
+    CoveConfig(extras=Extras(strength=0.5, p2p_steps=25))            # beyond the paper
+    replace(config, extras=replace(config.extras, mask_threshold=0.4))
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, replace
 
 ATTENTION_MODES = ("cove", "spatiotemporal", "per-frame")
 CORRESPONDENCE_SOURCES = ("diffusion", "flow")
 
 
 @dataclass(frozen=True)
+class EngineOptions:
+    """Engine knobs (not in the paper).
+
+    pnp_resnets / pnp_attentions: module names whose ResNet outputs / self-attention Q, K are
+        injected; ``None`` = PnP's choice (``up_blocks.1.resnets.1``; every self-attention of
+        ``up_blocks[1:]``); ``()`` = none.
+    frame_chunk: spatial-temporal attention processes this many query frames at once (bounds
+        memory on long clips; same result); ``None`` = all frames in one call.
+    token_chunk: correspondence-guided attention processes this many tokens at once (same
+        result); ``None`` = all.
+    """
+
+    pnp_resnets: tuple[str, ...] | None = None
+    pnp_attentions: tuple[str, ...] | None = None
+    frame_chunk: int | None = None
+    token_chunk: int | None = None
+
+
+@dataclass(frozen=True)
+class Extras:
+    """Options beyond the paper; the defaults switch every one of them off.
+
+    strength: SDEdit (diffusers' img2img): the fraction of the denoising schedule that is run.
+        1.0 (the paper) inverts to the noisiest timestep and denoises all ``denoise_steps``;
+        0.6 inverts only to the timestep 60% of the way and runs the last 60% of the steps,
+        which keeps more of the source (layout, background).
+    pnp_resnet_max_t: PnP's ResNet outputs are injected only at denoising timesteps below this
+        (``None``: at every PnP step, as PnP); the Q, K injection is not affected. Where a
+        model's ResNet features carry colour (cove-tiny), late injection lets a far colour
+        change land (docs/method/tiny.md).
+    mask_threshold: ``None`` regenerates whole frames; a number in (0, 1) keeps the source
+        outside an edit mask (``cove.extras.masking``, DiffEdit): cells where the source and
+        target prompts' noise predictions differ by more than this share of the frame's
+        largest difference, grown by ``mask_dilate`` cells. Needs a source prompt that
+        describes the input and differs from the prompt.
+    mask_fill_holes: also take into the mask the cells it encloses
+        (``cove.extras.masking.fill_holes``).
+    mask_t / mask_samples: the timestep the mask's noise predictions are made at, and how many
+        noises they are averaged over.
+    p2p_steps: prompt-to-prompt's word swap (``cove.extras.p2p``): during the first
+        ``p2p_steps`` denoising steps every word of the prompt takes the cross-attention map
+        its counterpart in the source prompt had while inverting; 0 leaves cross-attention
+        alone. Needs a source prompt.
+    """
+
+    strength: float = 1.0
+    pnp_resnet_max_t: int | None = None
+    mask_threshold: float | None = None
+    mask_t: int = 400
+    mask_samples: int = 4
+    mask_dilate: int = 1
+    mask_fill_holes: bool = False
+    p2p_steps: int = 0
+
+
+@dataclass(frozen=True)
 class CoveConfig:
-    """Settings of a COVE edit.
+    """Settings of a COVE edit: the paper's at top level, then ``engine`` and ``extras``.
 
     Important args:
         attention: ``"cove"`` (spatial-temporal attention + correspondence-guided attention),
@@ -25,44 +88,17 @@ class CoveConfig:
     Args to tinker with:
         inversion_steps / denoise_steps: DDIM steps (Sec. 4.1: 100 inversion, 50 denoising).
         pnp_steps: plug-and-play injection during the first ``pnp_steps`` denoising steps
-            (FLATTEN-style reading of Sec. 4.1: 40 of 50); more than ``denoise_steps`` means all.
-        strength: fraction of the denoising schedule that is run, as in diffusers' img2img
-            (SDEdit): 1.0 (the paper) inverts to the noisiest timestep and denoises all
-            ``denoise_steps``; 0.6 inverts only to the timestep 60% of the way and runs the last
-            60% of the steps, which keeps more of the source (layout, background).
-        guidance_scale: classifier-free guidance (not stated; prior code uses 7.5 to 20).
+            (FLATTEN-style reading of Sec. 4.1: 40 of 50); more than ``denoise_steps`` means
+            all. :meth:`with_denoise_steps` keeps its share when the steps change.
+        guidance_scale: classifier-free guidance (Sec. 4.1 does not state it; prior code uses
+            7.5 to 20).
         feature_t / feature_layer / feature_prompt / feature_ensemble: stage 1 (Sec. 3.1:
             t = 261; layer ``None`` = the decoder block whose output grid equals the
             highest-resolution self-attention grid, ``up_blocks.3`` on SD 2.1).
         correspondence: ``"diffusion"`` (COVE) or ``"flow"`` (OpenCV optical flow, K = 1,
-            the comparison of Fig. 1).
-        pnp_resnets / pnp_attentions: module names whose ResNet outputs / self-attention
-            Q, K are injected; ``None`` = PnP's choice (``up_blocks.1.resnets.1``; every
-            self-attention of ``up_blocks[1:]``); ``()`` = none.
-        pnp_resnet_max_t: the ResNet outputs are injected only at denoising timesteps below
-            this (``None``: at every PnP step, as PnP); the Q, K injection is not affected.
-            Where a model's ResNet features carry colour (cove-tiny, in pixel space),
-            injecting them at the noisy steps, where colour is decided, holds the source
-            colour; injecting them late lets a far colour change land (and can overshoot a
-            near one: docs/method/tiny.md).
-        frame_chunk: spatial-temporal attention processes this many query frames at once
-            (bounds memory on long clips); ``None`` = all frames in one call.
-        token_chunk: correspondence-guided attention processes this many tokens at once.
-        mask_threshold: ``None`` (the paper) regenerates whole frames; a number in (0, 1) keeps
-            the source outside an edit mask (``cove.extras.masking``, DiffEdit): cells where the
-            source and target prompts' noise predictions differ by more than this share of
-            the frame's largest difference, grown by ``mask_dilate`` cells. Needs a source
-            prompt that describes the input and differs from the prompt.
-        mask_fill_holes: also take into the mask the cells it encloses (``cove.extras.masking.fill_holes``):
-            inside a flat object the prompts can differ too little, and a ring-shaped mask
-            would keep the source's colour in its middle.
-        mask_t / mask_samples: the timestep the mask's noise predictions are made at, and how
-            many noises they are averaged over.
-        p2p_steps: prompt-to-prompt's word swap (``cove.extras.p2p``; not in the paper): during the
-            first ``p2p_steps`` denoising steps every word of the prompt takes the
-            cross-attention map its counterpart in the source prompt had while inverting, so a
-            swapped word ("red" -> "green") lands on the object the old word named. 0 (the
-            paper) leaves cross-attention alone; needs a source prompt.
+            the comparison of Fig. 1; ``cove.extras.flow``).
+        engine: :class:`EngineOptions`, the engine's knobs.
+        extras: :class:`Extras`, the options beyond the paper (all off by default).
     """
 
     # Setting (Sec. 4.1)
@@ -71,7 +107,6 @@ class CoveConfig:
     denoise_steps: int = 50
     pnp_steps: int = 40
     guidance_scale: float = 7.5
-    strength: float = 1.0
     # Stage 1: diffusion features (Sec. 3.1)
     feature_t: int = 261
     feature_layer: str | None = None
@@ -83,22 +118,16 @@ class CoveConfig:
     k: int = 3
     # Stage 5: temporal token merging (Sec. 3.3)
     merge_ratio: float = 0.5
-    # Engine knobs (not in the paper)
-    pnp_resnets: tuple[str, ...] | None = None
-    pnp_attentions: tuple[str, ...] | None = None
-    pnp_resnet_max_t: int | None = None
-    frame_chunk: int | None = None
-    token_chunk: int | None = None
-    # Edit mask and latent blending (DiffEdit; not in the paper)
-    mask_threshold: float | None = None
-    mask_t: int = 400
-    mask_samples: int = 4
-    mask_dilate: int = 1
-    mask_fill_holes: bool = False
-    # Prompt-to-prompt word swap (Hertz et al. 2023; not in the paper)
-    p2p_steps: int = 0
+    # Not in the paper: the engine's knobs, and the options beyond the paper
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    extras: Extras = field(default_factory=Extras)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.engine, EngineOptions):
+            raise ValueError(f"engine must be a cove.config.EngineOptions, got {type(self.engine).__name__}")
+        if not isinstance(self.extras, Extras):
+            raise ValueError(f"extras must be a cove.config.Extras, got {type(self.extras).__name__}")
+        e, x = self.engine, self.extras
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.correspondence not in CORRESPONDENCE_SOURCES:
@@ -108,30 +137,40 @@ class CoveConfig:
         for name in ("inversion_steps", "denoise_steps", "window", "k", "feature_ensemble"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("pnp_steps", "p2p_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 < self.strength <= 1.0:
-            raise ValueError(f"strength must lie in (0, 1], got {self.strength}")
+        if self.pnp_steps < 0:
+            raise ValueError(f"pnp_steps must be >= 0, got {self.pnp_steps}")
+        if x.p2p_steps < 0:
+            raise ValueError(f"p2p_steps must be >= 0, got {x.p2p_steps}")
+        if not 0.0 < x.strength <= 1.0:
+            raise ValueError(f"strength must lie in (0, 1], got {x.strength}")
         if not 0.0 <= self.merge_ratio <= 1.0:
             raise ValueError(f"merge_ratio must lie in [0, 1], got {self.merge_ratio}")
         if self.window % 2 == 0:
             raise ValueError(f"window must be odd so that it has a centre, got {self.window}")
         if not 0 <= self.feature_t < 1000:
             raise ValueError(f"feature_t must lie in 0..999, got {self.feature_t}")
-        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be None or lie in (0, 1), got {self.mask_threshold}")
-        if self.pnp_resnet_max_t is not None and not 0 < self.pnp_resnet_max_t <= 1000:
-            raise ValueError(f"pnp_resnet_max_t must be None or lie in 1..1000, got {self.pnp_resnet_max_t}")
-        if not 0 <= self.mask_t < 1000:
-            raise ValueError(f"mask_t must lie in 0..999, got {self.mask_t}")
-        if self.mask_samples < 1 or self.mask_dilate < 0:
+        if x.mask_threshold is not None and not 0.0 < x.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be None or lie in (0, 1), got {x.mask_threshold}")
+        if x.pnp_resnet_max_t is not None and not 0 < x.pnp_resnet_max_t <= 1000:
+            raise ValueError(f"pnp_resnet_max_t must be None or lie in 1..1000, got {x.pnp_resnet_max_t}")
+        if not 0 <= x.mask_t < 1000:
+            raise ValueError(f"mask_t must lie in 0..999, got {x.mask_t}")
+        if x.mask_samples < 1 or x.mask_dilate < 0:
             raise ValueError(f"mask_samples must be >= 1 and mask_dilate >= 0, "
-                             f"got {self.mask_samples} and {self.mask_dilate}")
+                             f"got {x.mask_samples} and {x.mask_dilate}")
         for name in ("frame_chunk", "token_chunk"):
-            value = getattr(self, name)
+            value = getattr(e, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be None or >= 1, got {value}")
 
+    def with_denoise_steps(self, steps: int) -> "CoveConfig":
+        """This config with ``steps`` denoising steps and ``pnp_steps`` rescaled to the same
+        share of the schedule (the paper's 40 of 50 -> 8 of 10), rounded, at most ``steps``."""
+        if steps < 1:
+            raise ValueError(f"denoise_steps must be >= 1, got {steps}")
+        pnp = min(steps, round(self.pnp_steps * steps / self.denoise_steps))
+        return replace(self, denoise_steps=steps, pnp_steps=pnp)
+
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The settings as a JSON-ready dict; ``engine`` and ``extras`` as nested dicts."""
+        return asdict(self)

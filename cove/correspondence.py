@@ -5,8 +5,8 @@ Vocabulary: ``F`` frames, ``C`` channels, ``H, W`` grid, ``N = H*W`` tokens, ``K
 coordinates (the centre of cell ``(x, y)`` is exactly ``(x, y)``).
 
 The picture to keep in mind: token ``n`` of frame ``i`` is compared only with the ``l x l``
-window of frame ``i+1`` around its position (Eq. 8-9 of the paper); the ``K`` best cells are
-its matches (Eq. 10); the best one becomes the next query and the next window centre, and so on
+window of frame ``i+1`` around its position (stage 2, ``cove.window``); the ``K`` best cells are
+its matches (stage 3); the best one becomes the next query and the next window centre, and so on
 to the last frame, and the same backwards.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Correspondence:
 
 
 # --------------------------------------------------------------------------------------------
-# Stage 3: top-K and chaining (Eq. 10)
+# Stage 3: top-K and chaining (Sec. 3.2)
 # --------------------------------------------------------------------------------------------
 
 
@@ -134,7 +134,7 @@ def _chain_into(
 def correspond(
     features: Tensor, window: int = 9, k: int = 3, *, chunk: int | None = None
 ) -> Correspondence:
-    """Chained top-``K`` sliding-window correspondence between all frames (Sec. 3.2, Eq. 8-10).
+    """Chained top-``K`` sliding-window correspondence between all frames (Sec. 3.2).
 
     For token ``n`` of frame ``i`` and each later frame ``j = i+1, i+2, ...``: search the
     ``l x l`` window of frame ``j`` centred on the chain's current position, shifted inward so

@@ -2,7 +2,7 @@
 
 For each frame: encode to a latent z_i, add forward noise at timestep t,
 
-    z_i^t = sqrt(abar_t) z_i + sqrt(1 - abar_t) eps,                          (Eq. 8)
+    z_i^t = sqrt(abar_t) z_i + sqrt(1 - abar_t) eps                (``cove.sd.noise_latents``)
 
 run the UNet once, read a decoder block's output F_i with a forward hook, and L2-normalise it
 along channels so that dot products are cosine similarities. One map per frame, computed once.
@@ -126,7 +126,7 @@ def extract_features(pipe, frames, *, t: int = 261, layer: str | None = None, pr
     try:
         total = None
         for _ in range(ensemble):
-            zt = noise_latents(pipe, latents, t, generator)  # Eq. 8
+            zt = noise_latents(pipe, latents, t, generator)  # (F, c, h, w) at t
             maps = []
             for z in zt.to(dtype).split(batch_size):  # (b, c, h, w)
                 captured.clear()

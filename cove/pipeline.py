@@ -32,11 +32,13 @@ from .features import extract_features, feature_grid
 from .processors import AttentionState, cove_attention, pnp_layers
 from .sd import (
     check_frames,
+    check_prompts,
     check_size,
     decode_latents,
     encode_frames,
     encode_text,
 )
+from .window import fit_window
 
 
 @dataclass
@@ -46,7 +48,7 @@ class EditResult:
     frames: uint8 (F, H, W, 3) edited clip; correspondence: (F, N, F, K) or None (per-frame,
     spatiotemporal); latents: inverted latents (F, c, h, w) the edit started from; timings:
     seconds per stage; config: the CoveConfig used; mask: the edit mask (F, h, w) of 0 / 1 on
-    the latent grid, or None (``config.mask_threshold`` unset).
+    the latent grid, or None (``config.extras.mask_threshold`` unset).
     """
 
     frames: np.ndarray
@@ -80,13 +82,46 @@ def _epsilon(scheduler, output, sample, t):
     raise ValueError(f"prediction_type {kind!r} is not supported (epsilon or v_prediction)")
 
 
+def clean_latent(eps, sample, a):
+    """The clean latent ``x0`` predicted from ``sample`` at noise level ``a`` (= abar_t) and its
+    predicted noise (DDIM, Song et al. 2021, Eq. 12):
+
+        x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)
+    """
+    return (sample - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def predicted_x0(scheduler, output, sample, t: int) -> torch.Tensor:
+    """Model output (epsilon or v) at timestep ``t`` -> the predicted clean latent ``x0``."""
+    a = _alpha(scheduler, t).to(sample.device, torch.float32)
+    return clean_latent(_epsilon(scheduler, output, sample, t).float(), sample.float(), a).to(sample.dtype)
+
+
 def ddim_invert_step(eps, sample, a_from, a_to):
     """One deterministic DDIM step from noise level a_from to a_to (Song et al. 2021, Eq. 12, eta=0).
 
-        x0 = (x - sqrt(1 - a_from) eps) / sqrt(a_from);   x' = sqrt(a_to) x0 + sqrt(1 - a_to) eps
+        x0 = clean_latent(eps, x, a_from);   x' = sqrt(a_to) x0 + sqrt(1 - a_to) eps
     """
-    x0 = (sample - (1 - a_from).sqrt() * eps) / a_from.sqrt()
-    return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
+    return a_to.sqrt() * clean_latent(eps, sample, a_from) + (1 - a_to).sqrt() * eps
+
+
+def guided_output(pipe, latents: torch.Tensor, t, text: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """The UNet's output at ``t`` with classifier-free guidance, ``out_u + s (out_c - out_u)``.
+
+    Args:
+        latents: (F, c, h, w).
+        text: (G*F, L, D): G = 2, the unconditional then the conditional embeddings (guided),
+            or G = 1, one embedding per frame (no guidance).
+
+    Returns:
+        (F, c, h, w).
+    """
+    groups = text.shape[0] // latents.shape[0]
+    out = pipe.unet(torch.cat([latents] * groups), t, text).sample  # (G*F, c, h, w)
+    if groups == 1:
+        return out
+    out_u, out_c = out.chunk(2)
+    return out_u + guidance_scale * (out_c - out_u)
 
 
 def _timesteps(scheduler: DDIMScheduler, steps: int) -> list[int]:
@@ -97,10 +132,10 @@ def _timesteps(scheduler: DDIMScheduler, steps: int) -> list[int]:
 def denoise_timesteps(pipe, config: CoveConfig) -> list[int]:
     """The DDIM timesteps an edit denoises through, descending (50 steps: 981, 961, ..., 1).
 
-    With ``config.strength`` s < 1 only the last ``max(1, round(s * denoise_steps))`` of them.
+    With ``config.extras.strength`` s < 1 only the last ``max(1, round(s * denoise_steps))`` of them.
     """
     steps = _timesteps(ddim_scheduler(pipe), config.denoise_steps)
-    return steps[len(steps) - max(1, round(config.strength * len(steps))):]
+    return steps[len(steps) - max(1, round(config.extras.strength * len(steps))):]
 
 
 def inversion_timesteps(pipe, config: CoveConfig) -> list[int]:
@@ -116,13 +151,14 @@ def _nearest(values: list[int], t: int) -> int:
 
 def _state(pipe, frames: int, config: CoveConfig, corr, source_prompt: str = "",
            prompt: str = "") -> AttentionState:
-    resnets, attentions = pnp_layers(pipe.unet, config.pnp_resnets, config.pnp_attentions)
+    engine, extras = config.engine, config.extras
+    resnets, attentions = pnp_layers(pipe.unet, engine.pnp_resnets, engine.pnp_attentions)
     return AttentionState(
-        token_map=token_map(pipe.tokenizer, source_prompt, prompt) if config.p2p_steps else None,
+        token_map=token_map(pipe.tokenizer, source_prompt, prompt) if extras.p2p_steps else None,
         frames=frames, mode=config.attention, correspondence=corr, merge_ratio=config.merge_ratio,
-        frame_chunk=config.frame_chunk, token_chunk=config.token_chunk,
+        frame_chunk=engine.frame_chunk, token_chunk=engine.token_chunk,
         pnp_attentions=attentions if config.pnp_steps else frozenset(),
-        pnp_resnets=resnets if config.pnp_steps else frozenset(), resnet_max_t=config.pnp_resnet_max_t,
+        pnp_resnets=resnets if config.pnp_steps else frozenset(), resnet_max_t=extras.pnp_resnet_max_t,
     )
 
 
@@ -136,8 +172,9 @@ def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), pr
         prompt: the inversion prompt (paper: empty).
         state: processors' state; if given, the UNet runs with :func:`cove_attention`, and PnP
             features (and, with ``state.token_map``, the prompt's cross-attention maps for
-            ``config.p2p_steps``) are saved at the inversion timesteps nearest the denoising ones.
-        callback: called with {'phase': 'invert', 'i', 't', 'latents'} after each step.
+            ``config.extras.p2p_steps``) are saved at the inversion timesteps nearest the denoising ones.
+        callback: called with {'phase': 'invert', 'i', 't', 'latents', 'denoised'} after each
+            step; ``denoised`` is the clean latent (F, c, h, w) the step predicted.
 
     Returns:
         {timestep: latents (F, c, h, w)}: the inverted latent at each inversion timestep.
@@ -147,7 +184,7 @@ def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), pr
     chosen = denoise_timesteps(pipe, config)
     wanted = {_nearest(steps, t): t for t in chosen[:config.pnp_steps]}
     maps = state is not None and state.token_map is not None
-    crossed = {_nearest(steps, t): t for t in chosen[:config.p2p_steps]} if maps else {}
+    crossed = {_nearest(steps, t): t for t in chosen[:config.extras.p2p_steps]} if maps else {}
     ratio = scheduler.config.num_train_timesteps // config.inversion_steps
     f = latents.shape[0]
     cond = encode_text(pipe, [prompt]).expand(f, -1, -1)  # (F, L, D)
@@ -159,13 +196,15 @@ def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), pr
             state.cross_phase = "save" if t in crossed else None
             state.key = wanted.get(t, crossed.get(t))
             out = pipe.unet(x, t, cond).sample
-            eps = _epsilon(scheduler, out, x, t)
+            eps = _epsilon(scheduler, out, x, t).float()
             a_from = _alpha(scheduler, t - ratio).to(x.device, torch.float32)
             a_to = _alpha(scheduler, t).to(x.device, torch.float32)
-            x = ddim_invert_step(eps.float(), x.float(), a_from, a_to).to(latents.dtype)
+            denoised = clean_latent(eps, x.float(), a_from)  # (F, c, h, w)
+            x = ddim_invert_step(eps, x.float(), a_from, a_to).to(latents.dtype)
             trajectory[t] = x
             if callback is not None:
-                callback({"phase": "invert", "i": i, "t": t, "latents": x})
+                callback({"phase": "invert", "i": i, "t": t, "latents": x,
+                          "denoised": denoised.to(latents.dtype)})
     state.phase = state.cross_phase = state.key = None
     return trajectory
 
@@ -185,7 +224,10 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
         prompt_embeds / negative_embeds: (F, L, D); ``negative_embeds=None`` disables guidance.
         state: processors' state; PnP injection during the first ``config.pnp_steps`` steps,
             the source's cross-attention maps (prompt-to-prompt) during the first
-            ``config.p2p_steps`` if ``state.token_map`` is set.
+            ``config.extras.p2p_steps`` if ``state.token_map`` is set.
+        callback: called with {'phase': 'denoise', 'i', 't', 'latents', 'denoised'} after each
+            step; ``denoised`` is the clean latent (F, c, h, w) the step predicted (before
+            any blending with the source).
         mask: (F, h, w) edit mask (``cove.extras.masking.edit_mask``); outside it the result is
             ``source``'s latent of the same timestep.
         source: {timestep: latents (F, c, h, w)}, the inversion trajectory (``invert``) plus
@@ -207,18 +249,16 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
     with cove_attention(pipe.unet, state):
         for i, t in enumerate(timesteps):
             state.phase = "inject" if i < config.pnp_steps else None
-            state.cross_phase = "inject" if i < config.p2p_steps else None
+            state.cross_phase = "inject" if i < config.extras.p2p_steps else None
             state.key = int(t) if (state.phase or state.cross_phase) else None
-            model_in = torch.cat([x, x]) if guided else x  # (G*F, c, h, w)
-            out = pipe.unet(model_in, t, text).sample
-            if guided:
-                out_u, out_c = out.chunk(2)
-                out = out_u + config.guidance_scale * (out_c - out_u)
-            x = scheduler.step(out, t, x, eta=0.0).prev_sample
+            out = guided_output(pipe, x, t, text, config.guidance_scale)  # (F, c, h, w)
+            step = scheduler.step(out, t, x, eta=0.0)
+            x = step.prev_sample
             if mask is not None:
                 x = blend(x, _source_latent(source, int(t) - ratio), mask)
             if callback is not None:
-                callback({"phase": "denoise", "i": i, "t": int(t), "latents": x})
+                callback({"phase": "denoise", "i": i, "t": int(t), "latents": x,
+                          "denoised": step.pred_original_sample})
     state.phase = state.cross_phase = state.key = None
     return x
 
@@ -237,7 +277,10 @@ def start_latents(pipe, trajectory: dict[int, torch.Tensor], config: CoveConfig)
 
 
 def compute_correspondence(pipe, frames, config: CoveConfig, generator=None) -> tuple[Correspondence, dict]:
-    """Stages 1-3 (or optical flow) on the feature grid; returns it and its timings."""
+    """Stages 1-3 (or optical flow) on the feature grid; returns it and its timings.
+
+    The window is ``cove.window.fit_window(config.window, grid)``: it shrinks to a grid smaller
+    than it."""
     timings = {}
     t0 = time.perf_counter()
     if config.correspondence == "flow":
@@ -249,13 +292,9 @@ def compute_correspondence(pipe, frames, config: CoveConfig, generator=None) -> 
                              generator=generator)  # (F, C, H, W)
     timings["features"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    corr = correspond(feats, window=min(config.window, _largest_odd(min(feats.shape[-2:]))), k=config.k)
+    corr = correspond(feats, window=fit_window(config.window, feats.shape[-2:]), k=config.k)
     timings["correspondence"] = time.perf_counter() - t0
     return corr, timings
-
-
-def _largest_odd(n: int) -> int:
-    return n if n % 2 else n - 1
 
 
 def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_prompt: str = "",
@@ -273,10 +312,12 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
             Passing the source prompt here guides along "target minus source" only, so what
             both prompts share (the background) is pulled nowhere.
         config: :class:`cove.CoveConfig` (``attention="cove" | "spatiotemporal" | "per-frame"``;
-            ``mask_threshold`` keeps the source outside an edit mask, see ``cove.extras.masking``).
+            ``extras.mask_threshold`` keeps the source outside an edit mask, see ``cove.extras.masking``).
 
     Args to tinker with:
-        callback: called with {'phase', 'i', 't', 'latents'} after every step.
+        callback: called with {'phase', 'i', 't', 'latents', 'denoised'} after every step
+            (``denoised``: the predicted clean latent, (F, c, h, w); decode it with
+            ``cove.sd.decode_latents`` to see what the step aims at).
         generator: seeds the noise of the feature pass and of the edit mask (without one the
             mask's noise is seeded with 0; everything else is deterministic).
 
@@ -287,17 +328,11 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
     # 1. check inputs
     frames = check_frames(frames)
     check_size(pipe, frames)
-    for name, value in (("prompt", prompt), ("source_prompt", source_prompt), ("negative_prompt", negative_prompt)):
-        if not isinstance(value, str):
-            raise ValueError(f"{name}: expected a string, got {type(value).__name__}")
     if not isinstance(config, CoveConfig):
         raise ValueError(f"config must be a cove.CoveConfig, got {type(config).__name__}")
-    if config.mask_threshold is not None and source_prompt.strip() in ("", prompt.strip()):
-        raise ValueError("config.mask_threshold needs a source_prompt that describes the input and "
-                         "differs from the prompt (the mask is where the two disagree)")
-    if config.p2p_steps and not source_prompt.strip():
-        raise ValueError("config.p2p_steps needs a source_prompt that describes the input (its words' "
-                         "cross-attention maps are what the edit prompt's words reuse)")
+    extras = config.extras
+    check_prompts(prompt, source_prompt, negative_prompt, mask=extras.mask_threshold is not None,
+                  p2p=extras.p2p_steps > 0)
     timings, t_start = {}, time.perf_counter()
     f = len(frames)
     # 2. correspondence (once)
@@ -319,13 +354,13 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
     uncond = encode_text(pipe, [negative_prompt]).expand(f, -1, -1)  # (F, L, D)
     # 5. edit mask (optional): where the source and target prompts disagree
     mask = source = None
-    if config.mask_threshold is not None:
+    if extras.mask_threshold is not None:
         t0 = time.perf_counter()
         noise = generator if generator is not None else torch.Generator("cpu").manual_seed(0)
         scores = mask_scores(pipe, latents, encode_text(pipe, [source_prompt]).expand(f, -1, -1), cond,
-                             t=config.mask_t, samples=config.mask_samples, generator=noise)  # (F, h, w)
-        mask = edit_mask(scores, threshold=config.mask_threshold, dilate=config.mask_dilate,
-                         fill=config.mask_fill_holes)
+                             t=extras.mask_t, samples=extras.mask_samples, generator=noise)  # (F, h, w)
+        mask = edit_mask(scores, threshold=extras.mask_threshold, dilate=extras.mask_dilate,
+                         fill=extras.mask_fill_holes)
         source = {**trajectory, -1: latents}
         timings["mask"] = time.perf_counter() - t0
     # 6. denoising with guidance and PnP injection (and blending outside the mask)

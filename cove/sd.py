@@ -36,8 +36,31 @@ def check_frames(frames, name: str = "frames") -> np.ndarray:
     if frames.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8 (F, H, W, 3), got dtype {frames.dtype}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or min(frames.shape[:3]) < 1:
-        raise ValueError(f"{name} must be uint8 of shape (F, H, W, 3) with F, H, W >= 1, got {frames.shape}")
+        raise ValueError(f"{name} must be uint8 (F, H, W, 3) with F, H, W >= 1, got shape {frames.shape}")
     return frames
+
+
+# How ``check_prompts`` names the prompts and the options that need a source prompt.
+PROMPT_NAMES = {"prompt": "prompt", "source_prompt": "source_prompt", "negative_prompt": "negative_prompt",
+                "mask": "config.extras.mask_threshold", "p2p": "config.extras.p2p_steps"}
+
+
+def check_prompts(prompt, source_prompt="", negative_prompt="", *, mask: bool = False, p2p: bool = False,
+                  names: dict[str, str] = PROMPT_NAMES) -> None:
+    """Raise a one-line ValueError unless the prompts are strings and ``source_prompt`` serves the
+    options that read it: the edit mask (``mask``) is where the source and target prompts
+    disagree, so it needs a source prompt that differs from ``prompt``; the word swap (``p2p``)
+    reuses the source prompt's words, so it needs one. ``names``: how the message names the
+    prompts and options (the ``cove`` command passes its flags)."""
+    for key, value in (("prompt", prompt), ("source_prompt", source_prompt), ("negative_prompt", negative_prompt)):
+        if not isinstance(value, str):
+            raise ValueError(f"{names[key]}: expected a string, got {type(value).__name__}")
+    if mask and source_prompt.strip() in ("", prompt.strip()):
+        raise ValueError(f"{names['mask']} needs a {names['source_prompt']} that describes the input and "
+                         f"differs from {names['prompt']} (the mask is where the two disagree)")
+    if p2p and not source_prompt.strip():
+        raise ValueError(f"{names['p2p']} needs a {names['source_prompt']} that describes the input (its "
+                         f"words' cross-attention maps are what the edit prompt's words reuse)")
 
 
 def to_tensor(frames, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -23,6 +23,13 @@ def check_window(window: int, grid: tuple[int, int]) -> None:
         raise ValueError(f"window {window} does not fit in the {H}x{W} grid; use <= {min(H, W)}")
 
 
+def fit_window(window: int, grid: tuple[int, int]) -> int:
+    """``window`` if it fits in ``grid`` ``(H, W)``, else the largest odd side that does: on a
+    grid smaller than the window (a tiny model's feature grid) the search covers the grid."""
+    side = min(grid)
+    return min(window, side if side % 2 else side - 1)
+
+
 def window_offsets(window: int, device: torch.device | str | None = None) -> Tensor:
     """Long ``(l*l, 2)`` offsets ``(dx, dy)`` of the cells of an ``l x l`` window from its
     top-left cell, in row-major order (``dy`` outer, ``dx`` inner)."""
@@ -63,7 +70,7 @@ def window_indices(centre: Tensor, window: int, grid: tuple[int, int]) -> Tensor
 def window_similarity(
     query: Tensor, target: Tensor, centre: Tensor, window: int
 ) -> tuple[Tensor, Tensor]:
-    """Similarity of each query with the ``l x l`` window of ``target`` around it (Eq. 8-9).
+    """Similarity of each query with the ``l x l`` window of ``target`` around it (Sec. 3.2).
 
     Args:
         query: ``(M, C)`` query features (L2-normalised over ``C`` by the caller, so that the

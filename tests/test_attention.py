@@ -143,3 +143,92 @@ def test_single_frame_raises():
     q, k, v, index = example(F=1)
     with pytest.raises(ValueError, match="2 frames"):
         guided_attention(q, k, v, index, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The self-attention processor: spatial-temporal attention, then CGA (cove.processors)
+# ---------------------------------------------------------------------------------------------
+
+
+def _processor_run(mode, hidden, frames, correspondence=None, merge_ratio=0.0, seed=0):
+    """Run ``CoveAttnProcessor`` on a diffusers ``Attention`` (4 heads of 8 channels) and capture
+    what reaches ``to_out``: the attention result (B, N, C) before the output projection."""
+    from diffusers.models.attention_processor import Attention
+
+    from cove.processors import AttentionState, CoveAttnProcessor
+
+    torch.manual_seed(seed)
+    attn = Attention(query_dim=32, heads=4, dim_head=8).double()
+    state = AttentionState(frames=frames, mode=mode, correspondence=correspondence, merge_ratio=merge_ratio)
+    attn.set_processor(CoveAttnProcessor("layer.attn1", state))
+    captured = []
+    handle = attn.to_out[0].register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+    with torch.no_grad():
+        attn(hidden)
+    handle.remove()
+    return attn, captured[0], state
+
+
+def _joint_attention(attn, hidden, frames):
+    """Hand-computed spatial-temporal attention: per group of ``frames`` frames and per head,
+    softmax(q k^T / sqrt(d)) v over the keys of all frames of the group."""
+    B, N, C = hidden.shape
+    heads, d = attn.heads, C // attn.heads
+    q, k, v = attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden)  # (B, N, C) each
+    out = torch.zeros_like(q)
+    for g in range(B // frames):
+        rows = slice(g * frames, (g + 1) * frames)
+        keys, values = k[rows].reshape(frames * N, C), v[rows].reshape(frames * N, C)  # (F*N, C)
+        for h in range(heads):
+            c = slice(h * d, (h + 1) * d)
+            weights = (q[rows, :, c] @ keys[:, c].T / math.sqrt(d)).softmax(-1)  # (F, N, F*N)
+            out[rows, :, c] = weights @ values[:, c]
+    return out
+
+
+def _grid_correspondence(F, grid, K=2, seed=0):
+    from cove.correspondence import Correspondence
+
+    N = grid[0] * grid[1]
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, N, (F, N, F, K), generator=g)
+    index[torch.arange(F), :, torch.arange(F)] = torch.arange(N)[:, None]
+    return Correspondence(index=index, score=torch.ones(F, N, F, K), grid=grid)
+
+
+def test_spatiotemporal_processor_is_joint_attention_within_each_guidance_group():
+    F, N = 3, 16
+    hidden = torch.randn(2 * F, N, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    attn, out, _ = _processor_run("spatiotemporal", hidden, F)
+    with torch.no_grad():
+        expected = _joint_attention(attn, hidden, F)
+        torch.testing.assert_close(out, expected)
+        # per-frame attention is a different computation on the same input
+        _, per_frame, _ = _processor_run("per-frame", hidden, F)
+        assert (per_frame - out).abs().max() > 1e-3
+    # the unconditional group (frames 0..F-1) never sees the conditional one, and back
+    changed = hidden.clone()
+    changed[:F] += torch.randn(F, N, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    _, out2, _ = _processor_run("spatiotemporal", changed, F)
+    torch.testing.assert_close(out2[F:], out[F:])
+    assert (out2[:F] - out[:F]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("merge_ratio", [0.0, 0.5])
+def test_cga_processor_applies_guided_attention_to_the_spatiotemporal_output(merge_ratio):
+    """COVE mode = spatial-temporal attention, then ``guided_attention`` with Q = K = V = its
+    output, per guidance group, on the correspondence of the layer's grid (PAPER.md, stage 4)."""
+    F, grid = 3, (4, 4)
+    corr = _grid_correspondence(F, grid)
+    hidden = torch.randn(2 * F, 16, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    _, st, _ = _processor_run("spatiotemporal", hidden, F)
+    _, out, state = _processor_run("cove", hidden, F, correspondence=corr, merge_ratio=merge_ratio)
+    expected = torch.cat([guided_attention(x, x, x, corr.index, 4, merge_ratio=merge_ratio)
+                          for x in st.view(2, F, 16, 32)])  # (2F, N, C)
+    torch.testing.assert_close(out, expected)
+    assert state.calls["cga"] == 1 and (out - st).abs().max() > 1e-3
+    # a layer whose grid is not the correspondence's keeps plain spatial-temporal attention
+    other = _grid_correspondence(F, (8, 8))
+    _, kept, state = _processor_run("cove", hidden, F, correspondence=other)
+    torch.testing.assert_close(kept, st)
+    assert state.calls["cga"] == 0

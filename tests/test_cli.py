@@ -65,8 +65,8 @@ def test_config_from_args_scales_pnp_steps():
     config = cli.config_from_args(args)
     assert (config.denoise_steps, config.pnp_steps, config.k) == (10, 8, 5)
     assert config.inversion_steps == CoveConfig().inversion_steps
-    assert config.strength == 1.0
-    assert cli.config_from_args(parser.parse_args(["edit", "in.mp4", "-p", "x", "--strength", "0.6"])).strength == 0.6
+    assert config.extras.strength == 1.0
+    assert cli.config_from_args(parser.parse_args(["edit", "in.mp4", "-p", "x", "--strength", "0.6"])).extras.strength == 0.6
     with pytest.raises(ValueError, match="strength must lie"):
         cli.config_from_args(parser.parse_args(["edit", "in.mp4", "-p", "x", "--strength", "2"]))
     args = parser.parse_args(["edit", "in.mp4", "-p", "x", "--window", "4"])
@@ -77,8 +77,8 @@ def test_config_from_args_scales_pnp_steps():
 def test_config_from_args_pnp_resnet_max_t():
     parser = cli.build_parser()
     edit = ["edit", "in.mp4", "-p", "a green star"]
-    assert cli.config_from_args(parser.parse_args(edit)).pnp_resnet_max_t is None  # PnP's
-    assert cli.config_from_args(parser.parse_args(edit + ["--pnp-resnet-max-t", "250"])).pnp_resnet_max_t == 250
+    assert cli.config_from_args(parser.parse_args(edit)).extras.pnp_resnet_max_t is None  # PnP's
+    assert cli.config_from_args(parser.parse_args(edit + ["--pnp-resnet-max-t", "250"])).extras.pnp_resnet_max_t == 250
     with pytest.raises(ValueError, match="pnp_resnet_max_t must be None or lie in 1..1000"):
         cli.config_from_args(parser.parse_args(edit + ["--pnp-resnet-max-t", "0"]))
 
@@ -86,9 +86,9 @@ def test_config_from_args_pnp_resnet_max_t():
 def test_config_from_args_mask_threshold():
     parser = cli.build_parser()
     edit = ["edit", "in.mp4", "-p", "a green star"]
-    assert cli.config_from_args(parser.parse_args(edit)).mask_threshold is None  # the paper
+    assert cli.config_from_args(parser.parse_args(edit)).extras.mask_threshold is None  # the paper
     args = parser.parse_args(edit + ["--source-prompt", "a red star", "--mask-threshold", "0.4"])
-    assert cli.config_from_args(args).mask_threshold == 0.4
+    assert cli.config_from_args(args).extras.mask_threshold == 0.4
     for source in ([], ["--source-prompt", "a green star"]):
         with pytest.raises(ValueError, match="--mask-threshold needs a --source-prompt"):
             cli.config_from_args(parser.parse_args(edit + source + ["--mask-threshold", "0.4"]))
@@ -97,11 +97,11 @@ def test_config_from_args_mask_threshold():
         cli.config_from_args(args)
     args = parser.parse_args(edit + ["--source-prompt", "a red star", "--mask-threshold", "0.4"])
     config = cli.config_from_args(args)
-    assert (config.mask_dilate, config.mask_fill_holes) == (1, False)  # the engine's defaults
+    assert (config.extras.mask_dilate, config.extras.mask_fill_holes) == (1, False)  # the engine's defaults
     args = parser.parse_args(edit + ["--source-prompt", "a red star", "--mask-threshold", "0.4",
                                      "--mask-dilate", "0", "--mask-fill-holes"])
     config = cli.config_from_args(args)
-    assert (config.mask_dilate, config.mask_fill_holes) == (0, True)  # cove-tiny's gate
+    assert (config.extras.mask_dilate, config.extras.mask_fill_holes) == (0, True)  # cove-tiny's gate
     for extra in (["--mask-dilate", "0"], ["--mask-fill-holes"]):
         with pytest.raises(ValueError, match="expected --mask-threshold too"):
             cli.config_from_args(parser.parse_args(edit + ["--source-prompt", "a red star"] + extra))
@@ -113,9 +113,9 @@ def test_config_from_args_mask_threshold():
 def test_config_from_args_p2p_steps():
     parser = cli.build_parser()
     edit = ["edit", "in.mp4", "-p", "a green star"]
-    assert cli.config_from_args(parser.parse_args(edit)).p2p_steps == 0  # the paper
+    assert cli.config_from_args(parser.parse_args(edit)).extras.p2p_steps == 0  # the paper
     args = parser.parse_args(edit + ["--source-prompt", "a red star", "--p2p-steps", "10"])
-    assert cli.config_from_args(args).p2p_steps == 10
+    assert cli.config_from_args(args).extras.p2p_steps == 10
     with pytest.raises(ValueError, match="--p2p-steps needs a --source-prompt"):
         cli.config_from_args(parser.parse_args(edit + ["--p2p-steps", "10"]))
     with pytest.raises(ValueError, match="p2p_steps must be >= 0"):
@@ -287,7 +287,20 @@ def test_demo_quick(tmp_path, capsys):
         assert math.isfinite(summary["metrics"][name]["warp_error"])
     # the ground truth is its own reference: infinite PSNR, stored as the string "inf"
     assert summary["metrics"]["ground_truth"]["psnr"] == "inf"
-    assert 0.0 <= summary["pck"]["diffusion"] <= 1.0 and 0.0 <= summary["pck"]["flow"] <= 1.0
+    # PCK of the edit's correspondence and of optical flow on the same clip and grid, recomputed
+    import cove
+    from cove import world
+    from cove.app.demo import QUICK_CONFIG, QUICK_FRAMES, SEED, correspondence_pck
+    from cove.extras.flow import flow_correspondence
+    from cove.pipeline import compute_correspondence
+
+    clip = world.render(world.demo_scene(frames=QUICK_FRAMES))
+    grid = tuple(summary["pck"]["grid"])
+    flow = correspondence_pck(flow_correspondence(clip.frames, grid), clip)
+    corr, _ = compute_correspondence(cove.load_pipeline("cove-tiny"), clip.frames, QUICK_CONFIG,
+                                     torch.Generator("cpu").manual_seed(SEED))
+    assert summary["pck"]["flow"] == pytest.approx(flow) and summary["pck"]["diffusion"] == pytest.approx(
+        correspondence_pck(corr, clip))
     assert summary["config"]["attention"] == "cove" and summary["quick"] is True
     assert summary["timings"]["edit cove"] > 0 and summary["machine"]["torch"] == torch.__version__
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from cove import CoveConfig
+from cove.config import Extras
 from cove.extras.masking import blend, edit_mask, fill_holes, mask_scores
 from cove.pipeline import edit_video
 from cove.sd import encode_frames, encode_text
 
-FAST = CoveConfig(inversion_steps=4, denoise_steps=2, pnp_steps=1, window=5, k=2, mask_samples=2)
+FAST = CoveConfig(inversion_steps=4, denoise_steps=2, pnp_steps=1, window=5, k=2, extras=Extras(mask_samples=2))
 
 
 def test_edit_mask_threshold_and_dilation():
@@ -76,7 +77,7 @@ def test_mask_scores_shape_range_and_seed(tiny_pipe, tiny_clip):
 
 
 def test_edit_keeps_the_source_latents_outside_the_mask(tiny_pipe, tiny_clip):
-    config = replace(FAST, mask_threshold=0.5, mask_dilate=0)
+    config = replace(FAST, extras=replace(FAST.extras, mask_threshold=0.5, mask_dilate=0))
     last = {}
     res = edit_video(tiny_pipe, tiny_clip, "a green star", source_prompt="a red star", config=config,
                      callback=lambda info: last.update(info) if info["phase"] == "denoise" else None)
@@ -93,7 +94,7 @@ def test_edit_keeps_the_source_latents_outside_the_mask(tiny_pipe, tiny_clip):
 
 
 def test_mask_needs_a_different_source_prompt(tiny_pipe, tiny_clip):
-    config = replace(FAST, mask_threshold=0.4)
+    config = replace(FAST, extras=replace(FAST.extras, mask_threshold=0.4))
     for source in ("", "a green star "):
         with pytest.raises(ValueError, match="needs a source_prompt"):
             edit_video(tiny_pipe, tiny_clip, "a green star", source_prompt=source, config=config)
@@ -105,4 +106,4 @@ def test_mask_needs_a_different_source_prompt(tiny_pipe, tiny_clip):
 ])
 def test_mask_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        CoveConfig(**kwargs)
+        CoveConfig(extras=Extras(**kwargs))

@@ -310,15 +310,71 @@ def test_quality_moving_clips_move():
         quality.moving_clips(1, frames=4, min_speed=100.0, max_tries=5)
 
 
-def test_quality_measures_run_on_a_tiny_pipeline(tiny_pipe):
-    # plumbing only: an untrained pipeline follows no prompt, its figures are just well formed
-    result = quality.measure_prompt_following(tiny_pipe, 2, seed=0, steps=2, batch_size=2, return_images=True)
-    assert result["images"].shape == (2, 32, 32, 3) and result["images"].dtype == np.uint8
-    assert result["n"] == 2 and all(0.0 <= result[k] <= 1.0 for k in ("colour", "shape", "background", "all"))
+def _truth_correspondence(clip, grid):
+    """The ground-truth correspondence of a ShapesWorld clip on ``grid``, K = 1 (nearest cell)."""
+    from cove.correspondence import Correspondence
+
+    H, W = grid
+    positions, _ = clip.ground_truth(grid=grid)  # (F, N, F, 2)
+    cells = np.clip(np.rint(positions), 0, [W - 1, H - 1]).astype(np.int64)
+    index = torch.from_numpy(cells[..., 1] * W + cells[..., 0])[..., None]  # (F, N, F, 1)
+    return Correspondence(index=index, score=torch.ones(index.shape), grid=grid)
+
+
+def test_quality_prompt_following_counts_the_judges_verdicts(tiny_pipe, monkeypatch):
+    """Constructed verdicts -> known shares: colour right on all 4, shape on the first only,
+    background on the 1st and 3rd; "all" on the first only; the other 3 are the failures."""
+    prompts = quality.single_object_prompts(4, seed=0)
+
+    def verdict(image, prompt):
+        i = prompts.index(prompt)
+        checks = {"colour": True, "shape": i == 0, "background": i % 2 == 0}
+        return {**checks, "all": all(checks.values())}
+
+    monkeypatch.setattr(quality.judge, "prompt_followed", verdict)
+    result = quality.measure_prompt_following(tiny_pipe, 4, seed=0, steps=2, batch_size=2, return_images=True)
+    assert result["images"].shape == (4, 32, 32, 3) and result["images"].dtype == np.uint8
+    assert result["prompts"] == prompts and result["n"] == 4
+    assert {k: result[k] for k in ("colour", "shape", "background", "all")} == {
+        "colour": 1.0, "shape": 0.25, "background": 0.5, "all": 0.25}
+    assert [f["prompt"] for f in result["failures"]] == prompts[1:]
+
+
+def test_quality_correspondence_pck_of_known_correspondences(tiny_pipe, monkeypatch):
+    """The figures are PCK against the clips' true motion: the ground-truth correspondence in
+    place of the diffusion one scores 1; optical flow scores what ``metrics.pck`` gives it."""
+    from cove import correspondence
+    from cove.extras.flow import flow_correspondence
+
+    grid = (16, 16)
+    clips = [world.render(world.random_scene(0, frames=3, size=32)),
+             world.photo_clip("chelsea", frames=3, size=32, seed=0)]
+    truths = iter([_truth_correspondence(clip, grid) for clip in clips])
+    monkeypatch.setattr(correspondence, "correspond", lambda features, window, k: next(truths))
     corr = quality.measure_correspondence(tiny_pipe, 1, seed=0, frames=3)
     assert corr["grid"] == [16, 16] and [row["clip"] for row in corr["per_clip"]] == ["shapes/0", "photo/chelsea"]
-    assert 0.0 <= corr["diffusion"] <= 1.0 and 0.0 <= corr["flow"] <= 1.0
+    assert corr["diffusion"] == 1.0 and corr["photo_diffusion"] == 1.0
+    flow = [metrics.pck(flow_correspondence(clip.frames, grid), *clip.ground_truth(grid=grid), 1.0)
+            for clip in clips]
+    assert (corr["flow"], corr["photo_flow"]) == pytest.approx(flow)
+    assert corr["per_clip"][0]["diffusion_by_offset"] == {1: 1.0, 2: 1.0}
     assert sorted(corr["per_clip"][0]["flow_by_offset"]) == [1, 2]
+
+
+def test_correspondence_pck_of_the_demo_is_one_for_the_truth_and_lower_when_frozen():
+    from cove.app.demo import correspondence_pck
+
+    clip = world.render(world.demo_scene(frames=4))
+    truth = _truth_correspondence(clip, (16, 16))
+    assert correspondence_pck(truth, clip) == 1.0
+    frozen = truth.index.clone()
+    frozen[:] = torch.arange(256)[None, :, None, None]  # every token stays where it is
+    positions, visible = clip.ground_truth(grid=(16, 16))
+    still = np.linalg.norm(positions - positions[np.arange(4), :, np.arange(4)][:, :, None], axis=-1) <= 1.0
+    off = ~np.eye(4, dtype=bool)[:, None, :] & visible  # (F, N, F): other frames, visible
+    expected = still[off].mean()
+    frozen_corr = type(truth)(index=frozen, score=truth.score, grid=(16, 16))
+    assert correspondence_pck(frozen_corr, clip) == pytest.approx(expected) and expected < 1.0
 
 
 def test_quality_shape_clips_hold_one_visible_object():
@@ -328,12 +384,17 @@ def test_quality_shape_clips_hold_one_visible_object():
     assert [c.scene.seed for c in clips] == [c.scene.seed for c in quality.shape_clips(5, seed=2, size=32, min_area=0.05)]
 
 
-def test_quality_shape_retention_runs_on_a_tiny_pipeline(tiny_pipe):
-    # plumbing only: an untrained pipeline keeps nothing, its figures are just well formed
-    r = quality.measure_shape_retention(tiny_pipe, 2, seed=0, strengths=(0.5, 1.0), steps=2)
-    assert r["n"] == 2 and 0.0 <= r["clean"] <= 1.0
-    assert list(r["shape"]) == list(r["psnr"]) == ["0.5", "1"]
-    assert all(0.0 <= v <= 1.0 for v in r["shape"].values()) and all(v > 0 for v in r["psnr"].values())
+def test_quality_shape_retention_counts_the_judged_shapes(tiny_pipe, monkeypatch):
+    """A judge that always answers the first clip's shape: every share is the fraction of clips
+    with that shape, on the renders and after SDEdit alike."""
+    clips = quality.shape_clips(4, 0, size=32)
+    shapes = [clip.scene.objects[0].shape for clip in clips]
+    monkeypatch.setattr(quality.judge, "judge_image",
+                        lambda image: {"objects": [("red", shapes[0])], "background": "grass"})
+    r = quality.measure_shape_retention(tiny_pipe, 4, seed=0, strengths=(0.5, 1.0), steps=2)
+    share = shapes.count(shapes[0]) / 4
+    assert r["n"] == 4 and r["clean"] == share and r["shape"] == {"0.5": share, "1": share}
+    assert list(r["psnr"]) == ["0.5", "1"] and all(math.isfinite(v) and v > 0 for v in r["psnr"].values())
     table = quality.format_table({"shape_retention": r, "gates": {}})
     assert "shape_retention.shape.0.5" in table and "shape_retention.shape.1" in table
 
@@ -351,3 +412,43 @@ def test_quality_reconstruction_and_edit_run_on_a_tiny_pipeline(tiny_pipe):
         assert edit["frames"][attention][0].shape == (2, 32, 32, 3)
     assert edit["truth_warp_error"] < edit["cove"]["warp_error"]  # an untrained model flickers
     assert edit["config"] == fast.to_dict()  # the settings are recorded with the figures
+
+
+# ---------------------------------------------------------------------------------------------
+# edit then score (cove.eval.scoring)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_score_clip_of_the_truth_and_of_the_source():
+    from cove.eval.scoring import edited_object, fidelity, score_clip
+
+    clip = world.render(world.demo_scene(frames=4))
+    source, target = world.DEMO_EDIT
+    truth = world.render(world.edit(clip.scene, source, target))
+    o = edited_object(truth.scene, target)
+    assert truth.scene.objects[o].phrase == target and edited_object(truth.scene, "purple moon") is None
+    perfect = score_clip(truth.frames, motion=truth, truth=truth, target_phrase=target)
+    assert perfect["warp_error"] == metrics.warp_error(truth.frames, truth) < 3
+    assert perfect["attribute_accuracy"] == 1.0 and perfect["psnr"] == math.inf
+    unedited = score_clip(clip.frames, truth=truth, target_phrase=target)
+    assert "warp_error" not in unedited and unedited["attribute_accuracy"] == 0.0
+    background = fidelity(clip.frames, truth)  # no phrase: frame and background PSNR only
+    assert set(background) == {"psnr", "background_psnr"} and background["background_psnr"] > background["psnr"]
+
+
+def test_score_edit_scores_the_edit_it_runs(tiny_pipe):
+    from cove import CoveConfig
+    from cove.eval.scoring import score_clip, score_edit
+    from cove.pipeline import edit_video
+
+    clip = world.render(world.random_scene(0, frames=2, size=32))
+    task = quality.colour_edit_task(clip, 0)
+    config = CoveConfig(inversion_steps=2, denoise_steps=2, pnp_steps=1, window=5)
+    result, scores = score_edit(tiny_pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
+                                config=config, seed=3, motion=clip, truth=task["truth_clip"],
+                                target_phrase=task["target"])
+    again = edit_video(tiny_pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
+                       config=config, generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(result.frames, again.frames)
+    assert scores == score_clip(again.frames, motion=clip, truth=task["truth_clip"], target_phrase=task["target"])
+    assert set(scores) == {"warp_error", "psnr", "background_psnr", "object_psnr", "attribute_accuracy"}

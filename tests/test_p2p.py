@@ -9,6 +9,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor
 
 from cove import CoveConfig
+from cove.config import Extras
 from cove.extras.p2p import cross_attention_maps, token_index, token_map
 from cove.pipeline import edit_video
 from cove.processors import AttentionState, CrossAttnMapProcessor, cove_attention
@@ -99,7 +100,7 @@ def test_cove_attention_installs_cross_processors_only_with_a_token_map(tiny_pip
 
 
 def test_edit_with_p2p_reuses_the_source_maps(tiny_pipe, tiny_clip):
-    config = replace(FAST, p2p_steps=2)
+    config = replace(FAST, extras=Extras(p2p_steps=2))
 
     def edit(config):
         return edit_video(tiny_pipe, tiny_clip, "a green star", source_prompt="a red star", config=config,
@@ -115,9 +116,9 @@ def test_edit_with_p2p_reuses_the_source_maps(tiny_pipe, tiny_clip):
 
 def test_p2p_needs_a_source_prompt(tiny_pipe, tiny_clip):
     with pytest.raises(ValueError, match="p2p_steps needs a source_prompt"):
-        edit_video(tiny_pipe, tiny_clip, "a green star", source_prompt=" ", config=replace(FAST, p2p_steps=2))
+        edit_video(tiny_pipe, tiny_clip, "a green star", source_prompt=" ", config=replace(FAST, extras=Extras(p2p_steps=2)))
     with pytest.raises(ValueError, match="p2p_steps must be >= 0"):
-        CoveConfig(p2p_steps=-1)
+        CoveConfig(extras=Extras(p2p_steps=-1))
 
 
 def test_token_index(tiny_pipe):

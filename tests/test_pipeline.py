@@ -9,6 +9,7 @@ import torch
 
 import cove
 from cove import CoveConfig
+from cove.config import EngineOptions, Extras
 from cove.features import default_feature_layer, extract_features, feature_grid
 from cove.pipeline import (
     ddim_scheduler,
@@ -16,6 +17,7 @@ from cove.pipeline import (
     denoise_timesteps,
     edit_video,
     invert,
+    predicted_x0,
     start_latents,
 )
 from cove.processors import (
@@ -124,15 +126,16 @@ def test_resnet_injection_only_below_max_t(tiny_pipe):
 def test_pnp_resnet_max_t_selects_the_injected_steps(tiny_pipe, tiny_clip):
     """Keys 501 and 1 are injected (2 steps, pnp_steps=2): max_t 1000 injects both (= None, PnP),
     max_t 1 neither (= no ResNet injection), max_t 300 only the last step (a third result)."""
-    def edit(**kwargs):
-        config = replace(FAST, attention="per-frame", pnp_steps=2, **kwargs)
+    def edit(max_t=None, engine=EngineOptions()):
+        config = replace(FAST, attention="per-frame", pnp_steps=2, engine=engine,
+                         extras=Extras(pnp_resnet_max_t=max_t))
         return edit_video(tiny_pipe, tiny_clip, "a green star", config=config).frames.astype(int)
 
-    every, never = edit(), edit(pnp_resnets=())
+    every, never = edit(), edit(engine=EngineOptions(pnp_resnets=()))
     assert np.abs(every - never).max() > 0
-    assert np.array_equal(edit(pnp_resnet_max_t=1000), every)
-    assert np.array_equal(edit(pnp_resnet_max_t=1), never)
-    late = edit(pnp_resnet_max_t=300)
+    assert np.array_equal(edit(1000), every)
+    assert np.array_equal(edit(1), never)
+    late = edit(300)
     assert np.abs(late - every).max() > 0 and np.abs(late - never).max() > 0
 
 
@@ -153,9 +156,28 @@ def test_negative_prompt_is_the_unconditional_side(tiny_pipe, tiny_clip):
         edit(FAST, negative_prompt=None)
 
 
-def test_flow_correspondence_option(tiny_pipe, tiny_clip):
+def test_flow_guided_edit_uses_the_flow_correspondence(tiny_pipe, tiny_clip, monkeypatch):
+    """correspondence="flow": every CGA call gathers along the optical-flow correspondence."""
+    from cove import processors
+    from cove.extras.flow import flow_correspondence
+
+    used = []
+
+    def spy(q, k, v, index, *args, **kwargs):
+        used.append(index.clone())
+        return guided(q, k, v, index, *args, **kwargs)
+
+    guided = processors.guided_attention
+    monkeypatch.setattr(processors, "guided_attention", spy)
     res = edit_video(tiny_pipe, tiny_clip, "a star", config=replace(FAST, correspondence="flow"))
-    assert res.correspondence.k == 1 and res.correspondence.grid == (16, 16)
+    flow = flow_correspondence(tiny_clip, (16, 16))
+    torch.testing.assert_close(res.correspondence.index, flow.index)
+    # one call per guidance group: 3 layers x (3 inversion steps x 1 + 2 denoising steps x 2 groups)
+    assert res.extras["calls"]["cga"] == 15 and len(used) == 21
+    assert all(torch.equal(index, flow.index) for index in used)
+    # the diffusion-feature correspondence of the same clip is another one
+    diffusion = edit_video(tiny_pipe, tiny_clip, "a star", config=FAST).correspondence
+    assert not torch.equal(diffusion.index[..., :1], flow.index)
 
 
 def test_inversion_trajectory_and_start(tiny_pipe, tiny_clip):
@@ -168,18 +190,19 @@ def test_inversion_trajectory_and_start(tiny_pipe, tiny_clip):
 
 
 def test_strength_runs_the_tail_of_the_schedule(tiny_pipe, tiny_clip):
-    cfg = CoveConfig(inversion_steps=10, denoise_steps=5, strength=0.6)
+    cfg = CoveConfig(inversion_steps=10, denoise_steps=5, extras=Extras(strength=0.6))
     assert denoise_timesteps(tiny_pipe, cfg) == [401, 201, 1]  # the last 60% of 5 steps
-    assert denoise_timesteps(tiny_pipe, replace(cfg, strength=1.0)) == [801, 601, 401, 201, 1]
-    assert denoise_timesteps(tiny_pipe, replace(cfg, strength=0.01)) == [1]  # at least one step
+    assert denoise_timesteps(tiny_pipe, replace(cfg, extras=Extras(strength=1.0))) == [801, 601, 401, 201, 1]
+    assert denoise_timesteps(tiny_pipe, replace(cfg, extras=Extras(strength=0.01))) == [1]  # at least one step
     z = encode_frames(tiny_pipe, tiny_clip)
     traj = invert(tiny_pipe, z, config=cfg)
     assert sorted(traj) == [1, 101, 201, 301, 401]  # inversion stops at the start
     assert start_latents(tiny_pipe, traj, cfg) is traj[401]
     steps = []
-    res = edit_video(tiny_pipe, tiny_clip, "a star", config=replace(FAST, strength=0.5),
+    half = replace(FAST, extras=Extras(strength=0.5))
+    res = edit_video(tiny_pipe, tiny_clip, "a star", config=half,
                      callback=lambda info: steps.append((info["phase"], info["t"])))
-    assert [t for phase, t in steps if phase == "denoise"] == denoise_timesteps(tiny_pipe, replace(FAST, strength=0.5))
+    assert [t for phase, t in steps if phase == "denoise"] == denoise_timesteps(tiny_pipe, half)
     assert res.frames.shape == tiny_clip.shape
 
 
@@ -222,8 +245,10 @@ def test_edit_video_bad_frames(tiny_pipe, frames, match):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(attention="magic"), "attention must be"), (dict(window=4), "odd"), (dict(k=0), "k must"),
     (dict(pnp_steps=-1), "pnp_steps"), (dict(merge_ratio=1.5), "merge_ratio"), (dict(correspondence="x"), "correspondence"),
-    (dict(strength=0.0), "strength"), (dict(strength=1.5), "strength"),
-    (dict(pnp_resnet_max_t=0), "pnp_resnet_max_t"), (dict(pnp_resnet_max_t=1001), "pnp_resnet_max_t"),
+    (dict(extras=Extras(strength=0.0)), "strength"), (dict(extras=Extras(strength=1.5)), "strength"),
+    (dict(extras=Extras(pnp_resnet_max_t=0)), "pnp_resnet_max_t"),
+    (dict(extras=Extras(pnp_resnet_max_t=1001)), "pnp_resnet_max_t"),
+    (dict(engine=EngineOptions(frame_chunk=0)), "frame_chunk"), (dict(extras={"strength": 0.5}), "extras must be"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -248,3 +273,63 @@ def test_load_pipeline_bad_names(model, match):
 def test_load_pipeline_folder_without_index(tmp_path):
     with pytest.raises(ValueError, match="model_index.json"):
         cove.load_pipeline(tmp_path)
+
+
+def test_config_reads_as_the_paper_and_groups_the_rest():
+    config = CoveConfig()
+    assert (config.inversion_steps, config.denoise_steps, config.pnp_steps) == (100, 50, 40)
+    assert (config.feature_t, config.window, config.k, config.merge_ratio) == (261, 9, 3, 0.5)
+    assert config.extras == Extras() and config.extras.strength == 1.0 and config.extras.p2p_steps == 0
+    assert config.extras.mask_threshold is None and config.engine.pnp_resnets is None
+    variant = replace(config, k=5, extras=replace(config.extras, strength=0.5))
+    assert (variant.k, variant.extras.strength, config.extras.strength) == (5, 0.5, 1.0)
+    d = variant.to_dict()
+    assert d["k"] == 5 and d["extras"]["strength"] == 0.5 and d["engine"]["frame_chunk"] is None
+
+
+def test_with_denoise_steps_keeps_the_share_of_pnp_steps():
+    assert CoveConfig().with_denoise_steps(10).pnp_steps == 8  # the paper's 40 of 50
+    assert CoveConfig().with_denoise_steps(25).pnp_steps == 20
+    assert CoveConfig(denoise_steps=25, pnp_steps=25).with_denoise_steps(10).pnp_steps == 10  # all stays all
+    assert CoveConfig(pnp_steps=0).with_denoise_steps(10).pnp_steps == 0
+    config = CoveConfig(k=5).with_denoise_steps(3)
+    assert (config.denoise_steps, config.pnp_steps, config.k) == (3, 2, 5)
+    with pytest.raises(ValueError, match="denoise_steps must be >= 1"):
+        CoveConfig().with_denoise_steps(0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_predicted_x0_recovers_the_clean_latent(tiny_pipe, prediction_type):
+    """x_t = sqrt(a) x0 + sqrt(1 - a) eps; the model output (eps, or v = sqrt(a) eps - sqrt(1 - a) x0)
+    gives x0 back."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(tiny_pipe.scheduler.config, prediction_type=prediction_type)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    t = 601
+    a = scheduler.alphas_cumprod[t]
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    output = eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
+    torch.testing.assert_close(predicted_x0(scheduler, output, x_t, t), x0, rtol=1e-4, atol=1e-4)
+
+
+def test_callback_passes_the_predicted_clean_latent(tiny_pipe, tiny_clip):
+    """``denoised`` is the x0 of each step: inverting, the step's latent is DDIM's renoising of
+    it; denoising, it is diffusers' ``pred_original_sample``, which ends near the result."""
+    seen = []
+    edit_video(tiny_pipe, tiny_clip, "a green star", config=replace(FAST, attention="per-frame"),
+               callback=lambda info: seen.append({k: v.clone() if torch.is_tensor(v) else v
+                                                 for k, v in info.items()}))
+    scheduler = ddim_scheduler(tiny_pipe)
+    inv = [s for s in seen if s["phase"] == "invert"]
+    assert [s["t"] for s in inv] == [1, 251, 501]
+    a_from, a_to = scheduler.alphas_cumprod[1], scheduler.alphas_cumprod[251]  # step 1: t 1 -> 251
+    x_prev, d = inv[0]["latents"], inv[1]["denoised"]
+    eps = (x_prev - a_from.sqrt() * d) / (1 - a_from).sqrt()
+    torch.testing.assert_close(inv[1]["latents"], a_to.sqrt() * d + (1 - a_to).sqrt() * eps, rtol=1e-4, atol=1e-4)
+    last = [s for s in seen if s["phase"] == "denoise"][-1]
+    assert last["denoised"].shape == last["latents"].shape
+    a = scheduler.alphas_cumprod[0]  # DDIM's final step (set_alpha_to_one=False) lands at abar_0
+    assert (last["latents"] - a.sqrt() * last["denoised"]).abs().max() < 0.2
+    assert (inv[1]["denoised"] - inv[1]["latents"]).abs().max() > 0.1  # x0 is not the noisy latent

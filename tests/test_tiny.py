@@ -74,7 +74,7 @@ def test_the_denoiser_keeps_a_shape_it_is_handed_at_low_noise(pipe):
     r = quality.measure_shape_retention(pipe, 12, seed=0, strengths=(0.2, 1.0), steps=20)
     assert r["clean"] >= 0.9
     assert r["shape"]["0.2"] >= 0.75 and r["psnr"]["0.2"] >= 24.0, r
-    assert 0.0 <= r["shape"]["1"] <= 1.0
+    assert r["shape"]["1"] >= 0.5, r  # 12 judged shapes; chance is 0.25
 
 
 def test_generation_follows_the_background(pipe):
@@ -94,8 +94,9 @@ def test_source_caption_as_negative_prompt_keeps_the_background(pipe):
     steps, no mask: background PSNR 23.9 dB against 19.6 dB; with the 12000-step model, on the 6
     validation clips at strength 0.7, guidance 7.5, 50/25 steps: 25.2 against 21.2 dB, with 65%
     against 40% of the object recoloured)."""
-    config = dataclasses.replace(quality.edit_config(), attention="per-frame", inversion_steps=20,
-                                 denoise_steps=10, mask_threshold=None)
+    base = quality.edit_config()
+    config = dataclasses.replace(base, attention="per-frame", inversion_steps=20, denoise_steps=10,
+                                 extras=dataclasses.replace(base.extras, mask_threshold=None))
     background = {"": [], "source": []}
     for seed in (0, 1):
         clip = quality.moving_clips(1, seed, frames=4)[0]
@@ -122,10 +123,11 @@ def test_edit_mask_finds_the_object_and_keeps_the_background(pipe):
     config = dataclasses.replace(quality.edit_config(), attention="per-frame", inversion_steps=20,
                                  denoise_steps=10)
     background = {}
-    for threshold in (None, config.mask_threshold):
+    for threshold in (None, config.extras.mask_threshold):
         edit = edit_video(pipe, clip.frames, truth.caption, source_prompt=clip.caption,
                           negative_prompt=clip.caption,
-                          config=dataclasses.replace(config, mask_threshold=threshold),
+                          config=dataclasses.replace(config, extras=dataclasses.replace(config.extras,
+                                                                                       mask_threshold=threshold)),
                           generator=torch.Generator().manual_seed(0))
         fidelity = metrics.edit_fidelity(edit.frames, truth.frames, truth.masks[:, star], target.split()[0])
         background[threshold] = fidelity["background_psnr"]
@@ -133,7 +135,7 @@ def test_edit_mask_finds_the_object_and_keeps_the_background(pipe):
     star_pixels = torch.from_numpy(truth.masks[:, star]).float()[:, None]  # (F, 1, 64, 64)
     cells = torch.nn.functional.adaptive_avg_pool2d(star_pixels, 32)[:, 0] == 1  # (F, 32, 32): inside
     assert (mask & cells).sum() >= 0.9 * cells.sum() and mask.float().mean() <= 0.2
-    assert background[config.mask_threshold] >= background[None] + 3.0, background
+    assert background[config.extras.mask_threshold] >= background[None] + 3.0, background
 
 
 def test_word_swap_recolours_more_of_the_object(pipe):
@@ -143,19 +145,20 @@ def test_word_swap_recolours_more_of_the_object(pipe):
     validation clips at the gate's 50/25 steps, 69% against 51% at 19200 training steps)."""
     config = dataclasses.replace(quality.edit_config(), attention="per-frame", inversion_steps=20,
                                  denoise_steps=10)
-    recoloured = {0: [], config.p2p_steps: []}
+    recoloured = {0: [], config.extras.p2p_steps: []}
     for seed in range(4):
         clip = quality.moving_clips(1, seed, frames=4)[0]
         task = quality.colour_edit_task(clip, seed)
         for steps in recoloured:
             edit = edit_video(pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
                               negative_prompt=task["source_prompt"],
-                              config=dataclasses.replace(config, p2p_steps=steps),
+                              config=dataclasses.replace(config, extras=dataclasses.replace(config.extras,
+                                                                                           p2p_steps=steps)),
                               generator=torch.Generator().manual_seed(0))
             fidelity = metrics.edit_fidelity(edit.frames, task["truth"], task["mask"], task["target_colour"])
             recoloured[steps].append(fidelity["attribute_accuracy"])
-    with_swap, without = np.array(recoloured[config.p2p_steps]), np.array(recoloured[0])
-    assert config.p2p_steps > 0
+    with_swap, without = np.array(recoloured[config.extras.p2p_steps]), np.array(recoloured[0])
+    assert config.extras.p2p_steps > 0
     assert (with_swap >= without - 0.02).all() and with_swap.mean() >= without.mean() + 0.08, recoloured
 
 
@@ -174,9 +177,10 @@ def test_late_resnet_injection_lets_a_far_colour_change_land(pipe):
     for max_t in (None, 250):
         edit = edit_video(pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
                           negative_prompt=task["source_prompt"],
-                          config=dataclasses.replace(config, pnp_resnet_max_t=max_t),
+                          config=dataclasses.replace(config, extras=dataclasses.replace(config.extras,
+                                                                                       pnp_resnet_max_t=max_t)),
                           generator=torch.Generator().manual_seed(200))
         scores[max_t] = metrics.edit_fidelity(edit.frames, task["truth"], task["mask"], task["target_colour"])
-    assert config.pnp_resnet_max_t is None
+    assert config.extras.pnp_resnet_max_t is None
     assert scores[250]["attribute_accuracy"] >= scores[None]["attribute_accuracy"] + 0.15, scores
     assert scores[250]["psnr"] >= scores[None]["psnr"], scores

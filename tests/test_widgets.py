@@ -140,7 +140,7 @@ def test_edit_panel_runs_on_click_scores_and_shows_errors(tiny_pipe):
     panel.controls["resnet_t"].value = 250
     panel.controls["run"].click()
     assert panel.error is None and panel.state["runs"][-1]["ResNet t <"] == 250
-    assert panel.state["result"].config.pnp_resnet_max_t == 250
+    assert panel.state["result"].config.extras.pnp_resnet_max_t == 250
 
 
 def test_panel_guard_keeps_and_clears_the_error():

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..config import ATTENTION_MODES, CORRESPONDENCE_SOURCES, CoveConfig
-from ..sd import frame_size, size_multiple
+from ..config import ATTENTION_MODES, CORRESPONDENCE_SOURCES, CoveConfig, Extras
+from ..sd import check_prompts, frame_size, size_multiple
 
 DTYPES = ("float32", "float16", "bfloat16")
-# Share of the denoising steps with plug-and-play injection when --pnp-steps is not given:
-# the paper's 40 of 50 (Sec. 4.1), kept for any --denoise-steps.
-PNP_FRACTION = CoveConfig().pnp_steps / CoveConfig().denoise_steps
+# How errors name the prompts and the options that need a source prompt (``cove.sd.check_prompts``).
+PROMPT_FLAGS = {"prompt": "--prompt", "source_prompt": "--source-prompt", "negative_prompt": "--negative-prompt",
+                "mask": "--mask-threshold", "p2p": "--p2p-steps"}
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -94,33 +94,34 @@ def check_output(path: Path, suffixes=(".mp4", ".gif")) -> Path:
 
 
 def config_from_args(args) -> CoveConfig:
-    """The ``CoveConfig`` of ``cove edit``'s options (unset options keep the paper's defaults)."""
+    """The ``CoveConfig`` of ``cove edit``'s options (unset options keep the paper's defaults;
+    without --pnp-steps, PnP keeps the paper's share of the steps: ``CoveConfig.with_denoise_steps``)."""
     base = CoveConfig()
-    denoise = args.denoise_steps if args.denoise_steps is not None else base.denoise_steps
-    pnp = args.pnp_steps if args.pnp_steps is not None else round(PNP_FRACTION * denoise)
-    if args.mask_threshold is not None and args.source_prompt.strip() in ("", args.prompt.strip()):
-        raise ValueError("--mask-threshold needs a --source-prompt that describes the input "
-                         "and differs from --prompt")
+    if args.denoise_steps is not None:
+        base = base.with_denoise_steps(args.denoise_steps)
+    check_prompts(args.prompt, args.source_prompt, args.negative_prompt, mask=args.mask_threshold is not None,
+                  p2p=bool(args.p2p_steps), names=PROMPT_FLAGS)
     if (args.mask_dilate is not None or args.mask_fill_holes) and args.mask_threshold is None:
         raise ValueError("--mask-dilate and --mask-fill-holes shape the edit mask; "
                          "expected --mask-threshold too")
-    if args.p2p_steps and not args.source_prompt.strip():
-        raise ValueError("--p2p-steps needs a --source-prompt that describes the input")
+    default = base.extras
     return CoveConfig(
         attention=args.attention,
         k=args.k,
         window=args.window,
         merge_ratio=args.merge_ratio,
         inversion_steps=args.inversion_steps if args.inversion_steps is not None else base.inversion_steps,
-        denoise_steps=denoise,
-        pnp_steps=pnp,
+        denoise_steps=base.denoise_steps,
+        pnp_steps=args.pnp_steps if args.pnp_steps is not None else base.pnp_steps,
         guidance_scale=args.guidance if args.guidance is not None else base.guidance_scale,
-        strength=args.strength if args.strength is not None else base.strength,
-        mask_threshold=args.mask_threshold,
-        mask_dilate=args.mask_dilate if args.mask_dilate is not None else base.mask_dilate,
-        mask_fill_holes=args.mask_fill_holes,
-        p2p_steps=args.p2p_steps,
-        pnp_resnet_max_t=args.pnp_resnet_max_t,
+        extras=Extras(
+            strength=args.strength if args.strength is not None else default.strength,
+            mask_threshold=args.mask_threshold,
+            mask_dilate=args.mask_dilate if args.mask_dilate is not None else default.mask_dilate,
+            mask_fill_holes=args.mask_fill_holes,
+            p2p_steps=args.p2p_steps,
+            pnp_resnet_max_t=args.pnp_resnet_max_t,
+        ),
     )
 
 
@@ -267,6 +268,7 @@ def save_tensors(path: Path, payload: dict) -> None:
 
 
 def cmd_correspond(args) -> int:
+    from ..window import fit_window
     from . import io
 
     out = check_output(args.output)
@@ -312,8 +314,7 @@ def cmd_correspond(args) -> int:
         "grid": tuple(correspondence.grid),
         "source": args.source,
         "frame_shape": (F, H, W),
-        "window": min(args.window, max(1, (min(correspondence.grid) - 1) // 2 * 2 + 1))
-        if args.source == "diffusion" else None,
+        "window": fit_window(args.window, correspondence.grid) if args.source == "diffusion" else None,
     }
     save_tensors(tensors, payload)
     try:
@@ -402,14 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--guidance", type=float, default=None, metavar="G",
                       help=f"classifier-free guidance scale (default: {defaults.guidance_scale})")
     edit.add_argument("--strength", type=float, default=None, metavar="S",
-                      help=f"fraction of the denoising schedule run, (0, 1] (default: {defaults.strength}, "
+                      help=f"fraction of the denoising schedule run, (0, 1] (default: {defaults.extras.strength}, "
                            "the paper; lower keeps more of the source)")
     edit.add_argument("--mask-threshold", type=float, default=None, metavar="T",
                       help="keep the input outside an edit mask: where the source and target prompts' "
                            "noise predictions differ by more than T (0-1) of the frame's largest "
                            "difference (DiffEdit; needs --source-prompt; default: no mask, the paper)")
     edit.add_argument("--mask-dilate", type=int, default=None, metavar="N",
-                      help=f"grow the edit mask by N cells (default: {defaults.mask_dilate}; "
+                      help=f"grow the edit mask by N cells (default: {defaults.extras.mask_dilate}; "
                            "cove-tiny's gate and demo: 0)")
     edit.add_argument("--mask-fill-holes", action="store_true",
                       help="also edit the cells the edit mask encloses (as cove-tiny's gate and demo do)")

@@ -19,18 +19,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from ..config import CoveConfig
 from ..eval.bench import dumps, jsonable, machine_info
+from ..eval.scoring import score_clip, score_edit
 from ..tiny.presets import edit_config, edit_negative_prompt
 
-# cove-tiny's edit settings (``cove.tiny.quality.edit_config``: the last half of a 25-step
+# cove-tiny's edit settings (``cove.tiny.presets.edit_config``: the last half of a 25-step
 # schedule, PnP and the word swap in every step run, guidance 12 with the source prompt as the
-# negative prompt, the edit mask, not grown, holes filled; chosen on validation clips) with the
-# steps halved so that the demo runs in well under a minute on 2 CPU cores. Cost: each edit
-# makes (inversion steps run + 2 * denoising steps run) * F UNet passes (guidance doubles the
-# batch), plus the mask's 2 * mask_samples: (9 + 2 * 5 + 8) * 8 here.
+# negative prompt, the edit mask, not grown, holes filled) with the steps halved so that the
+# demo runs in well under a minute on 2 CPU cores. Cost: each edit makes (inversion steps run
+# + 2 * denoising steps run) * F UNet passes (guidance doubles the batch), plus the mask's
+# 2 * mask_samples: (9 + 2 * 5 + 8) * 8 here.
 DEMO_CONFIG = replace(edit_config(), inversion_steps=20, denoise_steps=10, pnp_steps=10)
 # A smoke test (tests, ``cove demo --quick``): 4 frames, a few steps; its numbers are not a result.
 QUICK_CONFIG = CoveConfig(inversion_steps=3, denoise_steps=2, pnp_steps=1)
@@ -41,34 +40,6 @@ PCK_THRESHOLD = 1.0  # cells: a match within one cell of the truth counts as cor
 
 
 # ---------------------------------------------------------------------------- pieces
-
-
-def edited_object(scene, target_phrase: str) -> int | None:
-    """Index of the object named ``target_phrase`` (e.g. "green star") in the edited scene,
-    or ``None`` when the edit is not about one object (a background edit)."""
-    for o, obj in enumerate(scene.objects):
-        if obj.phrase == target_phrase:
-            return o
-    return None
-
-
-def fidelity(edited: np.ndarray, target_clip, target_phrase: str) -> dict:
-    """Edit fidelity of uint8 (F, H, W, 3) ``edited`` against the ground-truth edited clip.
-
-    Object edits: ``cove.metrics.edit_fidelity`` with the edited object's mask (F, H, W) and
-    colour. Background edits: PSNR over the frame and outside the objects only.
-    """
-    from .. import metrics
-
-    o = edited_object(target_clip.scene, target_phrase)
-    if o is not None:
-        obj = target_clip.scene.objects[o]
-        return metrics.edit_fidelity(edited, target_clip.frames, target_clip.masks[:, o], obj.colour)
-    objects = target_clip.masks.any(axis=1)  # (F, H, W) any object
-    return {
-        "psnr": metrics.psnr(edited, target_clip.frames),
-        "background_psnr": metrics.psnr(edited, target_clip.frames, ~objects),
-    }
 
 
 def correspondence_pck(correspondence, clip) -> float:
@@ -90,18 +61,6 @@ def write_json(path: Path, data: dict) -> None:
         publish(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def _edit(pipe, frames, prompt, source_prompt, config):
-    import torch
-
-    from ..pipeline import edit_video
-
-    generator = torch.Generator(device=pipe.device).manual_seed(SEED)
-    start = time.perf_counter()
-    result = edit_video(pipe, frames, prompt, source_prompt=source_prompt,
-                        negative_prompt=edit_negative_prompt(source_prompt), config=config, generator=generator)
-    return result, time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------- the demo
@@ -128,7 +87,7 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
         ``ground_truth``; ``pck`` {``diffusion``, ``flow``}; ``timings`` (seconds);
         ``config``; ``machine``; ``files``. NaN is ``None`` and infinity ``"inf"`` (strict JSON).
     """
-    from .. import metrics, world
+    from .. import world
     from ..extras.flow import flow_correspondence
     from ..loading import load_pipeline
     from ..sd import frame_size
@@ -156,14 +115,22 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
         side = frame_size(pipe)
         raise ValueError(f"the demo clip is {H}x{W} but cove-tiny works at {side}x{side}")
 
-    # 3. two edits from the same inversion settings and seed
+    # 3. two edits from the same inversion settings and seed, scored against the ground truth
+    # (flicker along the true motion of the edit, fidelity to the true edit)
     prompt, source_prompt = target.caption, clip.caption
-    cove_result, timings["edit cove"] = _edit(pipe, clip.frames, prompt, source_prompt, config)
-    per_frame, timings["edit per-frame"] = _edit(
-        pipe, clip.frames, prompt, source_prompt, replace(config, attention="per-frame")
-    )
+    truth = {"motion": target, "truth": target, "target_phrase": target_phrase}
+    scores = {}
+    edits = {"cove": config, "per_frame": replace(config, attention="per-frame")}
+    results = {}
+    for name, variant in edits.items():
+        results[name], scores[name] = score_edit(
+            pipe, clip.frames, prompt, source_prompt=source_prompt,
+            negative_prompt=edit_negative_prompt(source_prompt), config=variant, seed=SEED, **truth)
+    cove_result, per_frame = results["cove"], results["per_frame"]
+    timings["edit cove"] = cove_result.timings["total"]
+    timings["edit per-frame"] = per_frame.timings["total"]
 
-    # 4. metrics against the ground truth
+    # 4. the same scores for the source and the ground truth, and the correspondence's PCK
     tick = time.perf_counter()
     clips = {
         "source": clip.frames,
@@ -171,10 +138,9 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
         "cove": cove_result.frames,
         "ground_truth": target.frames,
     }
-    scores = {}
-    for name, frames in clips.items():
-        scores[name] = {"warp_error": metrics.warp_error(frames, target)}  # true motion of the edit
-        scores[name].update(fidelity(frames, target, target_phrase))
+    for name in ("source", "ground_truth"):
+        scores[name] = score_clip(clips[name], **truth)
+    scores = {name: scores[name] for name in clips}  # in the order of the clips
     pck = {}
     if cove_result.correspondence is not None:
         grid = tuple(cove_result.correspondence.grid)

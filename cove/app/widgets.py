@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import html
-import time
 import traceback
 from dataclasses import replace
 
@@ -396,8 +395,8 @@ def attention_explorer(q, k, index, frames, *, grid: tuple[int, int], heads: int
 def predict_clean(pipe, latents, t: int, prompt: str, *, state=None, guidance_scale: float = 7.5):
     """One denoising evaluation: the clean frames the model predicts from ``latents`` at ``t``.
 
-    ``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (DDIM, Song et al. 2021, Eq. 12) with
-    classifier-free guidance, the UNet running under ``cove.processors.cove_attention(state)``
+    ``cove.pipeline.predicted_x0`` of ``cove.pipeline.guided_output`` (classifier-free
+    guidance), the UNet running under ``cove.processors.cove_attention(state)``
     (``state=None``: plain per-frame attention). Used by notebook 04 to compare one step with
     and without correspondence-guided attention.
 
@@ -407,21 +406,16 @@ def predict_clean(pipe, latents, t: int, prompt: str, *, state=None, guidance_sc
     Returns:
         uint8 ``(F, H, W, 3)``.
     """
-    from ..pipeline import _epsilon, ddim_scheduler
+    from ..pipeline import ddim_scheduler, guided_output, predicted_x0
     from ..processors import AttentionState, cove_attention
     from ..sd import decode_latents, encode_text
 
     F = latents.shape[0]
     state = state or AttentionState(frames=F, mode="per-frame")
     text = torch.cat([encode_text(pipe, [""]), encode_text(pipe, [prompt])]).repeat_interleave(F, 0)  # (2F, L, D)
-    scheduler = ddim_scheduler(pipe)
     with torch.no_grad(), cove_attention(pipe.unet, state):
-        out = pipe.unet(torch.cat([latents, latents]), t, text).sample  # (2F, c, h, w)
-    out_u, out_c = out.chunk(2)
-    eps = _epsilon(scheduler, out_u + guidance_scale * (out_c - out_u), latents, t)
-    abar = scheduler.alphas_cumprod[t].to(latents)
-    x0 = (latents - (1 - abar).sqrt() * eps) / abar.sqrt()  # (F, c, h, w)
-    return decode_latents(pipe, x0)
+        out = guided_output(pipe, latents, t, text, guidance_scale)  # (F, c, h, w)
+    return decode_latents(pipe, predicted_x0(ddim_scheduler(pipe), out, latents, t))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,10 +491,10 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
     Each click runs ``cove.pipeline.edit_video`` with the chosen prompt, attention mode, ``K``,
     ``l``, merge ratio, steps, strength, edit-mask threshold (0: no mask), prompt-to-prompt
     steps (0: none; ``cove.extras.p2p``) and the timestep below which PnP's ResNet features are
-    injected (1000: every PnP step; ``CoveConfig.pnp_resnet_max_t``), then scores the
-    result with ``cove.metrics``: flicker (``warp_error`` along ``clip``'s true motion, lower
-    is better) and fidelity (PSNR and colour accuracy against the ground-truth edit ``truth``,
-    via ``cove.app.demo.fidelity``).
+    injected (1000: every PnP step; ``CoveConfig.extras.pnp_resnet_max_t``), then scores the
+    result with ``cove.eval.scoring.score_edit``: flicker (``warp_error`` along ``clip``'s true
+    motion, lower is better) and fidelity (PSNR and colour accuracy against the ground-truth
+    edit ``truth``).
     Every run is added to a table, so runs can be compared (the paper's ablation in miniature).
 
     Args:
@@ -511,10 +505,9 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
         truth: the ground-truth edited ``world.Clip``; optional. target_phrase: the edited
             object ("yellow star"), for colour accuracy.
     """
-    from .. import metrics
     from ..config import ATTENTION_MODES, CoveConfig
-    from ..pipeline import denoise_timesteps, edit_video, inversion_timesteps
-    from .demo import fidelity
+    from ..eval.scoring import score_edit
+    from ..pipeline import denoise_timesteps, inversion_timesteps
     from .io import side_by_side
 
     w = ipywidgets
@@ -529,10 +522,10 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
         "window": _slider("window l", config.window, 1, 15, step=2),
         "merge_ratio": _slider("merge ratio", config.merge_ratio, 0.0, 1.0, step=0.05, kind="float"),
         "steps": _slider("denoise steps", config.denoise_steps, 2, 50),
-        "strength": _slider("strength", config.strength, 0.1, 1.0, step=0.05, kind="float"),
-        "mask": _slider("edit mask", config.mask_threshold or 0.0, 0.0, 0.9, step=0.05, kind="float"),
-        "p2p": _slider("p2p steps", min(config.p2p_steps, 50), 0, 50),
-        "resnet_t": _slider("ResNet t <", config.pnp_resnet_max_t or 1000, 50, 1000, step=50),
+        "strength": _slider("strength", config.extras.strength, 0.1, 1.0, step=0.05, kind="float"),
+        "mask": _slider("edit mask", config.extras.mask_threshold or 0.0, 0.0, 0.9, step=0.05, kind="float"),
+        "p2p": _slider("p2p steps", min(config.extras.p2p_steps, 50), 0, 50),
+        "resnet_t": _slider("ResNet t <", config.extras.pnp_resnet_max_t or 1000, 50, 1000, step=50),
         "run": w.Button(description="Run edit", button_style="primary", icon="play"),
     }
     progress = w.IntProgress(value=0, min=0, max=1, description="progress")
@@ -543,15 +536,17 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
 
     def settings() -> CoveConfig:
         steps = controls["steps"].value
-        return replace(
-            config, attention=controls["attention"].value, k=controls["k"].value,
-            window=controls["window"].value, merge_ratio=controls["merge_ratio"].value,
-            denoise_steps=steps, pnp_steps=min(config.pnp_steps * steps // max(config.denoise_steps, 1), steps),
-            inversion_steps=max(config.inversion_steps, steps), strength=controls["strength"].value,
+        extras = replace(
+            config.extras, strength=controls["strength"].value,
             mask_threshold=controls["mask"].value or None,  # 0 = no mask (the paper)
             p2p_steps=controls["p2p"].value,  # 0 = cross-attention left alone (the paper)
             # 1000 = PnP's ResNet features injected at every PnP step (PnP's choice)
             pnp_resnet_max_t=controls["resnet_t"].value if controls["resnet_t"].value < 1000 else None,
+        )
+        return replace(
+            config.with_denoise_steps(steps), attention=controls["attention"].value, k=controls["k"].value,
+            window=controls["window"].value, merge_ratio=controls["merge_ratio"].value,
+            inversion_steps=max(config.inversion_steps, steps), extras=extras,
         )
 
     def show_frame(*_):
@@ -564,21 +559,17 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
         progress.max, progress.value = total, 0
         panel.status.value = f"running {cfg.attention} ({total} steps)..."
         callback = lambda info: setattr(progress, "value", progress.value + 1)  # noqa: E731
-        start = time.perf_counter()
-        result = edit_video(pipe, frames, controls["prompt"].value, source_prompt=source_prompt,
-                            negative_prompt=controls["negative"].value, config=cfg, callback=callback,
-                            generator=torch.Generator().manual_seed(seed))
+        result, scores = score_edit(pipe, frames, controls["prompt"].value, source_prompt=source_prompt,
+                                    negative_prompt=controls["negative"].value, config=cfg, seed=seed,
+                                    motion=clip, truth=truth, target_phrase=target_phrase, callback=callback)
         row = {"run": len(panel.state["runs"]) + 1, "prompt": controls["prompt"].value,
                "negative": controls["negative"].value,
                "attention": cfg.attention, "K": cfg.k, "l": cfg.window, "merge": cfg.merge_ratio,
-               "steps": cfg.denoise_steps, "mask": cfg.mask_threshold or "-", "p2p": cfg.p2p_steps,
-               "ResNet t <": cfg.pnp_resnet_max_t or "-", "seconds": time.perf_counter() - start}
-        if clip is not None:
-            row["flicker (warp error)"] = metrics.warp_error(result.frames, clip)
-        if truth is not None:
-            scores = fidelity(result.frames, truth, target_phrase) if target_phrase else \
-                {"psnr": metrics.psnr(result.frames, truth.frames)}
-            row.update({f"fidelity {k_}": v for k_, v in scores.items()})
+               "steps": cfg.denoise_steps, "mask": cfg.extras.mask_threshold or "-", "p2p": cfg.extras.p2p_steps,
+               "ResNet t <": cfg.extras.pnp_resnet_max_t or "-", "seconds": result.timings["total"]}
+        if "warp_error" in scores:
+            row["flicker (warp error)"] = scores.pop("warp_error")
+        row.update({f"fidelity {k_}": v for k_, v in scores.items()})
         clips = {"source": frames, f"run {row['run']}: {cfg.attention}": result.frames}
         if truth is not None:
             clips["ground truth"] = truth.frames

@@ -6,7 +6,7 @@ Prompt-to-prompt keeps the *source* prompt's cross-attention maps for the first 
 steps and only swaps the words' values, so the new colour word attends exactly where the old
 one did. This module aligns the two prompts' tokens (``token_map``) and shows the maps
 (``cross_attention_maps``, ``token_index``); ``cove.processors.CrossAttnMapProcessor`` saves
-and applies them (``CoveConfig.p2p_steps``).
+and applies them (``CoveConfig.extras.p2p_steps``).
 """
 from __future__ import annotations
 

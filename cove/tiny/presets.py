@@ -26,8 +26,9 @@ def edit_config(**overrides):
     the negative prompt (``edit_negative_prompt``), and the edit mask at threshold 0.4, not
     grown, holes filled.
     """
-    from ..config import CoveConfig
+    from ..config import CoveConfig, Extras
 
-    config = CoveConfig(inversion_steps=50, denoise_steps=25, pnp_steps=25, p2p_steps=25, strength=0.5,
-                        guidance_scale=12.0, mask_threshold=0.4, mask_dilate=0, mask_fill_holes=True)
+    config = CoveConfig(inversion_steps=50, denoise_steps=25, pnp_steps=25, guidance_scale=12.0,
+                        extras=Extras(strength=0.5, p2p_steps=25, mask_threshold=0.4, mask_dilate=0,
+                                      mask_fill_holes=True))
     return replace(config, **overrides)

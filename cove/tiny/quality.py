@@ -253,7 +253,8 @@ def colour_edit_task(clip, seed: int = 0, *, index: int | None = None) -> dict:
 
     Returns:
         {"source", "target" (phrases), "source_prompt", "target_prompt", "target_colour",
-         "truth" uint8 (F, H, W, 3), "mask" bool (F, H, W) of the object in the edited clip}.
+         "truth" uint8 (F, H, W, 3), "mask" bool (F, H, W) of the object in the edited clip,
+         "truth_clip" the ground-truth edited ``Clip``}.
     """
     scene = clip.scene
     o = int(np.argmax([_travel(obj) for obj in scene.objects])) if index is None else index
@@ -271,6 +272,7 @@ def colour_edit_task(clip, seed: int = 0, *, index: int | None = None) -> dict:
         "target_colour": new,
         "truth": truth.frames,
         "mask": truth.masks[:, o],
+        "truth_clip": truth,
     }
 
 
@@ -298,12 +300,12 @@ def measure_edit(pipe, n_clips: int = 3, seed: int = 0, *, frames: int = 8, conf
                  attentions=("cove", "per-frame"), return_frames: bool = False) -> dict:
     """Colour edit of a moving object with ``cove.edit_video``, scored against the ground truth.
 
-    For each attention mode: mean over clips of ``metrics.edit_fidelity`` (psnr,
-    background_psnr, object_psnr, attribute_accuracy) and ``metrics.warp_error`` along the
-    source clip's motion (flicker, [0, 255]); the ground-truth edit's own warp error is
-    reported as the floor.
+    For each attention mode: mean over clips of ``cove.eval.scoring.score_edit``'s scores
+    (psnr, background_psnr, object_psnr, attribute_accuracy, and warp_error along the source
+    clip's motion: flicker, [0, 255]); the ground-truth edit's own warp error is reported as
+    the floor.
     """
-    from ..pipeline import edit_video
+    from ..eval.scoring import score_edit
 
     config = config or edit_config()
     size = _image_size(pipe)
@@ -317,13 +319,10 @@ def measure_edit(pipe, n_clips: int = 3, seed: int = 0, *, frames: int = 8, conf
         rows, outputs[attention] = [], []
         variant = dataclasses.replace(config, attention=attention)
         for clip, task in zip(clips, tasks):
-            start = time.perf_counter()
-            edit = edit_video(pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
-                              negative_prompt=edit_negative_prompt(task["source_prompt"]),
-                              config=variant, generator=torch.Generator("cpu").manual_seed(seed))
-            row = metrics.edit_fidelity(edit.frames, task["truth"], task["mask"], task["target_colour"])
-            row["warp_error"] = metrics.warp_error(edit.frames, clip)
-            row["seconds"] = round(time.perf_counter() - start, 2)
+            edit, row = score_edit(pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
+                                   negative_prompt=edit_negative_prompt(task["source_prompt"]), config=variant,
+                                   seed=seed, motion=clip, truth=task["truth_clip"], target_phrase=task["target"])
+            row["seconds"] = round(edit.timings["total"], 2)
             rows.append(row)
             outputs[attention].append(edit.frames)
         result[attention] = {key: _mean([r[key] for r in rows]) for key in rows[0]}
