@@ -21,6 +21,12 @@ def textured_clip(F=4, size=64, shift=8, seed=0):
     return np.stack([big[:, f * shift : f * shift + size] for f in range(F)])  # (F, H, W, 3)
 
 
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path_factory, monkeypatch):
+    """`cove edit` caches by default: never in the user's home during tests."""
+    monkeypatch.setenv("COVE_CACHE", str(tmp_path_factory.mktemp("cove-cache")))
+
+
 def error_lines(capsys):
     return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
@@ -105,7 +111,7 @@ def test_config_from_args_mask_threshold():
     for extra in (["--mask-dilate", "0"], ["--mask-fill-holes"]):
         with pytest.raises(ValueError, match="expected --mask-threshold too"):
             cli.config_from_args(parser.parse_args(edit + ["--source-prompt", "a red star"] + extra))
-    with pytest.raises(ValueError, match="mask_dilate >= 0"):
+    with pytest.raises(ValueError, match="mask_dilate must be >= 0"):
         cli.config_from_args(parser.parse_args(edit + ["--source-prompt", "a red star", "--mask-threshold",
                                                        "0.4", "--mask-dilate", "-1"]))
 
@@ -250,7 +256,8 @@ def test_edit_failure_leaves_no_output(tiny_folder, tmp_path, capsys, monkeypatc
     argv = ["edit", str(source), "-p", "x", "--model", str(tiny_folder), "--attention", "per-frame",
             "--inversion-steps", "2", "--denoise-steps", "2", "-o", str(tmp_path / "out" / "e.mp4")]
     assert cli.main(argv) == 2
-    assert error_lines(capsys)[-1:] == ["cove: error: No space left on device"]
+    side = tmp_path / "out" / "e_side_by_side.mp4"
+    assert error_lines(capsys)[-1:] == [f"cove: error: cannot write {side}: No space left on device"]
     assert list((tmp_path / "out").iterdir()) == []  # the finished first clip is removed too
 
 
