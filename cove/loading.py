@@ -66,8 +66,13 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, *, device=None, dtype=None,
     elif "/" not in str(model) or str(model).startswith((".", "/")):
         raise ValueError(f"model must be 'cove-tiny', a diffusers folder or a hub id 'org/name', got {model!r}")
     kwargs = {} if local_files_only is None else {"local_files_only": local_files_only}
+    from transformers.utils import logging as tlogging
+
     verbosity = dlogging.get_verbosity()
     dlogging.set_verbosity_error()  # the tiny VAE is not an AutoencoderKL: silence the type note
+    bars = [(lib, lib.is_progress_bar_enabled()) for lib in (dlogging, tlogging)]
+    for lib, _ in bars:  # loading bars would bury one-line errors on stderr
+        lib.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype (diffusers 0.4x)
@@ -77,5 +82,8 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, *, device=None, dtype=None,
             )
     finally:
         dlogging.set_verbosity(verbosity)
+        for lib, enabled in bars:
+            if enabled:
+                lib.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

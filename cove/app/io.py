@@ -12,6 +12,7 @@ ffmpeg: the ``ffmpeg`` on ``PATH`` if there is one, else the binary shipped in t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -353,7 +354,8 @@ def write_all(clips: dict, fps: float) -> None:
             os.replace(tmp, path)
     finally:
         for tmp, _ in pending:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. the folder is a file: nothing was written
+                tmp.unlink(missing_ok=True)
 
 
 def _font(size: int):
