@@ -107,6 +107,7 @@ def _probe_ffmpeg(path: Path) -> tuple[int | None, int, int]:
         lines = [line.strip() for line in report.splitlines()
                  if line.strip() and "Could not load meta" not in line and not line.startswith("===")]
         reason = next((line for line in lines if path.name in line or "Invalid" in line), "not a video")
+        reason = re.sub(r"^(\[[^\]]*\]\s*)+", "", reason)  # ffmpeg's "[in#0 @ 0x...]" prefix
         raise ValueError(f"cannot decode video {path}: {reason}") from None
     finally:
         reader.close()
