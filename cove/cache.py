@@ -56,7 +56,7 @@ def model_identity(pipe) -> dict:
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         params = list(module.parameters())
         count += sum(p.numel() for p in params)
-        for p in (params[0], params[-1]):
+        for p in params[:1] + params[-1:]:  # cove-tiny's VAE has no parameters
             digest.update(p.detach().float().cpu().numpy().tobytes())
     p = next(pipe.unet.parameters())
     return {"name": str(getattr(pipe.config, "_name_or_path", "")), "unet": type(pipe.unet).__name__,
@@ -171,3 +171,43 @@ def _to(value, device):
     if isinstance(value, (tuple, list)):
         return tuple(v.to(device) for v in value)
     return value.to(device)
+
+
+def measure_saving(root, *, model: str = "cove-tiny", prompts=None) -> dict:
+    """Seconds of a first edit of the ShapesWorld demo clip (empty cache) and of a second prompt
+    on it with and without the cache (cove-tiny's edit settings). ``python -m cove.cache DIR``."""
+    import time
+
+    from . import world
+    from .eval.bench import machine_info
+    from .loading import load_pipeline
+    from .pipeline import edit_video
+    from .tiny.presets import edit_config, edit_negative_prompt
+
+    pipe = load_pipeline(model)
+    clip = world.render(world.demo_scene())
+    source = clip.caption
+    prompts = prompts or [source.replace("red", "green"), source.replace("red", "yellow")]
+    cache, seconds = Cache(root), {}
+
+    def run(name, prompt, cache):
+        start = time.perf_counter()
+        result = edit_video(pipe, clip.frames, prompt, source_prompt=source, config=edit_config(),
+                            negative_prompt=edit_negative_prompt(source), cache=cache,
+                            generator=torch.Generator().manual_seed(0))
+        seconds[name] = round(time.perf_counter() - start, 2)
+        return result
+
+    run("first prompt, empty cache", prompts[0], cache)
+    cached = run("second prompt, cache", prompts[1], cache)
+    plain = run("second prompt, no cache", prompts[1], None)
+    return {"seconds": seconds, "hits": cache.hits, "identical": bool(np.array_equal(cached.frames, plain.frames)),
+            "frames": list(clip.frames.shape[:3]), "prompts": prompts, "machine": machine_info()}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .eval.bench import dumps
+
+    print(dumps(measure_saving(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="cove-cache-"))))

@@ -208,6 +208,9 @@ def test_pixel_budget_from_headers_before_loading(tmp_path, capsys, no_work, mon
     monkeypatch.setattr(io, "probe", lambda path: (3, 8000, 8000))
     refused(capsys, ["correspond", str(source), "-o", str(tmp_path / "c.mp4"), "--source", "flow"], tmp_path,
             "over the budget")
+    # an edit resizes to the model's size: a large stored size alone is no reason to refuse
+    with pytest.raises(AssertionError, match="work started"):
+        cli.main(["edit", str(source), "-p", "x", "-o", str(tmp_path / "e.mp4")])
 
 
 def test_edit_video_refuses_huge_frames(tiny_pipe):
@@ -438,3 +441,23 @@ def test_same_seed_same_frames(tiny_pipe):
     c = edit_video(tiny_pipe, frames, "a red star", source_prompt="a green star", config=config,
                    generator=torch.Generator().manual_seed(1))
     assert not torch.equal(c.correspondence.score, a.correspondence.score)  # the seed is used
+
+
+def test_model_identity_distinguishes_weights_and_allows_parameterless_parts(tiny_pipe):
+    from types import SimpleNamespace
+
+    from cove.cache import model_identity
+
+    fake = SimpleNamespace(unet=tiny_pipe.unet, vae=torch.nn.Identity(), text_encoder=tiny_pipe.text_encoder,
+                           scheduler=tiny_pipe.scheduler, config=tiny_pipe.config)
+    first = model_identity(fake)  # a VAE without parameters, as cove-tiny's
+    weight = next(tiny_pipe.unet.parameters())
+    kept = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1.0)
+    try:
+        assert model_identity(fake)["weights"] != first["weights"]
+    finally:
+        with torch.no_grad():
+            weight.copy_(kept)
+    assert model_identity(fake) == first

@@ -93,17 +93,20 @@ def check_output(path, suffixes=(".mp4", ".gif")) -> Path:
 
 def check_input(args, outputs, size=None) -> int:
     """Before any work: the device exists, the input's headers are readable, the outputs are
-    safe (:func:`check_outputs`) and the frames fit the pixel budget (with
-    ``size``, the side they will be resized to; else as stored). Returns the frame count."""
+    safe (:func:`check_outputs`) and the frames fit the pixel budget: at ``size x size`` (the
+    side they will be resized to), ``"stored"`` (kept as stored), or ``None`` (the model's
+    size, checked once it is loaded by :func:`fit_or_refuse`). Returns the frame count."""
     check_device(args.device)
     count, height, width = io.probe(args.input)  # headers only
     check_outputs(outputs, [args.input], overwrite=args.overwrite)
     frames = len(io.frame_indices(count, args.frames)) if count else (args.frames or 1)
-    pixels = frames * (size * size if size else height * width)
+    if size is None:
+        return frames
+    side = (height, width) if size == "stored" else (size, size)
+    pixels = frames * side[0] * side[1]
     if pixels > PIXEL_BUDGET:
-        side = f"{size}x{size}" if size else f"{height}x{width}"
-        raise ValueError(f"{frames} frames of {side} are {pixels:,} pixels, over the budget of "
-                         f"{PIXEL_BUDGET:,}; reduce --size or --frames")
+        raise ValueError(f"{frames} frames of {side[0]}x{side[1]} are {pixels:,} pixels, over the budget "
+                         f"of {PIXEL_BUDGET:,}; reduce --size or --frames")
     return frames
 
 

@@ -265,7 +265,8 @@ def cmd_correspond(args) -> int:
 
     out = check_output(args.output)
     tensors = out.with_suffix(".pt")
-    count = check_input(args, [out, tensors], args.size)  # before loading a model
+    keep = args.size or ("stored" if args.source == "flow" else None)  # flow keeps the stored size
+    count = check_input(args, [out, tensors], keep)  # before loading a model
     timings = {}
     start = time.perf_counter()
     if args.source == "flow":
