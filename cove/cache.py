@@ -94,28 +94,37 @@ class Cache:
         path = self.path(kind, key)
         try:
             blob = path.read_bytes()
-        except FileNotFoundError:
+        except OSError:  # missing or unreadable: compute
             return None
         head, digest, body = blob[:len(MAGIC)], blob[len(MAGIC):len(MAGIC) + 64], blob[len(MAGIC) + 64:]
-        if head != MAGIC or digest != hashlib.sha256(body).hexdigest().encode():
-            path.unlink(missing_ok=True)  # truncated or corrupt: rebuild
+        try:
+            if head != MAGIC or digest != hashlib.sha256(body).hexdigest().encode():
+                raise ValueError("checksum")
+            return torch.load(io.BytesIO(body), weights_only=True)
+        except Exception:  # truncated, corrupt or unreadable by this torch: rebuild
+            path.unlink(missing_ok=True)
             return None
-        return torch.load(io.BytesIO(body), weights_only=True)
 
     def save(self, kind: str, key: str, payload) -> bool:
-        """Store ``payload`` (tensors, dicts, tuples, numbers) atomically; ``False`` if too large."""
+        """Store ``payload`` (tensors, dicts, tuples, numbers) atomically; ``False`` if too large
+        or the folder cannot be written."""
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         body = buffer.getvalue()
         if len(body) > self.max_entry_bytes:
             return False
         path = self.path(kind, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
+        except OSError:  # an unwritable cache costs time, never the edit
+            return False
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(MAGIC + hashlib.sha256(body).hexdigest().encode() + body)
             os.replace(tmp, path)
+        except OSError:
+            return False
         finally:
             Path(tmp).unlink(missing_ok=True)
         return True

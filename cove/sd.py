@@ -36,7 +36,7 @@ def check_frames(frames, name: str = "frames") -> np.ndarray:
     if frames.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8 (F, H, W, 3), got dtype {frames.dtype}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or min(frames.shape[:3]) < 1:
-        raise ValueError(f"{name} must have shape (F, H, W, 3) with F, H, W >= 1, got {frames.shape}")
+        raise ValueError(f"{name} must be uint8 (F, H, W, 3) with F, H, W >= 1, got shape {frames.shape}")
     return frames
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import cove.cache
 import cove.loading
 import cove.sd
 from cove import CoveConfig, edit_video
@@ -461,3 +462,21 @@ def test_model_identity_distinguishes_weights_and_allows_parameterless_parts(tin
         with torch.no_grad():
             weight.copy_(kept)
     assert model_identity(fake) == first
+
+
+def test_cache_never_fails_an_edit(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    cache = Cache(tmp_path / "a_file" / "cache")  # cannot be created
+    assert cache.save("inversion", "k", {"x": torch.ones(2)}) is False
+    assert cache.load("inversion", "k") is None
+    good = Cache(tmp_path / "c")
+    assert good.save("inversion", "k", {"x": torch.ones(2)})
+    assert torch.equal(good.load("inversion", "k")["x"], torch.ones(2))
+    path = good.path("inversion", "k")
+    blob = path.read_bytes()
+    body = b"not a torch file"
+    import hashlib
+
+    path.write_bytes(blob[:len(cove.cache.MAGIC)] + hashlib.sha256(body).hexdigest().encode() + body)  # valid digest, bad body
+    assert good.load("inversion", "k") is None and not path.exists()
+    assert not Cache(tmp_path / "c", max_entry_bytes=10).save("inversion", "k", {"x": torch.ones(100)})

@@ -6,8 +6,12 @@
 
 Heavy libraries (torch, diffusers) load inside the commands so that ``cove --help`` is quick.
 Errors the user can fix (missing input, bad size, bad option value) print one line,
-``cove: error: <message>``, and exit with status 2; outputs are written only at the end, each
-atomically, so a failed run leaves no partial file behind.
+``cove: error: <message>``, and exit with status 2, before any model is loaded or frame decoded
+(``cove.app.checks``: the device, the input's headers, the outputs, the pixel budget; the peak
+memory once the model is known). An output never replaces an input, nor an existing file
+without ``--overwrite``. Outputs are written only at the end, each atomically, so a failed or
+interrupted run leaves no partial file behind. ``cove edit`` caches the correspondence and
+inversion of a clip (``cove.cache``; ``--no-cache``).
 """
 from __future__ import annotations
 
