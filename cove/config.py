@@ -11,10 +11,81 @@ paper (``shared/PAPER.md`` restates it) it comes from. Two labelled groups hold 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import numbers
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+
+import numpy as np
 
 ATTENTION_MODES = ("cove", "spatiotemporal", "per-frame")
 CORRESPONDENCE_SOURCES = ("diffusion", "flow")
+
+# Allowed values of the settings, by field name: (test, what the message says it must be).
+# A field keeps its limit wherever it is declared (checked by ``check_fields``); ``None`` is
+# allowed exactly where the declared type allows it.
+LIMITS = {
+    "attention": (lambda v: v in ATTENTION_MODES, f"be one of {ATTENTION_MODES}"),
+    "correspondence": (lambda v: v in CORRESPONDENCE_SOURCES, f"be one of {CORRESPONDENCE_SOURCES}"),
+    "inversion_steps": (lambda v: v >= 1, "be >= 1"),
+    "denoise_steps": (lambda v: v >= 1, "be >= 1"),
+    "k": (lambda v: v >= 1, "be >= 1"),
+    "feature_ensemble": (lambda v: v >= 1, "be >= 1"),
+    "window": (lambda v: v >= 1 and v % 2 == 1, "be odd so that it has a centre (1, 3, 5, ...)"),
+    "pnp_steps": (lambda v: v >= 0, "be >= 0"),
+    "p2p_steps": (lambda v: v >= 0, "be >= 0"),
+    "guidance_scale": (lambda v: 0 <= v < float("inf"), "be finite and >= 0"),
+    "strength": (lambda v: 0.0 < v <= 1.0, "lie in (0, 1]"),
+    "merge_ratio": (lambda v: 0.0 <= v <= 1.0, "lie in [0, 1]"),
+    "feature_t": (lambda v: 0 <= v < 1000, "lie in 0..999"),
+    "mask_t": (lambda v: 0 <= v < 1000, "lie in 0..999"),
+    "mask_threshold": (lambda v: 0.0 < v < 1.0, "be None or lie in (0, 1)"),
+    "pnp_resnet_max_t": (lambda v: 0 < v <= 1000, "be None or lie in 1..1000"),
+    "mask_samples": (lambda v: v >= 1, "be >= 1"),
+    "mask_dilate": (lambda v: v >= 0, "be >= 0"),
+    "frame_chunk": (lambda v: v >= 1, "be None or >= 1"),
+    "token_chunk": (lambda v: v >= 1, "be None or >= 1"),
+}
+
+
+def _matches(value, kind) -> bool:
+    """Whether ``value`` has the declared type ``kind`` (int, float, str, bool, ``X | None``,
+    ``tuple[str, ...]``). bool is not an int here, and an int is a float."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, k) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if origin is tuple:
+        args = typing.get_args(kind)
+        return isinstance(value, tuple) and all(_matches(v, args[0]) for v in value) \
+            if len(args) == 2 and args[1] is Ellipsis else isinstance(value, tuple)
+    if kind in (int, float):  # numpy scalars count; bool does not
+        number = numbers.Integral if kind is int else numbers.Real
+        return isinstance(value, number) and not isinstance(value, (bool, np.bool_))
+    if isinstance(kind, type):
+        return isinstance(value, kind)
+    return True  # a type this check does not know: leave it to the code that uses it
+
+
+def _type_name(kind) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+
+
+def check_fields(config) -> None:
+    """Check every field of a config dataclass against its declared type and :data:`LIMITS`;
+    raise a one-line ValueError naming the first field that is wrong. Nested dataclasses
+    check themselves."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value, kind = getattr(config, f.name), hints.get(f.name)
+        if is_dataclass(value):
+            continue
+        if kind is not None and not _matches(value, kind):
+            raise ValueError(f"{f.name} must be {_type_name(kind)}, got {value!r} ({type(value).__name__})")
+        test, text = LIMITS.get(f.name, (None, ""))
+        if test is not None and value is not None and not test(value):
+            raise ValueError(f"{f.name} must {text}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -34,6 +105,9 @@ class EngineOptions:
     pnp_attentions: tuple[str, ...] | None = None
     frame_chunk: int | None = None
     token_chunk: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -71,6 +145,9 @@ class Extras:
     mask_dilate: int = 1
     mask_fill_holes: bool = False
     p2p_steps: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -127,41 +204,7 @@ class CoveConfig:
             raise ValueError(f"engine must be a cove.config.EngineOptions, got {type(self.engine).__name__}")
         if not isinstance(self.extras, Extras):
             raise ValueError(f"extras must be a cove.config.Extras, got {type(self.extras).__name__}")
-        e, x = self.engine, self.extras
-        if self.attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
-        if self.correspondence not in CORRESPONDENCE_SOURCES:
-            raise ValueError(
-                f"correspondence must be one of {CORRESPONDENCE_SOURCES}, got {self.correspondence!r}"
-            )
-        for name in ("inversion_steps", "denoise_steps", "window", "k", "feature_ensemble"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.pnp_steps < 0:
-            raise ValueError(f"pnp_steps must be >= 0, got {self.pnp_steps}")
-        if x.p2p_steps < 0:
-            raise ValueError(f"p2p_steps must be >= 0, got {x.p2p_steps}")
-        if not 0.0 < x.strength <= 1.0:
-            raise ValueError(f"strength must lie in (0, 1], got {x.strength}")
-        if not 0.0 <= self.merge_ratio <= 1.0:
-            raise ValueError(f"merge_ratio must lie in [0, 1], got {self.merge_ratio}")
-        if self.window % 2 == 0:
-            raise ValueError(f"window must be odd so that it has a centre, got {self.window}")
-        if not 0 <= self.feature_t < 1000:
-            raise ValueError(f"feature_t must lie in 0..999, got {self.feature_t}")
-        if x.mask_threshold is not None and not 0.0 < x.mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be None or lie in (0, 1), got {x.mask_threshold}")
-        if x.pnp_resnet_max_t is not None and not 0 < x.pnp_resnet_max_t <= 1000:
-            raise ValueError(f"pnp_resnet_max_t must be None or lie in 1..1000, got {x.pnp_resnet_max_t}")
-        if not 0 <= x.mask_t < 1000:
-            raise ValueError(f"mask_t must lie in 0..999, got {x.mask_t}")
-        if x.mask_samples < 1 or x.mask_dilate < 0:
-            raise ValueError(f"mask_samples must be >= 1 and mask_dilate >= 0, "
-                             f"got {x.mask_samples} and {x.mask_dilate}")
-        for name in ("frame_chunk", "token_chunk"):
-            value = getattr(e, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be None or >= 1, got {value}")
+        check_fields(self)
 
     def with_denoise_steps(self, steps: int) -> "CoveConfig":
         """This config with ``steps`` denoising steps and ``pnp_steps`` rescaled to the same

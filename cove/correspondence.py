@@ -11,6 +11,7 @@ to the last frame, and the same backwards.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +132,30 @@ def _chain_into(
         current[starts] = index[starts, :, frames, 0]  # top-1 becomes the next query
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_unit_features(features, tolerance: float = 1e-2) -> None:
+    """Refuse (one-line ValueError) anything but a finite floating ``(F, C, H, W)`` tensor whose
+    vectors have unit L2 norm over ``C`` (within ``tolerance``): ``correspond`` does not
+    renormalise, so that its scores are cosine similarities of what the caller passed."""
+    if not isinstance(features, Tensor):
+        raise ValueError(f"features must be a torch.Tensor (F, C, H, W), got {type(features).__name__}")
+    if features.ndim != 4 or min(features.shape) < 1:
+        raise ValueError(f"features must be (F, C, H, W), got shape {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"features must be a floating-point tensor, got {features.dtype}")
+    if not torch.isfinite(features).all():
+        raise ValueError("features hold NaN or Inf values")
+    norms = torch.linalg.vector_norm(features.float(), dim=1)  # (F, H, W)
+    worst = (norms - 1).abs().max().item()
+    if worst > tolerance:
+        raise ValueError(f"features must have unit L2 norm over C (dim 1), found norms up to "
+                         f"{norms.max().item():.3g} and down to {norms.min().item():.3g}; pass "
+                         "torch.nn.functional.normalize(features, dim=1)")
+
+
 def correspond(
     features: Tensor, window: int = 9, k: int = 3, *, chunk: int | None = None
 ) -> Correspondence:
@@ -145,7 +170,8 @@ def correspond(
     Args:
         features: ``(F, C, H, W)`` diffusion features, already L2-normalised over ``C`` by the
             caller (``cove.features.extract_features`` does it) so that dot products are cosine
-            similarities; they are not renormalised here.
+            similarities. They are not renormalised here: a tensor of other norms (or with
+            NaN / Inf values, or not a tensor) is refused (``check_unit_features``).
         window: ``l`` (Sec. 3.2: 9), odd and ``<= min(H, W)``.
         k: ``K`` (Table 2: 3), in ``1..l*l``.
         chunk: tokens per window search, to bound memory (``None``: automatic, about 256 MB
@@ -157,10 +183,12 @@ def correspond(
         Peak memory: ``2 (F-1) N K`` for the one-frame steps plus the ``(F, N, F, K)`` output
         plus one chunk of candidates; nothing of size ``(F*N, l*l, C)``.
     """
-    if features.ndim != 4:
-        raise ValueError(f"features must be (F, C, H, W), got shape {tuple(features.shape)}")
+    check_unit_features(features)
     F, C, H, W = features.shape
     N = H * W
+    for name, value in (("window", window), ("k", k), ("chunk", chunk)):
+        if not (value is None and name == "chunk") and not _is_int(value):
+            raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     check_window(window, (H, W))
     if not 1 <= k <= window * window:
         raise ValueError(f"k must lie in 1..window**2 = 1..{window * window}, got {k}")

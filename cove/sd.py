@@ -139,3 +139,133 @@ def decode_latents(pipe, latents: torch.Tensor, *, batch_size: int = 8) -> np.nd
         x = pipe.vae.decode(z.to(vae_dtype) / pipe.vae.config.scaling_factor).sample
         out.append(to_frames(x))
     return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------- devices and sizes
+
+# Largest clip an edit accepts, in pixels over all frames after resizing (F * H * W): 256
+# frames at 512x512, 64 at 1024x1024. Checked before any decoding.
+PIXEL_BUDGET = 2**26
+
+
+def available_devices() -> list[str]:
+    """The devices torch can use here: ``["cpu", "cuda:0", ...]`` (and ``"mps"`` on Apple)."""
+    names = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def check_device(device) -> torch.device:
+    """``None`` -> cpu; a name or ``torch.device`` that exists here -> ``torch.device``; else a
+    one-line ValueError naming the available devices."""
+    available = available_devices()
+    if device is None:
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; available: {', '.join(available)}") from None
+    index = 0 if resolved.index is None else resolved.index
+    ok = {"cpu": resolved.index in (None, 0), "cuda": index < torch.cuda.device_count(),
+          "mps": "mps" in available and index == 0}.get(resolved.type, False)
+    if not ok:
+        raise ValueError(f"device {str(resolved)!r} is not available here; available: {', '.join(available)}")
+    return resolved
+
+
+def device_memory(device) -> int:
+    """Total memory in bytes of ``device``: the GPU's for cuda, the machine's RAM otherwise."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device.index or 0).total_memory)
+    import os
+
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def format_bytes(n: float) -> str:
+    """``3.2e9`` -> ``"3.0 GiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def estimate_edit_memory(pipe, frames: int, height: int, width: int, config) -> dict[str, int]:
+    """Estimated peak bytes of ``cove.edit_video`` on the pipeline's device, by part.
+
+    An order-of-magnitude model of the largest tensors alive at once (attention scores are
+    assumed tiled by SDPA, never materialised): the weights; the UNet's activations and skip
+    connections at the latent grid ``h x w`` for ``G`` (2 with guidance) groups of ``F`` frames;
+    the spatial-temporal attention's keys and values over all frames (queries and outputs per
+    ``frame_chunk``); correspondence-guided attention's gathered keys and values per
+    ``token_chunk``; the plug-and-play store of Q, K (``pnp_steps`` steps); the correspondence
+    ``(F, N, F, K)``; the VAE decoder at full resolution (8 frames at a time).
+
+    Returns:
+        ``{"weights", "unet", "attention", "guided attention", "pnp store", "correspondence",
+        "vae", "peak"}`` in bytes.
+    """
+    unet, vae = pipe.unet, pipe.vae
+    cfg = unet.config
+    F, G = frames, (2 if config.guidance_scale > 1 else 1)
+    b = next(unet.parameters()).element_size()
+    f = pipe.vae_scale_factor
+    n0 = (height // f) * (width // f)  # tokens of the finest latent grid
+    chans = list(cfg.block_out_channels)
+    levels = len(chans)
+    cross = ["CrossAttn" in t for t in cfg.down_block_types]
+    grids = [n0 // 4**level for level in range(levels)]  # tokens per level
+    weights = sum(p.numel() * p.element_size()
+                  for m in (unet, vae, pipe.text_encoder) for p in m.parameters())
+    # skip connections of every level + a working set of ~6 tensors at the finest level
+    skips = sum((cfg.layers_per_block + 1) * c * n for c, n in zip(chans, grids))
+    unet_bytes = G * F * b * (skips + 6 * chans[0] * n0)
+    attn_level = next((i for i, c in enumerate(cross) if c), 0)
+    c_a, n_a = chans[attn_level], grids[attn_level]
+    fc = F if config.attention == "per-frame" else (config.engine.frame_chunk or F)
+    kv = 2 * F * n_a * c_a if config.attention != "per-frame" else 0
+    attention = G * b * (3 * F * n_a * c_a + kv + 2 * fc * n_a * c_a)
+    guided = corr = 0
+    if config.attention == "cove" and F > 1:
+        tc = min(config.engine.token_chunk or n_a, n_a)
+        guided = 2 * F * tc * (F - 1) * config.k * c_a * 4  # gathered keys and values, float32
+        corr = F * n_a * F * config.k * (8 + 4) + min(2**26, F * n_a * 81 * c_a) * 4
+    # PnP: Q and K of the decoder's self-attentions from its second block on, per injected step
+    up_chans, up_grids = chans[::-1], grids[::-1]
+    up_cross = ["CrossAttn" in t for t in cfg.up_block_types]
+    per_step = sum((cfg.layers_per_block + 1) * 2 * F * up_grids[i] * up_chans[i]
+                   for i in range(1, levels) if up_cross[i])
+    pnp = min(config.pnp_steps, config.denoise_steps) * per_step * b
+    vae_c = getattr(vae.config, "block_out_channels", [128])[0]
+    vae_b = next((p.element_size() for p in vae.parameters()), b)
+    vae_bytes = 4 * min(F, 8) * vae_c * height * width * vae_b
+    parts = {"weights": weights, "unet": unet_bytes, "attention": attention,
+             "guided attention": guided, "pnp store": pnp, "correspondence": corr, "vae": vae_bytes}
+    parts["peak"] = weights + pnp + corr + max(unet_bytes + attention + guided, vae_bytes)
+    return {k: int(v) for k, v in parts.items()}
+
+
+def check_fits(pipe, frames: int, height: int, width: int, config, *, budget: int | None = None) -> dict:
+    """Refuse (one-line ValueError) an edit over :data:`PIXEL_BUDGET` pixels or whose estimated
+    peak memory (:func:`estimate_edit_memory`) exceeds the device's memory (or ``budget``
+    bytes). Returns the estimate."""
+    pixels = frames * height * width
+    knobs = "reduce --size or --frames"
+    if pixels > PIXEL_BUDGET:
+        raise ValueError(f"{frames} frames of {height}x{width} are {pixels:,} pixels, over the budget "
+                         f"of {PIXEL_BUDGET:,}; {knobs}")
+    estimate = estimate_edit_memory(pipe, frames, height, width, config)
+    device = next(pipe.unet.parameters()).device
+    limit = device_memory(device) if budget is None else budget
+    if estimate["peak"] > limit:
+        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in estimate.items()
+                          if k != "peak" and v > 0.1 * estimate["peak"])
+        raise ValueError(
+            f"this edit needs about {format_bytes(estimate['peak'])} on {device} ({parts}) but it has "
+            f"{format_bytes(limit)}; {knobs}, or lower frame_chunk / token_chunk, pnp_steps, "
+            "or use --attention per-frame, float16 or a larger device"
+        )
+    return estimate

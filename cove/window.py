@@ -10,6 +10,8 @@ Token ``n = y*W + x``; a cell is a long ``(x, y)``.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -89,6 +91,16 @@ def window_similarity(
         target[:, y_c, x_c]`` for the window cells in row-major order, and ``index`` their
         long token indices ``n = y*W + x`` into ``target``. Materialises ``(M, l*l, C)``.
     """
+    for name, value in (("query", query), ("target", target), ("centre", centre)):
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not query.is_floating_point() or target.dtype != query.dtype:
+        raise ValueError(f"query and target must be floating-point tensors of one dtype, got "
+                         f"{query.dtype} and {target.dtype}")
+    if centre.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"centre must be an integer (long) tensor of cells, got {centre.dtype}")
+    if not isinstance(window, numbers.Integral) or isinstance(window, bool):
+        raise ValueError(f"window must be an int, got {window!r} ({type(window).__name__})")
     if query.ndim < 2 or target.ndim != query.ndim + 1 or centre.shape != (*query.shape[:-1], 2):
         raise ValueError(
             "expected query (M, C), target (C, H, W) and centre (M, 2) (with the same leading "

@@ -21,6 +21,12 @@ def textured_clip(F=4, size=64, shift=8, seed=0):
     return np.stack([big[:, f * shift : f * shift + size] for f in range(F)])  # (F, H, W, 3)
 
 
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path_factory, monkeypatch):
+    """`cove edit` caches by default: never in the user's home during tests."""
+    monkeypatch.setenv("COVE_CACHE", str(tmp_path_factory.mktemp("cove-cache")))
+
+
 def error_lines(capsys):
     return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
@@ -105,7 +111,7 @@ def test_config_from_args_mask_threshold():
     for extra in (["--mask-dilate", "0"], ["--mask-fill-holes"]):
         with pytest.raises(ValueError, match="expected --mask-threshold too"):
             cli.config_from_args(parser.parse_args(edit + ["--source-prompt", "a red star"] + extra))
-    with pytest.raises(ValueError, match="mask_dilate >= 0"):
+    with pytest.raises(ValueError, match="mask_dilate must be >= 0"):
         cli.config_from_args(parser.parse_args(edit + ["--source-prompt", "a red star", "--mask-threshold",
                                                        "0.4", "--mask-dilate", "-1"]))
 
@@ -250,7 +256,8 @@ def test_edit_failure_leaves_no_output(tiny_folder, tmp_path, capsys, monkeypatc
     argv = ["edit", str(source), "-p", "x", "--model", str(tiny_folder), "--attention", "per-frame",
             "--inversion-steps", "2", "--denoise-steps", "2", "-o", str(tmp_path / "out" / "e.mp4")]
     assert cli.main(argv) == 2
-    assert error_lines(capsys)[-1:] == ["cove: error: No space left on device"]
+    side = tmp_path / "out" / "e_side_by_side.mp4"
+    assert error_lines(capsys)[-1:] == [f"cove: error: cannot write {side}: No space left on device"]
     assert list((tmp_path / "out").iterdir()) == []  # the finished first clip is removed too
 
 
@@ -323,3 +330,100 @@ def test_format_summary_handles_missing_values():
     (cove_line,) = [line for line in text.splitlines() if line.split()[:1] == ["COVE"] and "demo" not in line]
     assert cove_line.split()[1:] == ["1.50", "-", "30.00", "-", "0.50"]
     assert "diffusion features 0.900, optical flow 0.800" in text
+
+
+# ---------------------------------------------------------------------------- fuzz: malformed inputs
+
+
+def malformed_inputs(folder):
+    """{name: path} of broken clips, each one way a user's file can be wrong."""
+    import shutil
+    import struct
+    import subprocess
+    import zlib
+
+    from PIL import Image
+
+    def png_declaring(width, height):
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+
+    good = io.write_video(folder / "good.gif", textured_clip(F=3, size=32))
+    cases = {"empty.mp4": b"", "noise.mp4": np.random.default_rng(0).bytes(4096), "text.gif": b"GIF? no",
+             "truncated.gif": good.read_bytes()[:300], "notes.txt": b"hello"}
+    paths = {}
+    for name, data in cases.items():
+        (folder / name).write_bytes(data)
+        paths[name] = folder / name
+    subprocess.run([io.ffmpeg_path(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=frequency=440:duration=0.3", str(folder / "audio.mp4")], check=True)
+    paths["audio.mp4"] = folder / "audio.mp4"
+    bomb = bytearray(good.read_bytes())
+    bomb[6:10] = struct.pack("<HH", 30000, 30000)
+    (folder / "bomb.gif").write_bytes(bytes(bomb))
+    paths["bomb.gif"] = folder / "bomb.gif"
+    for name, files in {
+        "empty_folder": {},
+        "bomb_folder": {"0.png": png_declaring(30000, 30000)},
+        "zero_byte_frame": {"0.png": b""},
+        "mixed_sizes": {"0.png": (16, 16), "1.png": (24, 16)},
+        "truncated_frame": {"0.png": (32, 32), "1.png": "truncated"},
+        "folder.mp4": {},
+    }.items():
+        sub = folder / name
+        sub.mkdir()
+        for file, content in files.items():
+            if isinstance(content, bytes):
+                (sub / file).write_bytes(content)
+            else:
+                shape = content if isinstance(content, tuple) else (32, 32)
+                Image.fromarray(textured_clip(F=1, size=max(shape))[0][: shape[0], : shape[1]]).save(sub / file)
+                if content == "truncated":
+                    data = (sub / file).read_bytes()
+                    (sub / file).write_bytes(data[: len(data) // 2])
+        paths[name] = sub
+    shutil.copy(good, folder / "existing.mp4")
+    return good, paths
+
+
+def test_fuzz_malformed_files_and_arguments(tiny_folder, tmp_path, capsys, monkeypatch):
+    """Every malformed file or argument: exit 2, one line on stderr, no traceback, no new file,
+    input bytes unchanged."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    good, broken = malformed_inputs(work)
+    model = ["--model", str(tiny_folder)]
+    runs = [["edit", str(path), "-p", "x", *model] for path in broken.values()]
+    runs += [["correspond", str(path), "-o", "c.mp4", "--source", "flow"] for path in broken.values()]
+    edit = ["edit", str(good), "-p", "a red star", *model]
+    bad_arguments = [
+        ["--fps", "0"], ["--fps", "nan"], ["--fps", "-3"], ["--fps", "abc"], ["--size", "0"], ["--size", "-5"],
+        ["--size", "abc"], ["--size", "8192"], ["--frames", "0"], ["--k", "0"], ["--k", "2.5"], ["--window", "4"],
+        ["--strength", "2"], ["--strength", "0"], ["--merge-ratio", "1.5"], ["--guidance", "nan"],
+        ["--device", "gpu9"], ["--device", "cuda:99"], ["--dtype", "float64"], ["--attention", "foo"],
+        ["--model", "./nowhere"], ["--model", "nothing"], ["-o", str(good)], ["-o", "./good.gif"],
+        ["-o", "out.avi"], ["-o", "existing.mp4"], ["--mask-threshold", "0.4"], ["--pnp-resnet-max-t", "0"],
+        ["--inversion-steps", "0"], ["--p2p-steps", "3"], ["--frobnicate"], ["-o", "good_side_by_side.mp4"],
+        ["-o", "work"],
+    ]
+    runs += [edit + extra for extra in bad_arguments]
+    runs += [["edit", str(good)], ["correspond", str(good)], ["correspond", str(good), "-o", "good.gif"],
+             ["correspond", str(good), "-o", "c.mp4", "--grid", "4", "4"],
+             ["correspond", str(good), "-o", "c.mp4", "--source", "nope"], ["demo", "--device", "gpu9"]]
+    (work / "good_side_by_side.mp4").symlink_to(good)  # a derived output that is the input
+    before = snapshot_bytes(work)
+    for argv in runs:
+        code = cli.main(argv)
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, (argv, code, err)
+        assert lines[0].startswith("cove"), (argv, err)
+        assert snapshot_bytes(work) == before, argv  # no new file, inputs unchanged
+
+
+def snapshot_bytes(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}

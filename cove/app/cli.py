@@ -6,8 +6,12 @@
 
 Heavy libraries (torch, diffusers) load inside the commands so that ``cove --help`` is quick.
 Errors the user can fix (missing input, bad size, bad option value) print one line,
-``cove: error: <message>``, and exit with status 2; outputs are written only at the end, each
-atomically, so a failed run leaves no partial file behind.
+``cove: error: <message>``, and exit with status 2, before any model is loaded or frame decoded
+(``cove.app.checks``: the device, the input's headers, the outputs, the pixel budget; the peak
+memory once the model is known). An output never replaces an input, nor an existing file
+without ``--overwrite``. Outputs are written only at the end, each atomically, so a failed or
+interrupted run leaves no partial file behind. ``cove edit`` caches the correspondence and
+inversion of a clip (``cove.cache``; ``--no-cache``).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ import numpy as np
 from .. import __version__
 from ..config import ATTENTION_MODES, CORRESPONDENCE_SOURCES, CoveConfig, Extras
 from ..sd import check_prompts, frame_size, size_multiple
+from .checks import check_input, check_output, fit_or_refuse
 
 DTYPES = ("float32", "float16", "bfloat16")
 # How errors name the prompts and the options that need a source prompt (``cove.sd.check_prompts``).
@@ -83,16 +89,6 @@ def sibling(path: Path, tag: str) -> Path:
     return path.with_name(f"{path.stem}_{tag}{path.suffix}")
 
 
-def check_output(path: Path, suffixes=(".mp4", ".gif")) -> Path:
-    """Fail before any long computation when an output path cannot be written."""
-    path = Path(path)
-    if path.suffix.lower() not in suffixes:
-        raise ValueError(f"output {path} must end in {' or '.join(suffixes)}")
-    if path.is_dir():
-        raise ValueError(f"output {path} is a folder; expected a file name")
-    return path
-
-
 def config_from_args(args) -> CoveConfig:
     """The ``CoveConfig`` of ``cove edit``'s options (unset options keep the paper's defaults;
     without --pnp-steps, PnP keeps the paper's share of the steps: ``CoveConfig.with_denoise_steps``)."""
@@ -132,12 +128,12 @@ def format_timings(timings: dict[str, float]) -> str:
 
 
 def load_frames_for(pipe, args):
-    """Read ``args.input`` and crop / resize / subsample it for ``pipe`` -> uint8 (F, H, W, 3)."""
+    """Read ``args.input`` one frame at a time, cropped / resized / subsampled for ``pipe``
+    -> uint8 (F, H, W, 3)."""
     from . import io
 
-    frames = io.read_video(args.input)  # (F, H0, W0, 3)
     size = args.size if args.size is not None else frame_size(pipe)
-    return io.prepare_frames(frames, size=size, num_frames=args.frames, multiple=size_multiple(pipe))
+    return io.read_video(args.input, size=size, num_frames=args.frames, multiple=size_multiple(pipe))
 
 
 def make_generator(pipe, seed: int):
@@ -155,13 +151,15 @@ def cmd_edit(args) -> int:
     out = check_output(args.output or default_output(args.input))
     side = sibling(out, "side_by_side")
     config = config_from_args(args)
+    count = check_input(args, [out, side], args.size)  # before loading a model
     timings = {}
     start = time.perf_counter()
-    io.read_video(args.input, max_frames=1)  # fail fast on a bad input, before loading a model
+    from ..cache import Cache
     from ..loading import load_pipeline
     from ..pipeline import denoise_timesteps, edit_video, inversion_timesteps
 
     pipe = load_pipeline(args.model, device=args.device, dtype=torch_dtype(args.dtype))
+    fit_or_refuse(pipe, count, args, config)  # before decoding a frame
     timings["load model"] = time.perf_counter() - start
 
     tick = time.perf_counter()
@@ -177,8 +175,8 @@ def cmd_edit(args) -> int:
     try:
         result = edit_video(
             pipe, frames, args.prompt, source_prompt=args.source_prompt, negative_prompt=args.negative_prompt,
-            config=config,
-            callback=progress, generator=make_generator(pipe, args.seed),
+            config=config, callback=progress, generator=make_generator(pipe, args.seed),
+            cache=None if args.no_cache else Cache(),
         )
     finally:
         progress.close()
@@ -273,13 +271,15 @@ def cmd_correspond(args) -> int:
 
     out = check_output(args.output)
     tensors = out.with_suffix(".pt")
-    io.read_video(args.input, max_frames=1)  # fail fast on a bad input
+    keep = args.size or ("stored" if args.source == "flow" else None)  # flow keeps the stored size
+    count = check_input(args, [out, tensors], keep)  # before loading a model
     timings = {}
     start = time.perf_counter()
     if args.source == "flow":
         from ..extras.flow import flow_correspondence
 
-        frames = io.prepare_frames(io.read_video(args.input), size=args.size, num_frames=args.frames)
+        frames = io.prepare_frames(io.read_video(args.input, size=args.size, num_frames=args.frames),
+                                   size=None)  # sides cropped to multiples of 8
         grid = tuple(args.grid) if args.grid else (frames.shape[1] // 8, frames.shape[2] // 8)
         timings["read video"] = time.perf_counter() - start
         tick = time.perf_counter()
@@ -292,12 +292,13 @@ def cmd_correspond(args) -> int:
         if args.grid:
             raise ValueError("--grid applies to --source flow; diffusion features fix their own grid")
         pipe = load_pipeline(args.model, device=args.device, dtype=torch_dtype(args.dtype))
+        # stages 1-3 exactly as `cove edit` runs them (window clamped to the feature grid)
+        config = CoveConfig(window=args.window, k=args.k)
+        fit_or_refuse(pipe, count, args, replace(config, pnp_steps=0, guidance_scale=1.0))  # one UNet pass
         timings["load model"] = time.perf_counter() - start
         tick = time.perf_counter()
         frames = load_frames_for(pipe, args)  # (F, H, W, 3)
         timings["read video"] = time.perf_counter() - tick
-        # stages 1-3 exactly as `cove edit` runs them (window clamped to the feature grid)
-        config = CoveConfig(window=args.window, k=args.k)
         correspondence, stage_timings = compute_correspondence(
             pipe, frames, config, make_generator(pipe, args.seed)
         )
@@ -333,8 +334,10 @@ def cmd_correspond(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from ..sd import check_device
     from .demo import format_summary, run_demo
 
+    check_device(args.device)
     start = time.perf_counter()
     summary = run_demo(args.output, quick=args.quick, device=args.device)
     print(format_summary(summary))
@@ -345,10 +348,24 @@ def cmd_demo(args) -> int:
 # ---------------------------------------------------------------------------- parser
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``cove edit: error: ...``), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else 'bad usage'}\n")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
 
 
@@ -360,13 +377,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=_positive_int, default=None, metavar="S",
                    help="centre-crop to a square and resize to SxS (default: the model's own size)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default: float32 on cpu, float16 on cuda")
-    p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos (default: 8)")
+    p.add_argument("--fps", type=_positive_float, default=8.0,
+                   help="frame rate of the written videos (default: 8)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cove",
         description="COVE: correspondence-guided consistent video editing (NeurIPS 2024).",
     )
@@ -418,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="prompt-to-prompt word swap: in the first N denoising steps each word of "
                            "--prompt reuses the cross-attention map of its counterpart in "
                            "--source-prompt (needs --source-prompt; default: 0, the paper)")
+    edit.add_argument("--no-cache", action="store_true",
+                      help="recompute the correspondence and the inversion instead of reusing them "
+                           "from the cache ($COVE_CACHE, default ~/.cache/cove)")
     edit.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     edit.set_defaults(run=cmd_edit)
 
@@ -440,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "write videos and metrics.json.")
     demo.add_argument("-o", "--output", default="cove-demo", help="output folder (default: cove-demo)")
     demo.add_argument("--quick", action="store_true", help="fewer steps (a smoke test, not a result)")
-    demo.add_argument("--device", default=None)
+    demo.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     demo.set_defaults(run=cmd_demo)
     return parser
 
@@ -462,7 +484,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # FileNotFoundError is an OSError
         print(f"cove: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except RuntimeError as error:  # the allocator's refusal, should the estimate be too low
+        if "out of memory" not in str(error).lower():
+            raise
+        print(f"cove: error: out of memory ({_one_line(error)}); reduce --size or --frames",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # outputs are written atomically at the end: nothing partial
         print("cove: interrupted", file=sys.stderr)
         return 130
 

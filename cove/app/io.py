@@ -12,10 +12,12 @@ ffmpeg: the ``ffmpeg`` on ``PATH`` if there is one, else the binary shipped in t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import cv2
@@ -50,7 +52,10 @@ def _mediapy():
     return mediapy
 
 
-# ---------------------------------------------------------------------------- checks
+# ---------------------------------------------------------------------------- headers
+
+# Largest frame read, in pixels: PIL's decompression-bomb limit (about 89 Mpx), for every format.
+MAX_FRAME_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 def _natural_key(path: Path) -> list:
@@ -58,88 +63,153 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
+def _frame_files(folder: Path) -> list[Path]:
+    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=_natural_key)
+    if not files:
+        raise ValueError(f"folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} frames")
+    return files
+
+
+def _open_image(path: Path):
+    """A PIL image with only its header read; a decompression bomb or an unreadable file ->
+    a one-line ValueError naming the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ValueError(f"{path} declares more than {MAX_FRAME_PIXELS:,} pixels per frame "
+                             "(too large to decode safely)") from None
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(f"cannot read image {path}: {_first_line(error)}") from None
+    if image.width * image.height > MAX_FRAME_PIXELS:
+        image.close()
+        raise ValueError(f"{path} declares {image.width}x{image.height} pixels, more than "
+                         f"{MAX_FRAME_PIXELS:,} per frame")
+    return image
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
+
+
+def _probe_ffmpeg(path: Path) -> tuple[int | None, int, int]:
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    try:
+        meta = next(reader)
+    except (OSError, RuntimeError, StopIteration) as error:
+        report = str(error)
+        if "Stream" in report and "Video:" not in report:
+            raise ValueError(f"{path} holds no video stream") from None
+        lines = [line.strip() for line in report.splitlines()
+                 if line.strip() and "Could not load meta" not in line and not line.startswith("===")]
+        reason = next((line for line in lines if path.name in line or "Invalid" in line), "not a video")
+        reason = re.sub(r"^(\[[^\]]*\]\s*)+", "", reason)  # ffmpeg's "[in#0 @ 0x...]" prefix
+        raise ValueError(f"cannot decode video {path}: {reason}") from None
+    finally:
+        reader.close()
+    width, height = meta["size"]
+    if width * height > MAX_FRAME_PIXELS:
+        raise ValueError(f"{path} declares {width}x{height} pixels, more than {MAX_FRAME_PIXELS:,} per frame")
+    fps, duration = meta.get("fps") or 0, meta.get("duration") or 0
+    return (max(1, round(fps * duration)) if fps and duration else None), height, width
+
+
+def probe(path) -> tuple[int | None, int, int]:
+    """``(F, H, W)`` of a clip from its headers, without decoding any pixels (``F`` is ``None``
+    when a video container does not say). Raises a one-line ValueError for a missing or
+    unreadable input, a video without a video stream, frames of different sizes in a folder,
+    or frames over :data:`MAX_FRAME_PIXELS`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such video, gif or frame folder: {path}")
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        sizes = {}
+        for file in _frame_files(path):
+            with _open_image(file) as image:
+                sizes.setdefault((image.height, image.width), file.name)
+        if len(sizes) != 1:
+            raise ValueError(f"frames in {path} must all have the same size, got "
+                             + ", ".join(f"{h}x{w} ({name})" for (h, w), name in sorted(sizes.items())))
+        ((height, width),) = sizes
+        return len(_frame_files(path)), height, width
+    if suffix == ".gif":
+        with _open_image(path) as image:
+            return getattr(image, "n_frames", 1), image.height, image.width
+    if suffix in VIDEO_SUFFIXES:
+        return _probe_ffmpeg(path)
+    expected = ", ".join(VIDEO_SUFFIXES + (".gif",))
+    raise ValueError(f"cannot read {path.name!r}: expected a folder of frames or one of {expected}")
+
+
 # ---------------------------------------------------------------------------- reading
 
 
-def _read_image(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-
-
-def _read_folder(folder: Path, max_frames: int | None) -> np.ndarray:
-    files = sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=_natural_key,
-    )
-    if not files:
-        raise ValueError(f"folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} frames")
-    files = files[:max_frames]
-    images = [_read_image(p) for p in files]
-    shapes = {image.shape for image in images}
-    if len(shapes) != 1:
-        raise ValueError(f"frames in {folder} must all have the same size, got {sorted(shapes)}")
-    return np.stack(images)  # (F, H, W, 3)
-
-
-def _read_gif(path: Path, max_frames: int | None) -> np.ndarray:
-    images = []
-    with Image.open(path) as gif:
-        for frame in ImageSequence.Iterator(gif):
-            if max_frames is not None and len(images) >= max_frames:
-                break
-            images.append(np.asarray(frame.convert("RGB"), dtype=np.uint8))  # (H, W, 3)
-    return np.stack(images)  # (F, H, W, 3)
-
-
-def _read_ffmpeg(path: Path, max_frames: int | None) -> np.ndarray:
-    media = _mediapy()
-    images = []
+def _decoded(image, where: str) -> np.ndarray:
     try:
-        with media.VideoReader(path) as reader:
-            for image in reader:
-                if max_frames is not None and len(images) >= max_frames:
-                    break
-                images.append(np.asarray(image[..., :3], dtype=np.uint8))  # (H, W, 3)
-    except RuntimeError as error:  # ffmpeg's multi-line report: keep its last line
-        last = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
-        raise ValueError(f"cannot decode video {path}: {last}") from None
-    if not images:
-        raise ValueError(f"video {path} holds no frames")
-    return np.stack(images)  # (F, H, W, 3)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
+        raise ValueError(f"cannot decode {where}: {_first_line(error)}") from None
 
 
-def read_video(path, *, max_frames: int | None = None, size=None) -> np.ndarray:
-    """Read a clip as ``uint8 (F, H, W, 3)``.
+def _iter_frames(path: Path):
+    """Yield uint8 ``(H, W, 3)`` frames one at a time; a corrupt frame -> ValueError naming it."""
+    if path.is_dir():
+        for file in _frame_files(path):
+            with _open_image(file) as image:
+                yield _decoded(image, str(file))
+    elif path.suffix.lower() == ".gif":
+        with _open_image(path) as gif:
+            for i, frame in enumerate(ImageSequence.Iterator(gif)):
+                yield _decoded(frame, f"frame {i} of {path}")
+    else:
+        media = _mediapy()
+        try:
+            with media.VideoReader(path) as reader:
+                yield from (np.asarray(image[..., :3], dtype=np.uint8) for image in reader)
+        except RuntimeError as error:  # ffmpeg's multi-line report: keep its last line
+            last = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
+            raise ValueError(f"cannot decode video {path}: {last}") from None
+
+
+def read_video(path, *, max_frames: int | None = None, size=None, num_frames: int | None = None,
+               multiple: int = 8) -> np.ndarray:
+    """Read a clip as ``uint8 (F, H, W, 3)``, decoding (and resizing) one frame at a time.
 
     Important args:
         path: a video file (``.mp4``, ``.mov``, ``.avi``, ``.mkv``, ``.webm``), a ``.gif``, or
             a folder of ``.png`` / ``.jpg`` / ``.jpeg`` frames (natural sort order:
             ``2.png`` before ``10.png``).
         max_frames: keep only the first ``max_frames`` frames (stops decoding early).
-        size: ``None`` keeps the frames as stored; otherwise passed to :func:`prepare_frames`
-            (an int: centre-crop to a square then resize to ``size x size``; ``(H, W)``:
-            centre-crop to that aspect ratio then resize).
+        size: ``None`` keeps the frames as stored; otherwise each frame goes through
+            :func:`prepare_frames` as it is decoded (an int: centre-crop to a square then
+            resize to ``size x size``; ``(H, W)``: centre-crop to that aspect ratio then resize).
+        num_frames: then keep this many evenly spaced frames (``None``: all).
+        multiple: required divisor of the sides with ``size`` (8 for Stable Diffusion's VAE).
 
-    The input is only read, never modified.
+    Headers are checked first (:func:`probe`): a decompression bomb or a video without a
+    video stream is refused before any pixel is decoded. The input is only read, never modified.
     """
     path = Path(path)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be None or >= 1, got {max_frames}")
-    if not path.exists():
-        raise FileNotFoundError(f"no such video, gif or frame folder: {path}")
-    suffix = path.suffix.lower()
-    if path.is_dir():
-        frames = _read_folder(path, max_frames)
-    elif suffix == ".gif":
-        frames = _read_gif(path, max_frames)
-    elif suffix in VIDEO_SUFFIXES:
-        frames = _read_ffmpeg(path, max_frames)
-    else:
-        expected = ", ".join(VIDEO_SUFFIXES + (".gif",))
-        raise ValueError(f"cannot read {path.name!r}: expected a folder of frames or one of {expected}")
-    if size is not None:
-        frames = prepare_frames(frames, size=size)
-    return frames
+    _, height, width = probe(path)
+    frames = []
+    for frame in _iter_frames(path):
+        if max_frames is not None and len(frames) >= max_frames:
+            break
+        if frame.shape[:2] != (height, width):
+            raise ValueError(f"{path}: frame {len(frames)} is {frame.shape[0]}x{frame.shape[1]}, "
+                             f"the first is {height}x{width}")
+        frames.append(frame if size is None else prepare_frames(frame[None], size, multiple=multiple)[0])
+    if not frames:
+        raise ValueError(f"video {path} holds no frames")
+    frames = np.stack(frames)  # (F, H', W', 3)
+    return frames[frame_indices(len(frames), num_frames)]
 
 
 # ---------------------------------------------------------------------------- preparing
@@ -242,8 +312,8 @@ def write_video(path, frames, fps: float = 8) -> Path:
     if suffix not in WRITE_SUFFIXES:
         raise ValueError(f"cannot write {path.name!r}: expected a path ending in .mp4 or .gif")
     frames = check_frames(frames)
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
+    if not (isinstance(fps, (int, float)) and 0 < fps < float("inf")):
+        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
@@ -269,18 +339,24 @@ def write_all(clips: dict, fps: float) -> None:
     is written are they renamed into place. On failure the pending files are removed and any
     earlier files at the target paths are left as they were.
     """
+    if not (isinstance(fps, (int, float)) and 0 < fps < float("inf")):
+        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
     pending = []
     try:
         for path, frames in clips.items():
             path = Path(path)
             tmp = path.with_name(f".{path.stem}.pending-{os.getpid()}{path.suffix}")
             pending.append((tmp, path))
-            write_video(tmp, frames, fps=fps)
+            try:
+                write_video(tmp, frames, fps=fps)
+            except OSError as error:  # name the user's path, not the pending file
+                raise OSError(f"cannot write {path}: {error.strerror or _first_line(error)}") from None
         for tmp, path in pending:
             os.replace(tmp, path)
     finally:
         for tmp, _ in pending:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. the folder is a file: nothing was written
+                tmp.unlink(missing_ok=True)
 
 
 def _font(size: int):
