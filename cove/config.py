@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 ATTENTION_MODES = ("cove", "spatiotemporal", "per-frame")
+PNP_STORES = ("host", "device", "recompute")
 CORRESPONDENCE_SOURCES = ("diffusion", "flow")
 
 
@@ -20,7 +21,8 @@ class CoveConfig:
             (plain image editing of each frame: the baseline).
         k: matches kept per other frame (Table 2: K = 3 is the default).
         window: side l of the sliding window (Sec. 3.2: l = 9).
-        merge_ratio: temporal token merging ratio (Sec. 3.3: 50%); 0 disables merging.
+        merge_ratio: temporal token merging ratio (Sec. 3.3: 50%); 0 (the default) disables
+            merging: at CGA's sizes it costs time and saves no memory (docs/method/merging.md).
 
     Args to tinker with:
         inversion_steps / denoise_steps: DDIM steps (Sec. 4.1: 100 inversion, 50 denoising).
@@ -45,9 +47,14 @@ class CoveConfig:
             injecting them at the noisy steps, where colour is decided, holds the source
             colour; injecting them late lets a far colour change land (and can overshoot a
             near one: docs/method/tiny.md).
-        frame_chunk: spatial-temporal attention processes this many query frames at once
-            (bounds memory on long clips); ``None`` = all frames in one call.
-        token_chunk: correspondence-guided attention processes this many tokens at once.
+        frame_chunk: spatial-temporal attention and CGA process this many query frames at
+            once (bounds memory on long clips); ``None`` = all frames (CGA bounds itself).
+        token_chunk: correspondence-guided attention processes this many tokens at once
+            (``None``: blocks about the size of the layer's keys, ``cove.attention.block_rows``).
+        pnp_store: where PnP's saved features live between inversion and denoising:
+            ``"host"`` (CPU memory, the default), ``"device"``, or ``"recompute"`` (recomputed
+            from the inverted latents at each PnP step, as PnP's reference code does: one more
+            UNet pass per PnP step, no store that grows with the steps).
         mask_threshold: ``None`` (the paper) regenerates whole frames; a number in (0, 1) keeps
             the source outside an edit mask (``cove.extras.masking``, DiffEdit): cells where the
             source and target prompts' noise predictions differ by more than this share of
@@ -82,13 +89,14 @@ class CoveConfig:
     window: int = 9
     k: int = 3
     # Stage 5: temporal token merging (Sec. 3.3)
-    merge_ratio: float = 0.5
+    merge_ratio: float = 0.0
     # Engine knobs (not in the paper)
     pnp_resnets: tuple[str, ...] | None = None
     pnp_attentions: tuple[str, ...] | None = None
     pnp_resnet_max_t: int | None = None
     frame_chunk: int | None = None
     token_chunk: int | None = None
+    pnp_store: str = "host"
     # Edit mask and latent blending (DiffEdit; not in the paper)
     mask_threshold: float | None = None
     mask_t: int = 400
@@ -101,6 +109,8 @@ class CoveConfig:
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.pnp_store not in PNP_STORES:
+            raise ValueError(f"pnp_store must be one of {PNP_STORES}, got {self.pnp_store!r}")
         if self.correspondence not in CORRESPONDENCE_SOURCES:
             raise ValueError(
                 f"correspondence must be one of {CORRESPONDENCE_SOURCES}, got {self.correspondence!r}"
