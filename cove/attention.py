@@ -4,6 +4,12 @@ A token of frame ``i`` attends only to its ``K`` corresponding tokens in every o
 ``(F-1)*K`` keys and values, optionally merged (stage 5, ``cove.merging``) before the
 multi-head softmax attention ``softmax(q K^T / sqrt(d)) V``, ``d = C / heads``. There are no
 weights of its own: ``q``, ``k``, ``v`` come from the surrounding self-attention layer.
+
+Memory is bounded by default: the queries are processed in blocks of (frames, tokens) whose
+gathered keys and values are about the size of ``k`` itself (``block_rows``), so a CGA call
+needs a few times its inputs whatever ``F`` is; ``token_chunk`` / ``frame_chunk`` override the
+block shape. Merging (stage 5) is ``cove.merging.bipartite_merge``, called once per block on
+the keys and values together.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from .merging import make_merge, merge_count, merge_with_sizes
+from .merging import bipartite_merge
 
 
 def other_frames(frames: int, device: torch.device | str | None = None) -> Tensor:
@@ -22,25 +28,32 @@ def other_frames(frames: int, device: torch.device | str | None = None) -> Tenso
     return j + (j >= i).long()  # (F, F-1)
 
 
-def gather_correspondents(x: Tensor, index: Tensor) -> Tensor:
+def gather_correspondents(x: Tensor, index: Tensor, frames: slice | None = None) -> Tensor:
     """The tokens of ``x`` that each token corresponds to in every *other* frame (Eq. 11-12).
 
     Args:
         x: ``(F, N, C)`` tokens of all frames (keys or values).
-        index: long ``(F, N', F, K)`` correspondence (``Correspondence.index``); ``N'`` may be
-            a chunk of the ``N`` tokens, the indices still point into all ``N``.
+        index: integer ``(F', N', F, K)`` correspondence (``Correspondence.index``, or a block
+            of it: ``F'`` query frames, ``N'`` query tokens); the indices point into all ``N``.
+        frames: which query frames ``index`` holds (default: all ``F``).
 
     Returns:
-        ``(F, N', (F-1)*K, C)``: for query ``(i, n)``, entry ``t`` is token
+        ``(F', N', (F-1)*K, C)``: for query ``(i, n)``, entry ``t`` is token
         ``index[i, n, j, t % K]`` of frame ``j = other_frames(F)[i, t // K]`` (frames in
         increasing order, own frame excluded, matches best first within a frame).
     """
     F, N, C = x.shape
-    _, Nq, _, K = index.shape
-    others = other_frames(F, x.device)  # (F, F-1)
-    picked = index.gather(2, others[:, None, :, None].expand(F, Nq, F - 1, K))  # (F, N', F-1, K)
-    flat = others[:, None, :, None] * N + picked  # (F, N', F-1, K) rows of x.view(F*N, C)
-    return x.reshape(F * N, C)[flat.reshape(F, Nq, (F - 1) * K)]  # (F, N', (F-1)*K, C)
+    Fq, Nq, _, K = index.shape
+    others = other_frames(F, x.device)[frames if frames is not None else slice(None)]  # (F', F-1)
+    picked = index.gather(2, others[:, None, :, None].expand(Fq, Nq, F - 1, K))  # (F', N', F-1, K)
+    rows = others[:, None, :, None] * N + picked.long()  # (F', N', F-1, K) rows of x.view(F*N, C)
+    return x.reshape(F * N, C).index_select(0, rows.flatten()).view(Fq, Nq, (F - 1) * K, C)
+
+
+def block_rows(frames: int, tokens: int, gathered: int) -> int:
+    """Queries per CGA block by default: ``max(1, F*N // T)``, so that a block's gathered
+    ``(rows, T, C)`` keys are about the size of the layer's own ``(F, N, C)`` keys."""
+    return max(1, frames * tokens // gathered)
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int, merge_ratio: float) -> None:
@@ -62,37 +75,53 @@ def _check(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int, merge_rat
         raise ValueError(f"merge_ratio must lie in [0, 1], got {merge_ratio}")
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int, merge_ratio: float):
-    """Guided attention for a chunk of query tokens.
+def _attend(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int, merge_ratio: float,
+            frames: slice | None = None) -> tuple[Tensor, Tensor]:
+    """Guided attention for a block of queries.
 
-    ``q`` ``(F, n, C)`` chunk of queries, ``k``, ``v`` ``(F, N, C)`` all tokens, ``index``
-    ``(F, n, F, K)``. Returns ``(out (F, n, C), weights (F, n, heads, T'), unmerge, size)``
-    where ``T'`` is the number of keys after merging and ``size`` ``(F, n, T', 1)``.
+    ``q`` ``(F', n, C)`` block of queries (frames ``frames``), ``k``, ``v`` ``(F, N, C)`` all
+    tokens, ``index`` ``(F', n, F, K)``. Returns ``(out (F', n, C), weights (F', n, heads, T))``,
+    ``weights`` per gathered token (a merged key's weight shared by its members).
+
+    Merging keys and values, then attending, equals merging the logits: ``q . mean(k)`` is
+    ``mean(q . k)`` and ``sum_g w_g mean_g(v)`` is ``sum_t (w_g(t) / s_g(t)) v_t``. So the
+    logits of the ``T`` gathered keys are merged (``bipartite_merge``, keys as the metric),
+    the softmax runs over the ``T'`` merged ones, and each merged weight is spread over its
+    members: the same result as the paper's merge-then-attend without building merged
+    ``(F', n, T', C)`` keys and values.
     """
-    F, n, C = q.shape
-    d = C // heads
-    keys = gather_correspondents(k, index)  # (F, n, T, C), T = (F-1)*K
-    values = gather_correspondents(v, index)  # (F, n, T, C)
-    size = torch.ones_like(keys[..., :1])  # (F, n, T, 1)
-    merge, unmerge = make_merge(keys, merge_count(keys.shape[-2], merge_ratio))  # stage 5
-    keys, size = merge_with_sizes(merge, keys, size)  # (F, n, T', C), (F, n, T', 1)
-    values, _ = merge_with_sizes(merge, values)  # (F, n, T', C)
-    T = keys.shape[-2]
-    qh = q.view(F, n, heads, d)  # (F, n, heads, d)
-    kh = keys.view(F, n, T, heads, d).transpose(2, 3)  # (F, n, heads, T', d)
-    vh = values.view(F, n, T, heads, d).transpose(2, 3)  # (F, n, heads, T', d)
-    logits = torch.einsum("fnhd,fnhtd->fnht", qh, kh) / math.sqrt(d)  # (F, n, heads, T')
-    logits = logits + size.log().transpose(-1, -2)  # proportional attention, + log(size)
-    weights = logits.softmax(dim=-1)  # (F, n, heads, T')
-    out = torch.einsum("fnht,fnhtd->fnhd", weights, vh)  # (F, n, heads, d)
-    return out.reshape(F, n, C), weights, unmerge, size
+    Fq, n, C = q.shape
+    R, d = Fq * n, C // heads
+    keys = gather_correspondents(k, index, frames).view(R, -1, C)  # (R, T, C), T = (F-1)*K
+    values = keys if v is k else gather_correspondents(v, index, frames).view(R, -1, C)
+    T = keys.shape[1]
+    eye = torch.eye(heads, dtype=q.dtype, device=q.device)
+    qb = (q.reshape(R, heads, d, 1) * eye[None, :, None, :]).reshape(R, C, heads)  # per-head columns
+    logits = keys @ qb / math.sqrt(d)  # (R, T, heads): q . k per head
+    logits, size, group = bipartite_merge(logits, merge_ratio, metric=keys, return_sizes=True,
+                                          return_groups=True)  # stage 5: (R, T', heads)
+    if logits.shape[1] < T:
+        logits = logits + size.log()  # proportional attention, + log(size)
+    weights = logits.softmax(dim=1) / size  # (R, T', heads) per member of a merged key
+    if logits.shape[1] < T:
+        weights = weights.gather(1, group[..., None].expand(R, T, heads))  # (R, T, heads)
+    out = weights.transpose(1, 2) @ values  # (R, heads, C): every head's weights on all of C
+    out = out.view(R, heads, heads, d).diagonal(dim1=1, dim2=2)  # (R, d, heads): own head's part
+    return out.transpose(1, 2).reshape(Fq, n, C), weights.transpose(1, 2).view(Fq, n, heads, T)
 
 
-def _chunks(tokens: int, token_chunk: int | None):
-    if token_chunk is not None and token_chunk < 1:
-        raise ValueError(f"token_chunk must be None or >= 1, got {token_chunk}")
-    step = tokens if token_chunk is None else token_chunk
-    return [slice(s, s + step) for s in range(0, tokens, step)]
+def _blocks(frames: int, tokens: int, gathered: int, frame_chunk: int | None,
+            token_chunk: int | None) -> list[tuple[slice, slice]]:
+    """(query frames, query tokens) blocks: the overrides, else ``block_rows`` queries each."""
+    for name, value in (("frame_chunk", frame_chunk), ("token_chunk", token_chunk)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be None or >= 1, got {value}")
+    if frame_chunk is None and token_chunk is None:
+        rows = block_rows(frames, tokens, gathered)
+        frame_chunk, token_chunk = (rows // tokens, tokens) if rows >= tokens else (1, rows)
+    fs, ts = frame_chunk or frames, token_chunk or tokens
+    return [(slice(f, f + fs), slice(t, t + ts))
+            for f in range(0, frames, fs) for t in range(0, tokens, ts)]
 
 
 def guided_attention(
@@ -104,37 +133,42 @@ def guided_attention(
     *,
     merge_ratio: float = 0.0,
     token_chunk: int | None = None,
+    frame_chunk: int | None = None,
 ) -> Tensor:
     """Correspondence-guided attention (Eqs. 11-14).
 
     For the query at ``(i, n)``, gather the tokens ``index[i, n, j, :]`` of ``k`` and ``v``
     of every frame ``j != i`` (its own frame is excluded): ``T = (F-1)*K`` keys and values.
-    Optionally merge them (stage 5: bipartite matching with the gathered keys as the metric,
-    the values merged with the same assignment, size-weighted averages). Then multi-head
-    ``softmax(q K^T / sqrt(d) + log(size)) V`` with ``d = C / heads``; the ``log(size)`` term
-    is ToMe's proportional attention: a merged key standing for ``s`` tokens gets the weight
-    that its ``s`` (identical) members would have had together, and it is 0 without merging.
+    Optionally merge them (stage 5, ``cove.merging.bipartite_merge``: bipartite matching with
+    the gathered keys as the metric, the values merged with the same assignment,
+    size-weighted averages). Then multi-head ``softmax(q K^T / sqrt(d) + log(size)) V`` with
+    ``d = C / heads``; the ``log(size)`` term is ToMe's proportional attention: a merged key
+    standing for ``s`` tokens gets the weight that its ``s`` (identical) members would have
+    had together, and it is 0 without merging.
 
     Important args:
-        q, k, v: ``(F, N, C)`` queries, keys, values of all frames (heads packed in ``C``).
-        index: long ``(F, N, F, K)``, ``Correspondence.index`` on the same ``H x W`` grid.
+        q, k, v: ``(F, N, C)`` queries, keys, values of all frames (heads packed in ``C``);
+            pass the same tensor for ``k`` and ``v`` (COVE's Q = K = V) to gather it once.
+        index: integer ``(F, N, F, K)``, ``Correspondence.index`` on the same ``H x W`` grid.
         heads: attention heads; ``C`` must be divisible by it.
 
     Args to tinker with:
         merge_ratio: fraction of the gathered tokens merged away (Sec. 3.3: 0.5); 0 = none.
-        token_chunk: process this many tokens (of every frame) at once to bound memory
-            (the gathered keys and values are ``(F, token_chunk, (F-1)*K, C)`` each); the
-            result does not depend on it.
+        token_chunk / frame_chunk: process this many tokens / query frames at once (the
+            gathered keys are ``(frame_chunk, token_chunk, (F-1)*K, C)``); ``None`` for both:
+            blocks of ``block_rows`` queries, about the size of ``k``. The result does not
+            depend on them.
 
     Returns:
         ``(F, N, C)`` attention output, heads packed back in ``C``.
     """
     _check(q, k, v, index, heads, merge_ratio)
-    out = [
-        _attend(q[:, part], k, v, index[:, part], heads, merge_ratio)[0]  # (F, chunk, C)
-        for part in _chunks(q.shape[1], token_chunk)
-    ]
-    return torch.cat(out, dim=1)  # (F, N, C)
+    F, N, _ = q.shape
+    out = torch.empty_like(q)  # (F, N, C)
+    for frames, tokens in _blocks(F, N, (F - 1) * index.shape[-1], frame_chunk, token_chunk):
+        out[frames, tokens] = _attend(q[frames, tokens], k, v, index[frames, tokens], heads,
+                                      merge_ratio, frames)[0]  # (F', n, C)
+    return out
 
 
 def attention_weights(
@@ -164,6 +198,4 @@ def attention_weights(
     _check(q, k, k, index, heads, merge_ratio)
     pick = slice(None) if tokens is None else tokens
     q, index = q[:, pick], index[:, pick]  # (F, N', C), (F, N', F, K)
-    _, weights, unmerge, size = _attend(q, k, k, index, heads, merge_ratio)  # (F, N', heads, T')
-    shared = weights / size.transpose(-1, -2)  # (F, N', heads, T') weight per member token
-    return unmerge(shared.transpose(-1, -2)).transpose(-1, -2)  # (F, N', heads, (F-1)*K)
+    return _attend(q, k, k, index, heads, merge_ratio)[1]  # (F, N', heads, (F-1)*K)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 import numpy as np
 
 ATTENTION_MODES = ("cove", "spatiotemporal", "per-frame")
+PNP_STORES = ("host", "device", "recompute")
 CORRESPONDENCE_SOURCES = ("diffusion", "flow")
 
 # Allowed values of the settings, by field name: (test, what the message says it must be).
@@ -37,6 +38,7 @@ LIMITS = {
     "guidance_scale": (lambda v: 0 <= v < float("inf"), "be finite and >= 0"),
     "strength": (lambda v: 0.0 < v <= 1.0, "lie in (0, 1]"),
     "merge_ratio": (lambda v: 0.0 <= v <= 1.0, "lie in [0, 1]"),
+    "pnp_store": (lambda v: v in PNP_STORES, f"be one of {PNP_STORES}"),
     "feature_t": (lambda v: 0 <= v < 1000, "lie in 0..999"),
     "mask_t": (lambda v: 0 <= v < 1000, "lie in 0..999"),
     "mask_threshold": (lambda v: 0.0 < v < 1.0, "be None or lie in (0, 1)"),
@@ -95,16 +97,21 @@ class EngineOptions:
     pnp_resnets / pnp_attentions: module names whose ResNet outputs / self-attention Q, K are
         injected; ``None`` = PnP's choice (``up_blocks.1.resnets.1``; every self-attention of
         ``up_blocks[1:]``); ``()`` = none.
-    frame_chunk: spatial-temporal attention processes this many query frames at once (bounds
-        memory on long clips; same result); ``None`` = all frames in one call.
+    frame_chunk: spatial-temporal attention and CGA process this many query frames at once
+        (bounds memory on long clips; same result); ``None`` = all frames (CGA bounds itself).
     token_chunk: correspondence-guided attention processes this many tokens at once (same
-        result); ``None`` = all.
+        result); ``None``: blocks about the size of the layer's keys (``cove.attention.block_rows``).
+    pnp_store: where PnP's saved features live between inversion and denoising: ``"host"`` (CPU
+        memory, the default), ``"device"``, or ``"recompute"`` (recomputed from the inverted
+        latents at each PnP step, as PnP's reference code does: one more UNet pass per PnP step,
+        no store that grows with the steps).
     """
 
     pnp_resnets: tuple[str, ...] | None = None
     pnp_attentions: tuple[str, ...] | None = None
     frame_chunk: int | None = None
     token_chunk: int | None = None
+    pnp_store: str = "host"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -160,7 +167,8 @@ class CoveConfig:
             (plain image editing of each frame: the baseline).
         k: matches kept per other frame (Table 2: K = 3 is the default).
         window: side l of the sliding window (Sec. 3.2: l = 9).
-        merge_ratio: temporal token merging ratio (Sec. 3.3: 50%); 0 disables merging.
+        merge_ratio: temporal token merging ratio (Sec. 3.3: 50%); 0 (the default) disables
+            merging: at CGA's sizes it costs time and saves no memory (docs/method/merging.md).
 
     Args to tinker with:
         inversion_steps / denoise_steps: DDIM steps (Sec. 4.1: 100 inversion, 50 denoising).
@@ -194,7 +202,7 @@ class CoveConfig:
     window: int = 9
     k: int = 3
     # Stage 5: temporal token merging (Sec. 3.3)
-    merge_ratio: float = 0.5
+    merge_ratio: float = 0.0  # the paper's 0.5 costs time on CPU: docs/method/merging.md
     # Not in the paper: the engine's knobs, and the options beyond the paper
     engine: EngineOptions = field(default_factory=EngineOptions)
     extras: Extras = field(default_factory=Extras)

@@ -17,11 +17,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .window import check_window, grid_cells, window_similarity
+from .window import check_window, grid_cells, local_similarity, window_indices, window_similarity  # noqa: F401 (public here)
 
-# Largest gathered candidate tensor (elements) that `correspond` builds at once: 2**26 floats
+# Largest block of target cells (elements) that `correspond` gathers at once: 2**26 floats
 # are 256 MB in float32. Only the size of a chunk changes, never the result.
 _MAX_CANDIDATES = 2**26
+_TILE = 8  # query block side of `local_similarity`
+
+
+def index_dtype(tokens: int) -> torch.dtype:
+    """The smallest integer type that holds token indices ``0..tokens-1`` (int16 up to 32767)."""
+    return torch.int16 if tokens <= 2**15 - 1 else torch.int32
 
 
 @dataclass
@@ -29,7 +35,8 @@ class Correspondence:
     """For every token of every frame, its ``K`` corresponding tokens in every frame.
 
     Attributes:
-        index: long ``(F, N, F, K)``; ``index[i, n, j]`` are the tokens of frame ``j`` that
+        index: integer ``(F, N, F, K)`` (``index_dtype(N)``: int16 up to 32767 tokens; use
+            ``.long()`` to index with it); ``index[i, n, j]`` are the tokens of frame ``j`` that
             token ``n`` of frame ``i`` corresponds to, best first. ``index[i, n, i, :] = n``.
         score: float ``(F, N, F, K)``; their scores (cosine similarity for diffusion
             features, a forward-backward confidence for optical flow), best first.
@@ -81,26 +88,27 @@ def step_matches(
         target: ``(B, C, H, W)`` features of the frames searched (pair ``b`` is
             ``source[b] -> target[b]``).
         window, k: ``l`` and ``K``.
-        chunk: tokens per ``window_similarity`` call; ``None`` keeps the gathered candidates
-            under ``2**26`` elements. The result does not depend on it.
+        chunk: frame pairs per ``local_similarity`` call; ``None`` keeps the gathered target
+            blocks under ``2**26`` elements. The result does not depend on it.
 
     Returns:
-        ``(index (B, N, K), score (B, N, K))``: token indices into ``target`` and cosine
-        similarities, best first; each window is centred on the token's own cell.
+        ``(index (B, N, K), score (B, N, K))``: token indices (``index_dtype(N)``) into
+        ``target`` and cosine similarities, best first; each window is centred on the token's
+        own cell.
     """
     B, C, H, W = source.shape
-    query = source.flatten(2).transpose(1, 2)  # (B, N, C)
-    centre = grid_cells((H, W), source.device).expand(B, H * W, 2)  # (B, N, 2)
+    cells = window_indices(grid_cells((H, W), source.device), window, (H, W))  # (N, l*l)
+    cells = cells.to(index_dtype(H * W))
     if chunk is None:
-        chunk = max(1, _MAX_CANDIDATES // (B * window * window * C))
+        region = (min(_TILE, H) + window - 1) * (min(_TILE, W) + window - 1)  # cells per tile
+        chunk = max(1, _MAX_CANDIDATES // (region * C * -(-H // _TILE) * -(-W // _TILE)))
     index, score = [], []
-    for s in range(0, H * W, chunk):
-        part = slice(s, s + chunk)
-        sim, idx = window_similarity(query[:, part], target, centre[:, part], window)
-        top, pick = sim.topk(k, dim=-1)  # (B, chunk, K) each, sorted best first
+    for s in range(0, B, chunk):
+        sim = local_similarity(source[s:s + chunk], target[s:s + chunk], window, _TILE)  # (b, N, l*l)
+        top, pick = sim.topk(k, dim=-1)  # (b, N, K) each, sorted best first
         score.append(top)
-        index.append(idx.gather(-1, pick))  # (B, chunk, K)
-    return torch.cat(index, dim=1), torch.cat(score, dim=1)  # (B, N, K) each
+        index.append(cells.expand(len(pick), -1, -1).gather(-1, pick))  # (b, N, K) token indices
+    return torch.cat(index), torch.cat(score)  # (B, N, K) each
 
 
 def _chain_into(
@@ -111,7 +119,8 @@ def _chain_into(
     ``step_index[a]`` ``(N, K)`` are the matches of the tokens of frame ``a`` in frame
     ``a + 1`` (``forward``) or ``a - 1``, stored at ``a`` (forward, ``a = 0..F-2``) or
     ``a - 1`` (backward, ``a = 1..F-1``); ``step_index``, ``step_score`` are ``(F-1, N, K)``.
-    Fills ``index``, ``score`` ``(F, N, F, K)`` for ``j > i`` (forward) or ``j < i``.
+    Fills ``index``, ``score`` ``(F, F, N, K)`` (pair-major: ``[i, j]`` is the ``(N, K)``
+    block of frame pair ``i -> j``) for ``j > i`` (forward) or ``j < i``.
 
     The chain started at ``(i, n)`` reaches frame ``j`` at its top-1 match ``m`` there; its
     next step searches the window around ``m`` with the feature of ``m`` as the query, which is
@@ -119,17 +128,18 @@ def _chain_into(
     one-frame steps, and only ``2 (F-1)`` frame pairs are ever searched (the paper's
     ``O(F H W l^2 C)`` cost) while every token of every frame starts its own chain.
     """
-    F, N, _, K = index.shape
+    F, _, N, K = index.shape
+    index, score = index.view(F * F, N, K), score.view(F * F, N, K)  # row i*F + j: pair i -> j
     current = torch.arange(N, device=index.device).repeat(F, 1)  # (F, N) token in frame i +- (d-1)
     for d in range(1, F):
         starts = torch.arange(F - d, device=index.device) + (0 if forward else d)  # frames i
         steps = starts + d - 1 if forward else starts - d  # pair i+d-1 -> i+d, or i-d+1 -> i-d
         frames = starts + d if forward else starts - d  # frames j
-        cur = current[starts]  # (F-d, N)
-        pick = cur[..., None].expand(-1, -1, K)  # (F-d, N, K)
-        index[starts, :, frames] = step_index[steps].gather(1, pick)  # (F-d, N, K)
-        score[starts, :, frames] = step_score[steps].gather(1, pick)
-        current[starts] = index[starts, :, frames, 0]  # top-1 becomes the next query
+        pick = current[starts][..., None].expand(-1, -1, K)  # (F-d, N, K)
+        found = step_index[steps].gather(1, pick)  # (F-d, N, K)
+        index[starts * F + frames] = found
+        score[starts * F + frames] = step_score[steps].gather(1, pick)  # (F-d, N, K)
+        current[starts] = found[..., 0].long()  # top-1 becomes the next query
 
 
 def _is_int(value) -> bool:
@@ -174,14 +184,18 @@ def correspond(
             NaN / Inf values, or not a tensor) is refused (``check_unit_features``).
         window: ``l`` (Sec. 3.2: 9), odd and ``<= min(H, W)``.
         k: ``K`` (Table 2: 3), in ``1..l*l``.
-        chunk: tokens per window search, to bound memory (``None``: automatic, about 256 MB
-            of gathered candidates); the result does not depend on it.
+        chunk: frame pairs per window search, to bound memory (``None``: automatic, about
+            256 MB of gathered target cells); the result does not depend on it.
+
+    The windows are searched by ``cove.window.local_similarity`` (tiled matrix products);
+    ``correspond_reference`` is the same computation as the paper's per-token loop.
 
     Returns:
-        ``Correspondence`` with ``index``, ``score`` ``(F, N, F, K)`` and ``grid = (H, W)``;
+        ``Correspondence`` with ``index`` (``index_dtype(N)``), ``score`` ``(F, N, F, K)`` and
+        ``grid = (H, W)``;
         ``index[i, n, i, :] = n`` and ``score[i, n, i, :] = 1`` (a token is its own match).
         Peak memory: ``2 (F-1) N K`` for the one-frame steps plus the ``(F, N, F, K)`` output
-        plus one chunk of candidates; nothing of size ``(F*N, l*l, C)``.
+        plus one chunk of gathered target cells; nothing of size ``(F*N, l*l, C)``.
     """
     check_unit_features(features)
     F, C, H, W = features.shape
@@ -195,16 +209,54 @@ def correspond(
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be None or >= 1, got {chunk}")
     device = features.device
-    index = torch.arange(N, device=device)[None, :, None, None].repeat(F, 1, F, k)  # (F, N, F, K)
-    score = torch.ones(F, N, F, k, dtype=features.dtype, device=device)  # (F, N, F, K)
+    index = torch.arange(N, device=device, dtype=index_dtype(N))[None, None, :, None]
+    index = index.repeat(F, F, 1, k)  # (F, F, N, K) pair-major while chaining
+    score = torch.ones(F, F, N, k, dtype=features.dtype, device=device)  # (F, F, N, K)
     if F > 1:
+        features = features.contiguous(memory_format=torch.channels_last)  # token rows, once
         fwd = step_matches(features[:-1], features[1:], window, k, chunk)  # (F-1, N, K) x2
         _chain_into(*fwd, index, score, forward=True)
         bwd = step_matches(features[1:], features[:-1], window, k, chunk)  # (F-1, N, K) x2
         _chain_into(*bwd, index, score, forward=False)
+    index = index.transpose(1, 2).contiguous()  # (F, N, F, K)
+    score = score.transpose(1, 2).contiguous()  # (F, N, F, K)
     return Correspondence(index=index, score=score, grid=(H, W))
 
 
+def correspond_reference(features: Tensor, window: int = 9, k: int = 3) -> Correspondence:
+    """``correspond`` as the paper states it: one token, one chain, one window at a time.
+
+    Plain Python loops, for reading next to Sec. 3.2 (and for tests); ``correspond`` gives the
+    same ``index`` and ``score`` (up to float rounding) thousands of times faster.
+    """
+    F, C, H, W = features.shape
+    N = H * W
+    check_window(window, (H, W))
+    index = torch.zeros(F, N, F, k, dtype=index_dtype(N))
+    score = torch.zeros(F, N, F, k, dtype=features.dtype)
+    half = window // 2
+    for i in range(F):  # every token of every frame starts its own chain
+        for n in range(N):
+            index[i, n, i], score[i, n, i] = n, 1.0  # a token is its own match
+            for step in (1, -1):  # forwards, then backwards
+                x, y = n % W, n // W  # the window centre: the chain's current cell
+                query = features[i, :, y, x]  # (C,) the chain's current feature
+                j = i + step
+                while 0 <= j < F:
+                    x0 = min(max(x - half, 0), W - window)  # window shifted inward at borders
+                    y0 = min(max(y - half, 0), H - window)
+                    candidates = []  # (similarity, token) of the l*l window cells, row-major
+                    for yy in range(y0, y0 + window):
+                        for xx in range(x0, x0 + window):
+                            candidates.append((float(query @ features[j, :, yy, xx]), yy * W + xx))
+                    candidates.sort(key=lambda c: -c[0])  # best first (Eq. 10: top-K)
+                    for r, (s, m) in enumerate(candidates[:k]):
+                        index[i, n, j, r], score[i, n, j, r] = m, s
+                    best = candidates[0][1]  # the top-1 match: next centre and next query
+                    x, y = best % W, best // W
+                    query = features[j, :, y, x]
+                    j += step
+    return Correspondence(index=index, score=score, grid=(H, W))
 
 
 def __getattr__(name):  # the paper's baseline lives beside the method: cove.extras.flow

@@ -39,6 +39,41 @@ def _identity(x: Tensor, *args, **kwargs) -> Tensor:
     return x
 
 
+def merge_groups(metric: Tensor, r: int) -> Tensor:
+    """Bipartite soft matching on ``metric``: where each token goes (ToMe).
+
+    Args:
+        metric: ``(..., T, C)`` tokens to compare (cosine similarity); leading dims are
+            independent batches (e.g. ``(F, N)`` queries, each with its own ``T`` tokens).
+        r: how many tokens to merge away, in ``0..floor(T / 2)``.
+
+    Returns:
+        long ``(..., T)``: the slot in ``0..T-r-1`` of the merged tokens that each token goes
+        into. Slots ``0..ceil(T/2)-r-1`` are the unmerged A-tokens (most similar first), the
+        last ``floor(T/2)`` the B-tokens, each with the A-tokens merged into it.
+    """
+    T = metric.shape[-2]
+    with torch.no_grad():
+        norm = metric.norm(dim=-1)  # (..., T)
+        a, b = metric[..., ::2, :], metric[..., 1::2, :]  # (..., Ta, C), (..., Tb, C)
+        scores = a @ b.transpose(-1, -2)  # (..., Ta, Tb) dot products
+        scores = scores / (norm[..., ::2, None] * norm[..., None, 1::2])  # cosine similarities
+        node_max, node_idx = scores.max(dim=-1)  # (..., Ta) best B partner of each A-token
+        edge_idx = node_max.argsort(dim=-1, descending=True, stable=True)  # (..., Ta)
+        Ta = edge_idx.shape[-1]
+        order = torch.arange(Ta, device=metric.device).expand_as(edge_idx)  # (..., Ta)
+        rank = torch.empty_like(edge_idx).scatter_(-1, edge_idx, order)  # (..., Ta) rank of each A
+        kept = Ta - r  # unmerged A-tokens
+        group = torch.empty(*metric.shape[:-1], dtype=torch.long, device=metric.device)  # (..., T)
+        group[..., ::2] = torch.where(rank >= r, rank - r, kept + node_idx)  # A: own slot or partner's
+        group[..., 1::2] = kept + torch.arange(T // 2, device=metric.device)  # B: after the kept A
+    return group
+
+
+def _slots(group: Tensor, x: Tensor) -> Tensor:
+    return group[..., None].expand(*x.shape[:-1], x.shape[-1])  # (..., T, C')
+
+
 def make_merge(metric: Tensor, r: int) -> tuple[Merge, Merge]:
     """Bipartite soft matching on ``metric``: build ``merge`` and ``unmerge`` closures (ToMe).
 
@@ -62,35 +97,14 @@ def make_merge(metric: Tensor, r: int) -> tuple[Merge, Merge]:
     r = min(r, T // 2)
     if r <= 0:
         return _identity, _identity
-    with torch.no_grad():
-        metric = metric / metric.norm(dim=-1, keepdim=True)
-        a, b = metric[..., ::2, :], metric[..., 1::2, :]  # (..., Ta, C), (..., Tb, C)
-        scores = a @ b.transpose(-1, -2)  # (..., Ta, Tb) cosine similarities
-        node_max, node_idx = scores.max(dim=-1)  # (..., Ta) best B partner of each A-token
-        edge_idx = node_max.argsort(dim=-1, descending=True, stable=True)[..., None]  # (..., Ta, 1)
-        unm_idx = edge_idx[..., r:, :]  # (..., Ta - r, 1) A-tokens kept
-        src_idx = edge_idx[..., :r, :]  # (..., r, 1) A-tokens merged away
-        dst_idx = node_idx[..., None].gather(-2, src_idx)  # (..., r, 1) their B partners
+    group = merge_groups(metric, r)  # (..., T)
 
     def merge(x: Tensor, mode: str = "mean") -> Tensor:
-        src, dst = x[..., ::2, :], x[..., 1::2, :]  # (..., Ta, C'), (..., Tb, C')
-        *batch, Ta, C = src.shape
-        unm = src.gather(-2, unm_idx.expand(*batch, Ta - r, C))  # (..., Ta - r, C')
-        src = src.gather(-2, src_idx.expand(*batch, r, C))  # (..., r, C')
-        into = dst_idx.expand(*batch, r, C)  # (..., r, C')
-        dst = dst.scatter_reduce(-2, into, src, reduce=mode)  # (..., Tb, C')
-        return torch.cat([unm, dst], dim=-2)  # (..., T - r, C')
+        out = x.new_zeros(*x.shape[:-2], T - r, x.shape[-1])  # (..., T - r, C')
+        return out.scatter_reduce_(-2, _slots(group, x), x, reduce=mode, include_self=False)
 
     def unmerge(x: Tensor) -> Tensor:
-        Ta_unm = unm_idx.shape[-2]
-        unm, dst = x[..., :Ta_unm, :], x[..., Ta_unm:, :]  # (..., Ta - r, C'), (..., Tb, C')
-        *batch, _, C = x.shape
-        src = dst.gather(-2, dst_idx.expand(*batch, r, C))  # (..., r, C') value of the partner
-        out = x.new_zeros(*batch, T, C)  # (..., T, C')
-        out[..., 1::2, :] = dst
-        out.scatter_(-2, (2 * unm_idx).expand(*batch, Ta_unm, C), unm)  # A-token a sits at 2a
-        out.scatter_(-2, (2 * src_idx).expand(*batch, r, C), src)
-        return out
+        return x.gather(-2, _slots(group, x[..., :1, :].expand(*x.shape[:-2], T, x.shape[-1])))
 
     return merge, unmerge
 
@@ -114,25 +128,42 @@ def merge_with_sizes(merge: Merge, x: Tensor, size: Tensor | None = None) -> tup
     return x / size, size
 
 
-def bipartite_merge(tokens: Tensor, ratio: float, *, return_sizes: bool = False):
+def bipartite_merge(tokens: Tensor, ratio: float, *, metric: Tensor | None = None,
+                    return_sizes: bool = False, return_groups: bool = False):
     """Merge a fraction ``ratio`` of ``tokens`` into their most similar partners (Sec. 3.3).
 
+    The one merging path of cove: correspondence-guided attention (``cove.attention``) calls
+    it on the gathered keys and values.
+
     Important args:
-        tokens: ``(..., T, C)``; also the similarity metric.
+        tokens: ``(..., T, C)``.
         ratio: fraction to merge away: ``r = min(floor(ratio * T), floor(T / 2))``
             (0.5 in the paper: 27 -> 14 tokens for 10 frames and ``K = 3``, 57 -> 29 for 20).
 
     Args to tinker with:
+        metric: ``(..., T, C'')`` what the matching compares (default: ``tokens``); CGA passes
+            the keys and merges keys and values (concatenated over ``C``) with one assignment.
         return_sizes: also return ``(..., T - r, 1)``, how many input tokens each output token
             averages.
+        return_groups: also return long ``(..., T)``, the output token each input token went
+            into (``merge_groups``; ``arange(T)`` when ``r == 0``).
 
     Returns:
-        ``(..., T - r, C)`` size-weighted averages (sizes start at 1); ``tokens`` itself (the
-        same object) when ``r == 0``.
+        ``(..., T - r, C)`` size-weighted averages (sizes start at 1), in ``make_merge``'s
+        order; ``tokens`` itself (the same object) when ``r == 0``. With ``return_sizes`` /
+        ``return_groups``, a tuple ``(merged, sizes[, groups])`` / ``(merged, groups)``.
     """
-    r = merge_count(tokens.shape[-2], ratio)
+    T = tokens.shape[-2]
+    r = merge_count(T, ratio)
     if r == 0:
-        return (tokens, torch.ones_like(tokens[..., :1])) if return_sizes else tokens
-    merge, _ = make_merge(tokens, r)
-    merged, size = merge_with_sizes(merge, tokens)
-    return (merged, size) if return_sizes else merged
+        merged = tokens
+        size = torch.ones_like(tokens[..., :1]) if return_sizes else None
+        group = torch.arange(T, device=tokens.device).expand(tokens.shape[:-1]) if return_groups else None
+    else:
+        group = merge_groups(tokens if metric is None else metric, r)  # (..., T)
+        ones = tokens.new_ones(1, 1).expand(*tokens.shape[:-1], 1)  # (..., T, 1)
+        size = tokens.new_zeros(*tokens.shape[:-2], T - r, 1).scatter_add_(-2, group[..., None], ones)
+        merged = tokens.new_zeros(*tokens.shape[:-2], T - r, tokens.shape[-1])  # (..., T - r, C)
+        merged = merged.scatter_add_(-2, _slots(group, tokens), tokens) / size
+    extra = tuple(x for x, want in ((size, return_sizes), (group, return_groups)) if want)
+    return (merged, *extra) if extra else merged

@@ -160,6 +160,7 @@ def _state(pipe, frames: int, config: CoveConfig, corr, source_prompt: str = "",
         frame_chunk=engine.frame_chunk, token_chunk=engine.token_chunk,
         pnp_attentions=attentions if config.pnp_steps else frozenset(),
         pnp_resnets=resnets if config.pnp_steps else frozenset(), resnet_max_t=extras.pnp_resnet_max_t,
+        pnp_store=config.engine.pnp_store,
     )
 
 
@@ -183,7 +184,8 @@ def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), pr
     scheduler = ddim_scheduler(pipe)
     steps = inversion_timesteps(pipe, config)  # ascending: 1, 11, ..., 981
     chosen = denoise_timesteps(pipe, config)
-    wanted = {_nearest(steps, t): t for t in chosen[:config.pnp_steps]}
+    recompute = config.engine.pnp_store == "recompute"  # then denoise recomputes PnP's features
+    wanted = {} if recompute else {_nearest(steps, t): t for t in chosen[:config.pnp_steps]}
     maps = state is not None and state.token_map is not None
     crossed = {_nearest(steps, t): t for t in chosen[:config.extras.p2p_steps]} if maps else {}
     ratio = scheduler.config.num_train_timesteps // config.inversion_steps
@@ -214,7 +216,8 @@ def invert(pipe, latents: torch.Tensor, *, config: CoveConfig = CoveConfig(), pr
 def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
             negative_embeds: torch.Tensor | None, *, config: CoveConfig = CoveConfig(),
             state: AttentionState | None = None, callback=None, mask: torch.Tensor | None = None,
-            source: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+            source: dict[int, torch.Tensor] | None = None,
+            pnp_source: tuple[dict[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """DDIM denoising with classifier-free guidance from noisy latents at the first timestep.
 
         eps = eps_u + s (eps_c - eps_u),    x_{t-1} = DDIM(eps, t, x_t)
@@ -233,6 +236,9 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
             ``source``'s latent of the same timestep.
         source: {timestep: latents (F, c, h, w)}, the inversion trajectory (``invert``) plus
             the clean latents under key -1; needed with ``mask``.
+        pnp_source: ``(trajectory with the clean latents under key -1, source prompt embeds
+            (F, L, D))`` for ``config.engine.pnp_store == "recompute"``: before each PnP step the
+            UNet reruns the inversion step nearest it, saving PnP's features for that step only.
 
     Returns:
         clean latents (F, c, h, w).
@@ -246,13 +252,19 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
     ratio = scheduler.config.num_train_timesteps // config.denoise_steps
     text = torch.cat([negative_embeds, prompt_embeds]) if guided else prompt_embeds  # (G*F, L, D)
     state = state or AttentionState(frames=latents.shape[0], mode="per-frame")
+    if config.engine.pnp_store == "recompute" and config.pnp_steps and pnp_source is None:
+        raise ValueError("denoise: pnp_store='recompute' needs the inversion (pnp_source=...)")
     x = latents
     with cove_attention(pipe.unet, state):
         for i, t in enumerate(timesteps):
+            if config.engine.pnp_store == "recompute" and i < config.pnp_steps:
+                _recompute_pnp(pipe, state, int(t), *pnp_source)
             state.phase = "inject" if i < config.pnp_steps else None
             state.cross_phase = "inject" if i < config.extras.p2p_steps else None
             state.key = int(t) if (state.phase or state.cross_phase) else None
             out = guided_output(pipe, x, t, text, config.guidance_scale)  # (F, c, h, w)
+            if config.engine.pnp_store == "recompute":
+                _drop(state.store, state.key)  # one step's features at a time
             step = scheduler.step(out, t, x, eta=0.0)
             x = step.prev_sample
             if mask is not None:
@@ -262,6 +274,23 @@ def denoise(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor,
                           "denoised": step.pred_original_sample})
     state.phase = state.cross_phase = state.key = None
     return x
+
+
+def _recompute_pnp(pipe, state: AttentionState, t: int, trajectory: dict[int, torch.Tensor],
+                   embeds: torch.Tensor) -> None:
+    """Save PnP's features for denoising timestep ``t`` by rerunning the inversion step nearest
+    it: the UNet on that step's input latent (the previous trajectory entry; key -1 = clean)."""
+    steps = sorted(k for k in trajectory if k >= 0)
+    t_inv = _nearest(steps, t)
+    earlier = [k for k in trajectory if k < t_inv]
+    state.phase, state.cross_phase, state.key = "save", None, t
+    pipe.unet(trajectory[max(earlier)], t_inv, embeds)
+
+
+def _drop(store: dict, key) -> None:
+    """Forget the PnP features (Q, K and ResNet outputs) saved for timestep ``key``."""
+    for slot in [s for s in store if s[0] in ("attn", "resnet") and s[2] == key]:
+        del store[slot]
 
 
 def _source_latent(source: dict[int, torch.Tensor], t: int) -> torch.Tensor:
@@ -373,8 +402,11 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
         timings["mask"] = time.perf_counter() - t0
     # 6. denoising with guidance and PnP injection (and blending outside the mask)
     t0 = time.perf_counter()
+    pnp_source = None
+    if config.engine.pnp_store == "recompute" and config.pnp_steps:
+        pnp_source = ({**trajectory, -1: latents}, encode_text(pipe, [source_prompt]).expand(f, -1, -1))
     x0 = denoise(pipe, x_t, cond, uncond, config=config, state=state, callback=callback,
-                 mask=mask, source=source)
+                 mask=mask, source=source, pnp_source=pnp_source)
     timings["denoising"] = time.perf_counter() - t0
     # 7. decode
     t0 = time.perf_counter()

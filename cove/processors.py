@@ -41,8 +41,13 @@ class AttentionState:
         mode: "cove" | "spatiotemporal" | "per-frame".
         correspondence: index (F, N, F, K) on the feature grid (needed for "cove").
         merge_ratio: temporal token merging ratio inside CGA.
-        frame_chunk: query frames per spatial-temporal attention call (None: all).
-        token_chunk: tokens per CGA call (None: all).
+        frame_chunk: query frames per spatial-temporal attention call and per CGA block
+            (None: all frames in spatial-temporal attention, CGA's own memory bound).
+        token_chunk: tokens per CGA block (None: CGA's own memory bound,
+            ``cove.attention.block_rows``).
+        pnp_store: where saved PnP features live: "device" (beside the model), "host" (CPU
+            memory, moved to the device when injected) or "recompute" (the pipeline recomputes
+            them from the inverted latents at each PnP step; only one step is ever stored).
         pnp_attentions / pnp_resnets: module names whose Q, K / outputs are saved and injected.
         resnet_max_t: ResNet outputs are saved and injected only at timesteps (``key``) below
             this; ``None``: at every PnP step.
@@ -65,6 +70,7 @@ class AttentionState:
     token_chunk: int | None = None
     pnp_attentions: frozenset[str] = frozenset()
     pnp_resnets: frozenset[str] = frozenset()
+    pnp_store: str = "device"
     resnet_max_t: int | None = None
     token_map: torch.Tensor | None = None
     cross_max_tokens: int = 32 * 32
@@ -73,11 +79,23 @@ class AttentionState:
     key: int | None = None
     store: dict = field(default_factory=dict)
     calls: Counter = field(default_factory=Counter)
+    _index: dict = field(default_factory=dict, repr=False)
 
     @property
     def cga_grid(self) -> tuple[int, int] | None:
         c = self.correspondence
         return tuple(c.grid) if (self.mode == "cove" and c is not None) else None
+
+    def index_on(self, device) -> torch.Tensor:
+        """The correspondence index (F, N, F, K) on ``device``, moved there once per edit."""
+        key = str(device)
+        if key not in self._index:
+            self._index[key] = self.correspondence.index.to(device)
+        return self._index[key]
+
+    def keep(self, saved: torch.Tensor) -> torch.Tensor:
+        """A tensor to store for PnP: detached, and on the CPU with ``pnp_store="host"``."""
+        return saved.detach().to("cpu") if self.pnp_store == "host" else saved.detach()
 
 
 def spatiotemporal_attention(q, k, v, frames: int, *, frame_chunk: int | None = None):
@@ -156,11 +174,11 @@ class CoveAttnProcessor(_Processor):
         if self.name in state.pnp_attentions and state.phase is not None:
             slot = ("attn", self.name, state.key)
             if state.phase == "save":
-                state.store[slot] = (query.detach(), key.detach())  # (F, N, C) each
+                state.store[slot] = (state.keep(query), state.keep(key))  # (F, N, C) each
             elif state.phase == "inject" and slot in state.store:
-                q_saved, k_saved = state.store[slot]
-                query = q_saved.repeat(b // q_saved.shape[0], 1, 1).to(query.dtype)  # (B, N, C)
-                key = k_saved.repeat(b // k_saved.shape[0], 1, 1).to(key.dtype)  # (B, N, C)
+                q_saved, k_saved = (x.to(query.device, query.dtype) for x in state.store[slot])
+                query = q_saved.repeat(b // q_saved.shape[0], 1, 1)  # (B, N, C)
+                key = k_saved.repeat(b // k_saved.shape[0], 1, 1)  # (B, N, C)
 
         heads = attn.heads
         d = key.shape[-1] // heads
@@ -184,11 +202,11 @@ class CoveAttnProcessor(_Processor):
         grid = state.cga_grid
         if grid is not None and grid[0] * grid[1] == n and state.frames > 1:
             state.calls["cga"] += 1
-            index = state.correspondence.index.to(hidden_states.device)  # (F, N, F, K)
+            index = state.index_on(hidden_states.device)  # (F, N, F, K)
             groups = hidden_states.view(b // state.frames, state.frames, n, -1)  # (G, F, N, C)
             hidden_states = torch.cat([
                 guided_attention(x, x, x, index, heads, merge_ratio=state.merge_ratio,
-                                 token_chunk=state.token_chunk)
+                                 token_chunk=state.token_chunk, frame_chunk=state.frame_chunk)
                 for x in groups
             ]).to(query.dtype)  # (B, N, C)
 
@@ -289,10 +307,10 @@ def cove_attention(unet, state: AttentionState):
             if state.resnet_max_t is not None and (state.key is None or state.key >= state.resnet_max_t):
                 return output
             if state.phase == "save":
-                state.store[slot] = output.detach()  # (F, C, h, w)
+                state.store[slot] = state.keep(output)  # (F, C, h, w)
             elif state.phase == "inject" and slot in state.store:
-                saved = state.store[slot]
-                return saved.repeat(output.shape[0] // saved.shape[0], 1, 1, 1).to(output.dtype)
+                saved = state.store[slot].to(output.device, output.dtype)
+                return saved.repeat(output.shape[0] // saved.shape[0], 1, 1, 1)
             return output
         return hook
 

@@ -232,3 +232,21 @@ def test_cga_processor_applies_guided_attention_to_the_spatiotemporal_output(mer
     _, kept, state = _processor_run("cove", hidden, F, correspondence=other)
     torch.testing.assert_close(kept, st)
     assert state.calls["cga"] == 0
+
+
+@pytest.mark.parametrize("merge_ratio", [0.0, 0.5])
+def test_blocks_do_not_change_the_result(merge_ratio):
+    """The default memory-bounded blocks, token / frame chunks and one block agree."""
+    q, k, v, index = example(F=5, N=14, C=8, K=3, seed=3)
+    whole = guided_attention(q, k, v, index, 2, merge_ratio=merge_ratio, token_chunk=14, frame_chunk=5)
+    for kwargs in [{}, dict(token_chunk=3), dict(frame_chunk=2), dict(token_chunk=4, frame_chunk=3)]:
+        out = guided_attention(q, k, v, index, 2, merge_ratio=merge_ratio, **kwargs)
+        torch.testing.assert_close(out, whole, rtol=0, atol=1e-12)
+    shared = guided_attention(q, k, k, index.to(torch.int16), 2, merge_ratio=merge_ratio)  # K = V, int16
+    torch.testing.assert_close(shared, naive_guided_attention(q, k, k, index, 2, merge_ratio))
+
+
+def test_default_blocks_bound_the_gathered_keys():
+    from cove.attention import block_rows
+    assert block_rows(10, 4096, 27) == 10 * 4096 // 27  # gathered block ~ the size of k
+    assert block_rows(2, 3, 100) == 1

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from cove.correspondence import Correspondence, correspond
+from cove.correspondence import Correspondence, correspond, correspond_reference, index_dtype
 from cove.extras.flow import flow_correspondence
-from cove.window import window_indices, window_similarity
+from cove.window import grid_cells, local_similarity, window_indices, window_similarity
 
 
 def random_features(*shape, seed=0, dtype=torch.float32):
@@ -198,3 +198,26 @@ def test_flow_correspondence_tracks_a_translation():
 def test_flow_correspondence_rejects_float_frames():
     with pytest.raises(ValueError, match="uint8"):
         flow_correspondence(np.zeros((2, 8, 8, 3), np.float32), (4, 4))
+
+
+def test_package_reference_equals_vectorised():
+    """``correspond_reference`` (the paper's per-token loop) against ``correspond``."""
+    for shape, l, k in [((3, 5, 8, 6), 3, 2), ((4, 6, 7, 9), 5, 3), ((1, 3, 5, 5), 5, 1)]:
+        features = random_features(*shape, seed=sum(shape), dtype=torch.float64)
+        fast, slow = correspond(features, window=l, k=k), correspond_reference(features, window=l, k=k)
+        assert torch.equal(fast.index, slow.index) and fast.index.dtype == torch.int16
+        torch.testing.assert_close(fast.score, slow.score)
+
+
+@pytest.mark.parametrize("grid, window, tile", [((8, 6), 3, 8), ((7, 9), 5, 3), ((13, 11), 9, 4), ((9, 9), 9, 2)])
+def test_local_similarity_equals_the_gathered_windows(grid, window, tile):
+    source, target = random_features(3, 5, *grid, seed=1), random_features(3, 5, *grid, seed=2)
+    H, W = grid
+    centre = grid_cells(grid).expand(3, H * W, 2)
+    expected, _ = window_similarity(source.flatten(2).transpose(1, 2), target, centre, window)
+    torch.testing.assert_close(local_similarity(source, target, window, tile), expected)
+
+
+def test_index_dtype_is_the_smallest_that_holds_n():
+    assert index_dtype(4096) == torch.int16 and index_dtype(32767) == torch.int16
+    assert index_dtype(32768) == torch.int32

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cove.merging import bipartite_merge, make_merge, merge_count, merge_with_sizes
+from cove.merging import bipartite_merge, make_merge, merge_count, merge_groups, merge_with_sizes
 
 
 def hand_tokens():
@@ -79,3 +79,21 @@ def test_merge_uses_the_metric_for_other_tensors():
 def test_invalid_ratio_raises():
     with pytest.raises(ValueError, match="ratio"):
         bipartite_merge(torch.randn(6, 2), 1.5)
+
+
+def test_bipartite_merge_with_a_metric_equals_the_closures():
+    """The engine's path (``bipartite_merge(..., metric=keys)``) equals ToMe's closures."""
+    keys, values = torch.randn(4, 27, 8, dtype=torch.float64), torch.randn(4, 27, 6, dtype=torch.float64)
+    merged, size, group = bipartite_merge(values, 0.5, metric=keys, return_sizes=True, return_groups=True)
+    merge, unmerge = make_merge(keys, 13)
+    expected, expected_size = merge_with_sizes(merge, values)
+    torch.testing.assert_close(merged, expected)
+    assert torch.equal(size, expected_size) and torch.equal(group, merge_groups(keys, 13))
+    torch.testing.assert_close(unmerge(merged), merged.gather(-2, group[..., None].expand(4, 27, 6)))
+    assert (group.max(dim=-1).values == 13).all()  # 27 - 13 = 14 slots
+
+
+def test_groups_without_merging_are_the_identity():
+    x = torch.randn(2, 5, 3)
+    merged, group = bipartite_merge(x, 0.0, return_groups=True)
+    assert merged is x and torch.equal(group, torch.arange(5).expand(2, 5))

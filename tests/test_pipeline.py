@@ -242,17 +242,17 @@ def test_edit_video_bad_frames(tiny_pipe, frames, match):
         edit_video(tiny_pipe, frames, "a star", config=FAST)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(attention="magic"), "attention must be"), (dict(window=4), "odd"), (dict(k=0), "k must"),
-    (dict(pnp_steps=-1), "pnp_steps"), (dict(merge_ratio=1.5), "merge_ratio"), (dict(correspondence="x"), "correspondence"),
-    (dict(extras=Extras(strength=0.0)), "strength"), (dict(extras=Extras(strength=1.5)), "strength"),
-    (dict(extras=Extras(pnp_resnet_max_t=0)), "pnp_resnet_max_t"),
-    (dict(extras=Extras(pnp_resnet_max_t=1001)), "pnp_resnet_max_t"),
-    (dict(engine=EngineOptions(frame_chunk=0)), "frame_chunk"), (dict(extras={"strength": 0.5}), "extras must be"),
+@pytest.mark.parametrize("make, match", [
+    (lambda: CoveConfig(attention="magic"), "attention must be"), (lambda: CoveConfig(window=4), "odd"),
+    (lambda: CoveConfig(k=0), "k must"), (lambda: CoveConfig(pnp_steps=-1), "pnp_steps"),
+    (lambda: CoveConfig(merge_ratio=1.5), "merge_ratio"), (lambda: CoveConfig(correspondence="x"), "correspondence"),
+    (lambda: Extras(strength=0.0), "strength"), (lambda: Extras(strength=1.5), "strength"),
+    (lambda: Extras(pnp_resnet_max_t=0), "pnp_resnet_max_t"), (lambda: Extras(pnp_resnet_max_t=1001), "pnp_resnet_max_t"),
+    (lambda: EngineOptions(frame_chunk=0), "frame_chunk"), (lambda: CoveConfig(extras={"strength": 0.5}), "extras must be"),
 ])
-def test_config_validation(kwargs, match):
+def test_config_validation(make, match):
     with pytest.raises(ValueError, match=match):
-        CoveConfig(**kwargs)
+        make()
 
 
 def test_load_pipeline_from_folder_roundtrip(tiny_pipe, tmp_path, tiny_clip):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..config import ATTENTION_MODES, CORRESPONDENCE_SOURCES, CoveConfig, Extras
+from ..config import ATTENTION_MODES, CORRESPONDENCE_SOURCES, CoveConfig, EngineOptions, Extras
 from ..sd import check_prompts, frame_size, size_multiple
 from .checks import check_input, check_output, fit_or_refuse
 
@@ -118,6 +118,7 @@ def config_from_args(args) -> CoveConfig:
             p2p_steps=args.p2p_steps,
             pnp_resnet_max_t=args.pnp_resnet_max_t,
         ),
+        engine=EngineOptions(token_chunk=args.token_chunk, frame_chunk=args.frame_chunk),
     )
 
 
@@ -409,7 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--window", type=_positive_int, default=defaults.window,
                       help="window side l (default: 9)")
     edit.add_argument("--merge-ratio", type=float, default=defaults.merge_ratio,
-                      help="token merging ratio (default: 0.5)")
+                      help="token merging ratio (default: 0, no merging; the paper: 0.5)")
+    edit.add_argument("--token-chunk", type=_positive_int, default=None, metavar="N",
+                      help="tokens per CGA block (default: blocks sized by CGA's memory bound)")
+    edit.add_argument("--frame-chunk", type=_positive_int, default=None, metavar="N",
+                      help="query frames per spatial-temporal attention call and CGA block (default: all)")
     edit.add_argument("--inversion-steps", type=_positive_int, default=None, metavar="N",
                       help=f"DDIM inversion steps (default: {defaults.inversion_steps})")
     edit.add_argument("--denoise-steps", type=_positive_int, default=None, metavar="N",
@@ -464,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer steps (a smoke test, not a result)")
     demo.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     demo.set_defaults(run=cmd_demo)
+
+    from ..eval.speed import add_command as add_bench_speed
+
+    add_bench_speed(commands)
     return parser
 
 

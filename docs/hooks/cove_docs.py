@@ -158,6 +158,41 @@ def render_json(data, level: int = 3) -> str:
     return "```json\n" + "\n".join(lines[:40]) + cut + "\n```"
 
 
+def bar_plot(rows: list[dict], label: str, value: str, width: int = 420) -> str:
+    """An inline SVG horizontal bar chart of ``row[value]`` per ``row[label]`` (numbers only)."""
+    bars = [(fmt(r.get(label)), r[value]) for r in rows
+            if isinstance(r.get(value), (int, float)) and not isinstance(r.get(value), bool)]
+    if not bars:
+        return ""
+    top = max(v for _, v in bars) or 1.0
+    h, left = 22, 170
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 70}" '
+             f'height="{h * len(bars) + 24}" font-size="12" font-family="sans-serif">']
+    for i, (name, v) in enumerate(bars):
+        y, w = i * h + 4, max(1.0, width * v / top)
+        parts.append(f'<text x="{left - 6}" y="{y + 14}" text-anchor="end">{name[:26]}</text>'
+                     f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{h - 6}" fill="#5b8def"/>'
+                     f'<text x="{left + w + 4:.1f}" y="{y + 14}">{fmt(float(v))}</text>')
+    parts.append(f'<text x="{left}" y="{h * len(bars) + 20}">{value}</text></svg>')
+    return "".join(parts)
+
+
+def sections_markdown(data: dict, level: int = 3) -> str:
+    """``{"machine": {...}, "sections": {name: {"note", "rows", "plot": [label, value]}}}``
+    (``cove bench speed``): per section its note, a table and a bar plot."""
+    parts = [render_json({"machine": data.get("machine", {})}, level)]
+    for name, sec in data["sections"].items():
+        rows = [flatten(r) for r in sec.get("rows", [])]
+        body = [f"{'#' * level} {name}", sec.get("note", "")]
+        if rows:
+            body.append(table(rows))
+        plot = sec.get("plot")
+        if rows and isinstance(plot, list) and len(plot) == 2:
+            body.append(bar_plot(rows, *plot))
+        parts.append("\n\n".join(b for b in body if b))
+    return "\n\n".join(parts)
+
+
 def benchmarks_markdown(docs_dir: Path) -> str:
     """The generated part of the benchmarks page: one section per JSON file and figure."""
     sources = [p for p in [docs_dir / "quality.json"] if p.is_file()]
@@ -177,7 +212,10 @@ def benchmarks_markdown(docs_dir: Path) -> str:
             data = json.loads(path.read_text())
             if isinstance(data, dict) and isinstance(data.get("gates"), dict):  # the verdict first
                 data = {"gates": data["gates"], **{k: v for k, v in data.items() if k != "gates"}}
-            body = render_json(data)
+            if isinstance(data, dict) and isinstance(data.get("sections"), dict):
+                body = sections_markdown(data)
+            else:
+                body = render_json(data)
         except (OSError, ValueError) as exc:
             body = f'!!! failure "Could not read `{path.name}`"\n    {exc}\n'
         parts.append(f"## `{path.name}`\n\n{body}\n\n[raw JSON]({path.name})")

@@ -1,0 +1,401 @@
+"""``cove bench speed``: time and peak memory of COVE at Stable Diffusion's shapes.
+
+Sections of the JSON it writes (each ``{"note", "rows"}``; the docs' benchmarks page draws
+them):
+
+- ``correspondence``: ``correspond`` vs the naive all-pairs search (every token against every
+  token of the next frame, then the same windows, top-K and chaining) on the same random
+  features, and whether the matches are identical;
+- ``merging``: ``guided_attention`` with merge ratio 0 and 0.5;
+- ``attention_layer``: one SD self-attention layer of the 64x64 level (320 channels, 5 heads)
+  in each attention mode, and CGA's blocks against the whole-layer gather;
+- ``edit``: whole edits per attention mode, frame count and PnP store, per-stage time and peak
+  memory, with the paper's Table 3 beside them; ``estimate`` extrapolates the peak linearly in
+  ``F`` (the PnP store off the device and CGA's blocks keep it linear).
+
+The SD-2.1-base architecture is built from its public config with random weights (timings do
+not depend on weight values); ``--arch small`` is the same architecture with narrow layers,
+for CPUs and tests. Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and the growth
+of the process's peak resident memory (``VmHWM``) on CPU.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bench import correspondence_gflop, dumps, machine_info
+
+PAPER_TABLE3 = [  # 10 frames, RTX 3090, Stable Diffusion 2.1 (paper, Table 3)
+    {"setting": "spatial-temporal", "minutes": 2.2, "GB": 9},
+    {"setting": "+ CGA", "minutes": 2.7, "GB": 14},
+    {"setting": "+ CGA + merging", "minutes": 2.4, "GB": 11},
+]
+
+
+def sd21_parts(arch: str = "sd21", vocab: int = 49408):
+    """UNet, VAE and text encoder of SD-2.1-base (public config), randomly initialised.
+
+    ``arch="small"``: the same blocks with 1/10 of the channels (for CPUs and tests).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if arch not in ("sd21", "small"):
+        raise ValueError(f"arch must be 'sd21' or 'small', got {arch!r}")
+    big = arch == "sd21"
+    width = (320, 640, 1280, 1280) if big else (32, 64, 128, 128)
+    text = 1024 if big else 64
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=width,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        attention_head_dim=[5, 10, 20, 20] if big else [1, 2, 4, 4],  # SD2: the number of heads
+        cross_attention_dim=text, use_linear_projection=True, norm_num_groups=32 if big else 8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+        block_out_channels=(128, 256, 512, 512) if big else (16, 32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=32 if big else 8,
+    )
+    encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab, hidden_size=text, intermediate_size=4 * text, num_hidden_layers=23 if big else 2,
+        num_attention_heads=16 if big else 2, max_position_embeddings=77, hidden_act="gelu",
+        projection_dim=512 if big else 64,
+    ))
+    return unet, vae, encoder
+
+
+def build_pipeline(arch: str = "sd21", device: str = "cpu", dtype=torch.float32, seed: int = 0):
+    """A ``StableDiffusionPipeline`` of SD-2.1-base's architecture with random weights (no
+    download); checks that the 64x64 self-attention has 64-dim heads, as SD 2.1's."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from ..tiny.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    words = ["a", "red", "green", "car", "on", "road", "watercolor", "painting", "of"]
+    tokenizer = build_clip_tokenizer(words, tempfile.mkdtemp(prefix="cove-speed-"), max_length=77)
+    unet, vae, encoder = sd21_parts(arch, vocab=len(tokenizer))
+    encoder.config.bos_token_id, encoder.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    attn = unet.up_blocks[3].attentions[0].transformer_blocks[0].attn1  # the 64x64 level
+    if arch == "sd21" and (attn.heads != 5 or attn.to_q.out_features // attn.heads != 64):
+        raise RuntimeError(f"not SD 2.1's attention: {attn.heads} heads of {attn.to_q.out_features // attn.heads}")
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def measure(device):
+    """``with measure(device) as m: ...`` -> ``m["s"]`` seconds, ``m["MB"]`` peak memory above
+    the start (CUDA: allocated; CPU: resident, from ``/proc/self``)."""
+    device = torch.device(device)
+    out = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident size
+        except OSError:
+            pass
+        base = _rss_mb("VmRSS")
+    start = time.perf_counter()
+    yield out
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        out["MB"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        out["MB"] = _rss_mb("VmHWM") - base
+    out["s"] = time.perf_counter() - start
+
+
+def _features(frames, channels, grid, device, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(frames, channels, *grid, generator=g)
+    return (x / x.norm(dim=1, keepdim=True)).to(device, dtype)  # (F, C, H, W)
+
+
+def naive_correspond(features, window: int, k: int):
+    """All-pairs baseline: every token against every token of the next (previous) frame, then
+    the same windows, top-K and chaining as ``correspond``. Returns ``(index, score)``."""
+    from ..correspondence import correspond
+
+    F, C, H, W = features.shape
+    _ = correspond(features[:1], window, k)  # validates the arguments
+    from ..window import grid_cells, window_indices
+
+    cells = window_indices(grid_cells((H, W), features.device), window, (H, W))  # (N, l*l)
+    index = torch.arange(H * W, device=features.device)[None, :, None, None].repeat(F, 1, F, k)
+    score = torch.ones(F, H * W, F, k, dtype=features.dtype, device=features.device)
+    steps = {}
+    for a, b in [(i, i + 1) for i in range(F - 1)] + [(i + 1, i) for i in range(F - 1)]:
+        sim = features[a].flatten(1).T @ features[b].flatten(1)  # (N, N) every pair of tokens
+        top, pick = sim.gather(1, cells).topk(k, dim=-1)  # (N, K) within the window
+        steps[a, b] = (cells.gather(1, pick), top)
+    for i in range(F):  # the chains, one frame at a time
+        for step in (1, -1):
+            current = torch.arange(H * W, device=features.device)
+            j = i + step
+            while 0 <= j < F:
+                found, top = steps[j - step, j]
+                index[i, :, j], score[i, :, j] = found[current], top[current]
+                current = found[current, 0]
+                j += step
+    return index, score
+
+
+def bench_correspondence(device, dtype, frames=10, grid=(64, 64), channels=320, window=9, k=3):
+    from ..correspondence import correspond
+
+    feats = _features(frames, channels, grid, device, dtype)
+    with measure(device) as fast:
+        c = correspond(feats, window, k)
+    with measure(device) as naive:
+        index, score = naive_correspond(feats, window, k)
+    same = bool(torch.equal(c.index.long(), index))
+    work = 2 * correspondence_gflop(frames, grid, channels, window)
+    allpairs = 2 * 2 * (frames - 1) * (grid[0] * grid[1]) ** 2 * channels / 1e9
+    return [{"method": "correspond (tiled windows)", "s": fast["s"], "MB": fast["MB"], "GFLOP": work},
+            {"method": "naive all-pairs", "s": naive["s"], "MB": naive["MB"], "GFLOP": allpairs},
+            {"method": "speed-up", "s": naive["s"] / fast["s"], "identical matches": same,
+             "shape": f"F={frames}, {grid[0]}x{grid[1]}, C={channels}, l={window}, K={k}"}]
+
+
+def bench_merging(device, dtype, frames=10, grid=(64, 64), channels=320, heads=5, k=3):
+    from ..attention import guided_attention
+
+    N = grid[0] * grid[1]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(frames, N, channels, generator=g).to(device, dtype)
+    index = torch.randint(0, N, (frames, N, frames, k), generator=g).to(device, torch.int16)
+    rows = []
+    for ratio in (0.0, 0.5):
+        with measure(device) as m:
+            guided_attention(x, x, x, index, heads, merge_ratio=ratio)
+        rows.append({"merge_ratio": ratio, "s": m["s"], "MB": m["MB"],
+                     "shape": f"F={frames}, N={N}, C={channels}, {heads} heads, K={k}"})
+    rows.append({"merge_ratio": "0.5 / 0", "s": rows[1]["s"] / rows[0]["s"], "MB": rows[1]["MB"] / max(rows[0]["MB"], 1e-9)})
+    return rows
+
+
+def bench_layer(device, dtype, frames=8, grid=(64, 64), channels=320, heads=5, k=3):
+    """One SD self-attention layer (``attn1`` of the 64x64 level) with classifier-free
+    guidance's two groups, per attention mode; CGA in blocks (default) and whole (one block)."""
+    from diffusers.models.attention_processor import Attention
+
+    from ..correspondence import Correspondence
+    from ..processors import AttentionState, CoveAttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=channels, heads=heads, dim_head=channels // heads).to(device, dtype)
+    N = grid[0] * grid[1]
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2 * frames, N, channels, generator=g).to(device, dtype)  # (G*F, N, C)
+    index = torch.randint(0, N, (frames, N, frames, k), generator=g).to(torch.int16)
+    corr = Correspondence(index, torch.ones(index.shape), grid)
+    rows = []
+    for label, mode, chunk in [("per-frame", "per-frame", None), ("spatiotemporal", "spatiotemporal", None),
+                               ("cove (blocks)", "cove", None), ("cove (one block)", "cove", N)]:
+        state = AttentionState(frames=frames, mode=mode, correspondence=corr, token_chunk=chunk)
+        proc = CoveAttnProcessor("attn1", state)
+        with torch.no_grad(), measure(device) as m:
+            proc(attn, hidden)
+        rows.append({"mode": label, "s": m["s"], "MB": m["MB"]})
+    for row in rows:
+        row["MB / per-frame"] = row["MB"] / max(rows[0]["MB"], 1e-9)
+    return rows
+
+
+def bench_edit(pipe, frames_list, size, modes, stores, steps):
+    """Whole edits: per-stage seconds and peak MB per mode, frame count and PnP store."""
+    from ..config import CoveConfig, EngineOptions
+    from ..pipeline import compute_correspondence, denoise, invert, start_latents
+    from ..processors import AttentionState, pnp_layers
+    from ..sd import decode_latents, encode_frames, encode_text
+
+    device = pipe.device
+    inv, den = steps
+    rows = []
+    for F in frames_list:
+        rng = np.random.default_rng(0)
+        clip = (rng.random((F, size, size, 3)) * 255).astype(np.uint8)
+        for mode in modes:
+            for store in stores:
+                config = CoveConfig(attention=mode, inversion_steps=inv, denoise_steps=den,
+                                    pnp_steps=max(1, round(0.8 * den)),
+                                    engine=EngineOptions(pnp_store=store))
+                row, stage = {"frames": F, "mode": mode, "pnp_store": store}, {}
+                with measure(device) as total:
+                    corr = None
+                    if mode == "cove":
+                        with measure(device) as stage["correspondence"]:
+                            corr, t = compute_correspondence(pipe, clip, config, torch.Generator().manual_seed(0))
+                        row["features s"] = t.get("features", 0.0)
+                    with measure(device) as stage["encode"]:
+                        latents = encode_frames(pipe, clip)
+                    resnets, attentions = pnp_layers(pipe.unet)
+                    state = AttentionState(frames=F, mode=mode, correspondence=corr, merge_ratio=config.merge_ratio,
+                                           pnp_attentions=attentions, pnp_resnets=resnets, pnp_store=store)
+                    with measure(device) as stage["inversion"]:
+                        trajectory = invert(pipe, latents, config=config, state=state)
+                    text = encode_text(pipe, ["a watercolor painting of a car"]).expand(F, -1, -1)
+                    empty = encode_text(pipe, [""]).expand(F, -1, -1)
+                    source = ({**trajectory, -1: latents}, empty) if store == "recompute" else None
+                    with measure(device) as stage["denoising"]:
+                        x0 = denoise(pipe, start_latents(pipe, trajectory, config), text, empty,
+                                     config=config, state=state, pnp_source=source)
+                    with measure(device) as stage["decode"]:
+                        decode_latents(pipe, x0)
+                    state.store.clear()
+                for name, m in stage.items():
+                    row[f"{name} s"], row[f"{name} MB"] = m["s"], m["MB"]
+                row["total s"], row["peak MB"] = total["s"], total["MB"]
+                rows.append(row)
+    return rows
+
+
+def edit_ratios(rows) -> list[dict]:
+    """COVE over spatial-temporal (time, peak) per frame count and store, and the peak MB
+    extrapolated linearly to 128 frames from the two largest frame counts."""
+    out = []
+    by = {(r["frames"], r["mode"], r["pnp_store"]): r for r in rows}
+    for (F, mode, store), r in by.items():
+        base = by.get((F, "spatiotemporal", store))
+        if mode == "cove" and base:
+            out.append({"frames": F, "pnp_store": store, "time cove / st": r["total s"] / base["total s"],
+                        "peak cove / st": r["peak MB"] / max(base["peak MB"], 1e-9)})
+    for (mode, store) in {(m, s) for _, m, s in by}:
+        pts = sorted((F, r["peak MB"]) for (F, m, s), r in by.items() if (m, s) == (mode, store))
+        if len(pts) >= 2:
+            (f0, m0), (f1, m1) = pts[-2], pts[-1]
+            slope = (m1 - m0) / (f1 - f0)
+            out.append({"mode": mode, "pnp_store": store, "MB per frame": slope,
+                        "estimate MB at 128 frames": m1 + slope * (128 - f1)})
+    return out
+
+
+def matmul_tflops(device, dtype, n: int = 4096) -> float:
+    """Measured dense matmul throughput (TFLOP/s) of ``device`` in ``dtype``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    a @ a
+    with measure(device) as m:
+        for _ in range(5):
+            a @ a
+    return 5 * 2 * n**3 / m["s"] / 1e12
+
+
+def run(*, arch="small", device="cpu", dtype=torch.float32, frames=(2, 3), size=128,
+        steps=(2, 2), modes=("per-frame", "spatiotemporal", "cove"), stores=("host",),
+        parts=("correspondence", "merging", "layer", "edit"), shapes=None) -> dict:
+    """All sections; ``shapes`` overrides the SD shapes of the component benchmarks (for
+    tests): ``{"frames", "grid", "channels", "heads", "layer_frames"}``."""
+    s = {"frames": 10, "grid": (64, 64), "channels": 320, "heads": 5, "layer_frames": 8, **(shapes or {})}
+    result = {"machine": {**machine_info(), "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                          "matmul TFLOP/s": matmul_tflops(device, dtype, 1024 if device == "cpu" else 8192)},
+              "sections": {}}
+    sec = result["sections"]
+    if "correspondence" in parts:
+        rows = bench_correspondence(device, dtype, s["frames"], s["grid"], s["channels"])
+        sec["correspondence"] = {"rows": rows, "plot": ["method", "s"], "note": (
+            f"The tiled window search is {rows[2]['s']:.1f}x faster than all-pairs on the same "
+            f"features; identical matches: {rows[2]['identical matches']}.")}
+    if "merging" in parts:
+        rows = bench_merging(device, dtype, s["frames"], s["grid"], s["channels"], s["heads"])
+        sec["merging"] = {"rows": rows, "plot": ["merge_ratio", "s"], "note": (
+            f"Merging half of CGA's keys takes {rows[2]['s']:.2f}x the time of no merging and "
+            f"{rows[2]['MB']:.2f}x its memory: the matching costs more than it saves, so the "
+            "default merge ratio is 0.")}
+    if "layer" in parts:
+        rows = bench_layer(device, dtype, s["layer_frames"], s["grid"], s["channels"], s["heads"])
+        sec["attention_layer"] = {"rows": rows, "plot": ["mode", "MB"], "note": (
+            f"A cove-mode 64x64 layer at F={s['layer_frames']} peaks at "
+            f"{rows[2]['MB / per-frame']:.2f}x the per-frame layer's memory with CGA in blocks, "
+            f"{rows[3]['MB / per-frame']:.2f}x with one block.")}
+    if "edit" in parts:
+        pipe = build_pipeline(arch, device, dtype)
+        rows = bench_edit(pipe, frames, size, modes, stores, steps)
+        sec["edit"] = {"rows": rows, "plot": ["mode", "total s"], "note": (
+            f"Whole edits, {arch} architecture, {size}x{size}, {steps[0]} inversion and "
+            f"{steps[1]} denoising steps.")}
+        sec["edit_ratios"] = {"rows": edit_ratios(rows), "note": (
+            "COVE over spatial-temporal attention alone, and the peak extrapolated linearly to "
+            "128 frames.")}
+        sec["paper_table3"] = {"rows": PAPER_TABLE3, "note": "The paper's Table 3, for comparison."}
+    return result
+
+
+def write(result: dict, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(result, digits=4))
+    return path
+
+
+def add_command(commands) -> None:
+    """Register ``bench speed`` on the ``cove`` CLI's subparsers."""
+    bench = commands.add_parser("bench", help="measure cove", description="Benchmarks of cove.")
+    sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    p = sub.add_parser("speed", help="time and peak memory at Stable Diffusion's shapes",
+                       description="Per-stage time and peak memory; writes JSON for the docs' benchmarks page.")
+    p.add_argument("--arch", choices=("sd21", "small"), default=None,
+                   help="SD-2.1-base architecture with random weights, or the same with narrow layers "
+                        "(default: small on cpu, sd21 on cuda)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "float16", "fp32", "fp16"), default=None,
+                   help="default: float32 on cpu, float16 on cuda")
+    p.add_argument("--frames", default=None, help="comma-separated frame counts of the edits (default: cpu 2,3; cuda 10,32)")
+    p.add_argument("--size", type=int, default=None, help="frame side in pixels (default: cpu 128; cuda 512)")
+    p.add_argument("--steps", default=None, help="inversion,denoising steps (default: cpu 2,2; cuda 100,50, the paper's)")
+    p.add_argument("--stores", default="host,recompute", help="PnP stores to compare (default: host,recompute)")
+    p.add_argument("--parts", default="correspondence,merging,layer,edit", help="sections to run")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("-o", "--output", default=None,
+                   help="JSON path (default: docs/benchmarks_speed_<cpu|cuda>.json)")
+    p.set_defaults(run=main)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(","))
+    if not values or min(values) < 1:
+        raise ValueError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def main(args) -> int:
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"float16": torch.float16, "fp16": torch.float16}.get(args.dtype or ("fp16" if cuda else "fp32"), torch.float32)
+    result = run(arch=args.arch or ("sd21" if cuda else "small"), device=args.device, dtype=dtype,
+                 frames=_ints(args.frames or ("10,32" if cuda else "2,3")), size=args.size or (512 if cuda else 128),
+                 steps=_ints(args.steps or ("100,50" if cuda else "2,2")), stores=tuple(args.stores.split(",")),
+                 parts=tuple(args.parts.replace("attention_layer", "layer").split(",")))
+    path = write(result, args.output or f"docs/benchmarks_speed_{'cuda' if cuda else 'cpu'}.json")
+    for name, section in result["sections"].items():
+        print(f"{name}: {section['note']}")
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,83 @@
+"""`cove bench speed` at toy sizes, and the bounded-memory paths against the plain ones."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cove import CoveConfig, edit_video
+from cove.config import EngineOptions
+from cove.app.cli import build_parser
+from cove.eval import speed
+
+TOY = {"frames": 3, "grid": (10, 10), "channels": 16, "heads": 2, "layer_frames": 3}
+
+
+def test_bench_speed_writes_valid_json(tmp_path):
+    result = speed.run(arch="small", frames=(2,), size=64, steps=(1, 1), stores=("host", "recompute"),
+                       modes=("spatiotemporal", "cove"), shapes=TOY)
+    data = json.loads(speed.write(result, tmp_path / "speed.json").read_text())
+    assert set(data["sections"]) >= {"correspondence", "merging", "attention_layer", "edit", "edit_ratios"}
+    assert data["machine"]["device"] == "cpu" and data["machine"]["matmul TFLOP/s"] > 0
+    corr = data["sections"]["correspondence"]["rows"]
+    assert corr[2]["identical matches"] is True
+    edits = data["sections"]["edit"]["rows"]
+    assert {(r["mode"], r["pnp_store"]) for r in edits} == {(m, s) for m in ("spatiotemporal", "cove")
+                                                            for s in ("host", "recompute")}
+    assert all(r["total s"] > 0 and "denoising MB" in r for r in edits)
+    assert data["sections"]["merging"]["note"]
+
+
+def test_naive_correspond_is_the_same_computation():
+    feats = speed._features(4, 8, (9, 7), "cpu", torch.float64)
+    from cove.correspondence import correspond
+    index, score = speed.naive_correspond(feats, 5, 2)
+    c = correspond(feats, 5, 2)
+    assert torch.equal(c.index.long(), index)
+    torch.testing.assert_close(c.score, score)
+
+
+def test_sd21_architecture_from_config():
+    unet, vae, text = speed.sd21_parts("small", vocab=32)
+    attn = unet.up_blocks[3].attentions[0].transformer_blocks[0].attn1
+    assert attn.heads == 1 and attn.to_q.out_features == 32
+    assert len(unet.down_blocks) == 4 and vae.config.latent_channels == 4
+    with pytest.raises(ValueError, match="arch"):
+        speed.sd21_parts("sd15")
+
+
+def test_cli_registers_bench_speed_and_chunk_flags():
+    args = build_parser().parse_args(["bench", "speed", "--frames", "2,3", "--device", "cpu"])
+    assert args.run is speed.main and args.frames == "2,3"
+    edit = build_parser().parse_args(["edit", "in.gif", "-p", "x", "--token-chunk", "64", "--frame-chunk", "2"])
+    assert (edit.token_chunk, edit.frame_chunk) == (64, 2)
+
+
+def test_pnp_store_off_the_device_gives_the_same_edit(tiny_pipe):
+    frames = (np.random.default_rng(0).random((3, 32, 32, 3)) * 255).astype(np.uint8)
+    out = {}
+    for store in ("device", "host", "recompute"):
+        config = CoveConfig(inversion_steps=4, denoise_steps=2, pnp_steps=2, window=5, k=2, merge_ratio=0.5,
+                            engine=EngineOptions(pnp_store=store))
+        out[store] = edit_video(tiny_pipe, frames, "a red star", config=config,
+                                generator=torch.Generator().manual_seed(0)).frames
+    assert np.array_equal(out["device"], out["host"])
+    assert np.abs(out["device"].astype(int) - out["recompute"]).max() <= 1
+
+
+def test_bad_pnp_store_raises():
+    with pytest.raises(ValueError, match="pnp_store"):
+        EngineOptions(pnp_store="disk")
+
+
+def test_docs_render_the_speed_sections():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("cove_docs", Path(__file__).parents[1] / "docs/hooks/cove_docs.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    data = {"machine": {"cpu": "x"}, "sections": {"merging": {
+        "note": "one line", "rows": [{"merge_ratio": 0.0, "s": 1.0}, {"merge_ratio": 0.5, "s": 1.5}],
+        "plot": ["merge_ratio", "s"]}}}
+    text = hook.sections_markdown(data)
+    assert "### merging" in text and "one line" in text and "<svg" in text and "| merge_ratio | s |" in text
