@@ -60,8 +60,12 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, *, device=None, dtype=None,
     elif "/" not in str(model) or str(model).startswith((".", "/")):
         raise ValueError(f"model must be 'cove-tiny', a diffusers folder or a hub id 'org/name', got {model!r}")
     kwargs = {} if local_files_only is None else {"local_files_only": local_files_only}
+    from transformers.utils import logging as tlogging
+
     verbosity = dlogging.get_verbosity()
     dlogging.set_verbosity_error()  # the tiny VAE is not an AutoencoderKL: silence the type note
+    bars = dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled()
+    dlogging.disable_progress_bar(), tlogging.disable_progress_bar()  # loading bars: stderr noise
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype (diffusers 0.4x)
@@ -71,5 +75,9 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, *, device=None, dtype=None,
             )
     finally:
         dlogging.set_verbosity(verbosity)
+        if bars[0]:
+            dlogging.enable_progress_bar()
+        if bars[1]:
+            tlogging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
