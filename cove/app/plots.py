@@ -15,7 +15,7 @@ import numpy as np
 
 from . import viz
 
-__all__ = ["FramePanel", "render", "pick", "PickerFigure", "weights_figure", "MATCH_MARKERS"]
+__all__ = ["FramePanel", "render", "pick", "PickerFigure", "weights_figure", "maps_figure", "MATCH_MARKERS"]
 
 # match k (best first): colour from viz.PALETTE and a marker shape, so a match reads without colour
 MATCH_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h")
@@ -201,3 +201,40 @@ def weights_figure(frames, grid, query, maps, *, label: str, title: str, centre:
     bar.set_label(label, fontsize=8), bar.ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
     return render(fig, clickable)
+
+
+def maps_figure(rows: dict, *, label: str, title: str, columns=None, vmax: float | None = None,
+                cmap: str = "magma", dpi: int = 80, panel_inches: float = 1.3) -> bytes:
+    """A grid of maps, one row per name, one shared colour scale and colour bar; PNG bytes.
+
+    Args:
+        rows: ``{name: (T, H, W)}``, same ``T`` (e.g. per-pixel flicker of each edit, per frame
+            pair); NaN cells are drawn grey.
+        columns: ``T`` column titles (default ``0 .. T-1``).
+        vmax: top of the colour scale (default: the 99th percentile of every map), bottom 0.
+    """
+    from matplotlib import colormaps
+
+    names = list(rows)
+    maps = [np.asarray(viz.to_numpy(rows[n]), dtype=np.float64) for n in names]
+    T = maps[0].shape[0]
+    values = np.concatenate([m[np.isfinite(m)] for m in maps])
+    vmax = vmax if vmax is not None else (float(np.percentile(values, 99)) if values.size else 1.0)
+    fig = _figure(panel_inches * T + 2.4, panel_inches * len(names) + 0.7, dpi)
+    spec = fig.add_gridspec(len(names), T + 1, width_ratios=[1] * T + [0.08], left=0.13, right=0.9,
+                            top=1 - 0.45 / fig.get_figheight(), bottom=0.05, wspace=0.05, hspace=0.08)
+    palette = colormaps[cmap].with_extremes(bad="#999999")
+    image = None
+    for r, (name, m) in enumerate(zip(names, maps)):
+        for t in range(T):
+            ax = fig.add_subplot(spec[r, t])
+            image = ax.imshow(m[t], cmap=palette, vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[t] if columns is not None else str(t), fontsize=8)
+            if t == 0:
+                ax.set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+    bar = fig.colorbar(image, cax=fig.add_subplot(spec[:, T]), extend="max")
+    bar.set_label(label, fontsize=8), bar.ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    return render(fig, {})[0]

@@ -68,15 +68,16 @@ class Panel(ipywidgets.VBox):
         self.pickable: list = []  # clickable frame panels of the last picture (cove.app.plots)
         self._quiet, self._update = False, lambda: None
 
-    def guarded(self, update):
-        """Wrap ``update`` so an exception is shown in the status line and kept in ``error``."""
+    def guarded(self, update, count: bool = True):
+        """Wrap ``update`` so an exception is shown in the status line and kept in ``error``;
+        ``count``: a successful call adds one to ``updates``."""
 
         @functools.wraps(update)
         def run(*_):
             self.error = None
             try:
                 update()
-                self.updates += 1
+                self.updates += count
             except Exception as exc:  # noqa: BLE001 - shown to the learner, kept for tests
                 self.error = exc
                 self.status.value = (
@@ -89,7 +90,7 @@ class Panel(ipywidgets.VBox):
         """Like :meth:`guarded`, for a handler that takes the event dict."""
 
         def run(event):
-            self.guarded(lambda: handle(event))()
+            self.guarded(lambda: handle(event), count=False)()
 
         return run
 
