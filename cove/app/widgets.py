@@ -54,11 +54,18 @@ class Panel(ipywidgets.VBox):
         error: the exception of the last update, ``None`` when it succeeded.
     """
 
-    def __init__(self, controls: dict, images: dict, *, title: str | None = None, extra=()):
+    def __init__(self, controls: dict, images: dict, *, title: str | None = None, extra=(), folded=(),
+                 folded_title: str = "more settings"):
         w = ipywidgets
         status, output = w.HTML(), w.Output()
         rows = [w.HTML(f"<b>{html.escape(title)}</b>")] if title else []
-        rows += [w.HBox(list(controls.values()), layout=w.Layout(flex_flow="row wrap"))]
+        front = [c for n, c in controls.items() if n not in folded]
+        rows += [w.HBox(front, layout=w.Layout(flex_flow="row wrap"))]
+        if folded:  # the controls that matter less: in a closed accordion below the front row
+            more = w.Accordion([w.HBox([controls[n] for n in folded], layout=w.Layout(flex_flow="row wrap"))])
+            more.set_title(0, folded_title)
+            more.selected_index = None
+            rows.append(more)
         rows += [w.HBox(list(images.values()))] if images else []
         super().__init__([*rows, *extra, status, output])
         self.controls, self.images, self.status, self.output = controls, images, status, output
@@ -196,19 +203,25 @@ def _image(width: int | None = None):
     return w.Image(format="png", layout=layout)
 
 
-def table_html(rows: list[dict]) -> str:
-    """A small HTML table, one row per dict, columns in first-seen order (floats to 3 digits);
-    show it with ``IPython.display.HTML``."""
+def table_html(rows: list[dict], *, max_chars: int = 24) -> str:
+    """A compact HTML table, one row per dict, columns in first-seen order (floats to 3 digits);
+    show it with ``IPython.display.HTML``. Cells never wrap; text longer than ``max_chars`` is
+    cut with "…" (the whole text in its tooltip), and the table scrolls sideways if it must."""
     if not rows:
         return ""
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
-    head = "".join(f"<th style='padding:0 8px'>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='padding:0 8px'>{cell(r.get(c, ''))}</td>" for c in columns) + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
+
+    def cell(v):
+        text = f"{v:.3g}" if isinstance(v, float) else str(v)
+        short = text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+        align = "right" if isinstance(v, (int, float)) and not isinstance(v, bool) else "left"
+        return (f"<td title='{html.escape(text, quote=True)}' style='padding:1px 6px;white-space:nowrap;"
+                f"text-align:{align}'>{html.escape(short)}</td>")
+
+    head = "".join(f"<th style='padding:1px 6px;white-space:nowrap'>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(cell(r.get(c, "")) for c in columns) + "</tr>" for r in rows)
+    return (f"<div style='overflow-x:auto;max-width:100%'><table style='font-size:85%;border-collapse:collapse'>"
+            f"<tr>{head}</tr>{body}</table></div>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,7 +647,9 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
     progress = w.IntProgress(value=0, min=0, max=1, description="progress")
     frame = _slider("frame", 0, 0, len(frames) - 1)
     runs = w.HTML()
-    panel = Panel(controls, {"result": _image()}, extra=[progress, frame, runs])
+    folded = ("window", "merge_ratio", "steps", "strength", "mask", "p2p", "resnet_t")
+    panel = Panel(controls, {"result": _image()}, extra=[progress, frame, runs], folded=folded,
+                  folded_title="more settings: window l, merge ratio, steps, strength, edit mask, word swap, ResNet t")
     panel.state = {"runs": [], "result": None, "strip": None}
 
     def settings() -> CoveConfig:
