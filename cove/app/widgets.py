@@ -584,7 +584,7 @@ def merge_explorer(tokens, index, frames, *, grid: tuple[int, int], ratio: float
             j = others[t // K]
             m = int(index[i, n, j, t % K])
             at = viz.cell_to_pixel([[m % W, m // W]], grid, big)
-            pics[j] = viz.draw_points(pics[j], at, colours=colours[groups[t]], radius=max(1, scale - 1))
+            pics[j] = viz.draw_points(pics[j], at, colours=colours[groups[t]], radius=scale)
         panel.show("groups", viz.montage([pics]))
         panel.state = {"frame": i, "token": n, "tokens": T, "merged_away": r, "kept": T - r, "groups": groups}
         panel.status.value = (f"{T} gathered tokens = (F-1)*K = {F - 1}*{K}; ratio {r_:.2f} merges "
