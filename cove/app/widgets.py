@@ -6,6 +6,11 @@ pure functions the tests call (``cove.correspondence``, ``cove.attention``, ``co
 
 - sliders use ``continuous_update=False`` (work happens when the slider is released);
 - slow work (an edit) sits behind a button;
+- the point pickers (``correspondence_explorer``, ``attention_explorer``) pick the cell under a
+  click on their picture (``ipyevents``); arrow keys and ``[`` / ``]`` move the point, the
+  sliders do the same without a mouse; ``panel.pick(x, y)`` is a click at PNG pixel ``(x, y)``;
+- a panel also carries a static copy (its pictures and status line as HTML), which is what a
+  rendered notebook without a running kernel shows;
 - errors are shown in the panel's status line (red) and kept in ``panel.error``, never
   swallowed;
 - the last computed numbers are kept in ``panel.state`` and the controls in
