@@ -12,7 +12,9 @@ What it does, each step bounded in time (the whole run stays under ``--timeout``
    fails on any error output;
 4. moves the first slider on the page one step (keyboard on the slider handle) and waits until
    the output next to it changes;
-5. saves a screenshot to ``artifacts/browser_check.png`` and shuts everything down.
+5. clicks a frame of the point picker (the picture whose status line reads "token n = ...")
+   and waits until its picture and status line change (a new point was picked);
+6. saves a screenshot to ``artifacts/browser_check.png`` and shuts everything down.
 
 Exit status 0 on success; otherwise 1 with a one-line reason (the screenshot is still saved when
 the page was reached). Needs ``pip install playwright`` and ``apt-get install -y chromium``;
@@ -234,6 +236,40 @@ def move_slider(page, deadline: Deadline, budget: float) -> tuple[str, str]:
     )
 
 
+JS_PICKER = """() => {
+  const cells = [...document.querySelectorAll('.jp-Notebook .jp-Cell')];
+  for (const cell of cells) {
+    const status = [...cell.querySelectorAll('.widget-html')].find(e => e.textContent.includes('token n ='));
+    const img = cell.querySelector('img.widget-image');
+    if (status && img) {
+      return {status: status.textContent, src: img.src.length + ':' + img.src.slice(-64), index: cells.indexOf(cell)};
+    }
+  }
+  return null;
+}"""
+
+
+def click_picker(page, deadline: Deadline, budget: float) -> tuple[str, str]:
+    """Click inside the 4th frame of the point picker; wait for a new status and picture."""
+    end = time.monotonic() + deadline.left(budget)
+    before = page.evaluate(JS_PICKER)
+    if before is None:
+        raise CheckFailed("no point picker (a picture with a 'token n =' status line) on the page")
+    image = page.locator(".jp-Notebook .jp-Cell").nth(before["index"]).locator("img.widget-image").first
+    image.scroll_into_view_if_needed(timeout=deadline.ms(10))
+    box = image.bounding_box()
+    # frames span 6 %..93 % of the width, the first row 16 %..76 % of the height (cove.app.plots)
+    image.click(position={"x": box["width"] * 0.42, "y": box["height"] * 0.45}, timeout=deadline.ms(10))
+    after = before
+    while time.monotonic() < end:
+        after = page.evaluate(JS_PICKER) or before
+        if after["status"] != before["status"] and after["src"] != before["src"]:
+            return before["status"].split(";")[0], after["status"].split(";")[0]
+        time.sleep(0.5)
+    raise CheckFailed(f"clicking the point picker did not change it within {budget:.0f} s "
+                      f"(status stayed {before['status'][:80]!r})")
+
+
 def drive_browser(url: str, notebook: str, profile: Path, shot: Path, chromium: str,
                   deadline: Deadline, cells_budget: float) -> str:  # fmt: skip
     from playwright.sync_api import Error as PlaywrightError
@@ -255,8 +291,11 @@ def drive_browser(url: str, notebook: str, profile: Path, shot: Path, chromium: 
             state = wait_for_cells(page, deadline, cells_budget)
             before, after = move_slider(page, deadline, budget=60)
             page.get_by_text("| Idle").first.wait_for(timeout=deadline.ms(30))
+            picked_before, picked_after = click_picker(page, deadline, budget=60)
+            page.get_by_text("| Idle").first.wait_for(timeout=deadline.ms(30))
             page.screenshot(path=str(shot), timeout=deadline.ms(20))
-            return f"{notebook}: {state['n']} code cells ran; slider {before} -> {after} changed the output"
+            return (f"{notebook}: {state['n']} code cells ran; slider {before} -> {after} changed the output; "
+                    f"a click picked a new point ({picked_before} -> {picked_after})")
         except (PlaywrightError, CheckFailed) as exc:
             try:
                 page.screenshot(path=str(shot), timeout=10_000)

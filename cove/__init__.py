@@ -10,7 +10,20 @@ Stages, each a plain function with shapes in its docstring:
 
 and the pipeline around them: ``cove.load_pipeline``, ``cove.edit_video``, ``cove.CoveConfig``.
 """
+import logging
+
 from .config import CoveConfig
+
+
+class _TorchvisionNotice(logging.Filter):
+    """Drops transformers' notice that its image processors fall back to PIL without
+    torchvision: cove never uses an image processor (the pipeline's is loaded, unused)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionNotice())
 
 __version__ = "0.1.0"
 

@@ -118,3 +118,43 @@ def test_mkdocs_build_strict_offline(tmp_path):
     assert "Benchmarks" in (site / "benchmarks" / "index.html").read_text()
     pages = "".join(p.read_text(errors="ignore") for p in site.rglob("*.html"))
     assert "fonts.googleapis.com" not in pages and "fonts.gstatic.com" not in pages
+    # maths is typeset by the site's own MathJax: no script is loaded from another host
+    assert re.search(r"<script[^>]+src=[\"']https?:", pages) is None
+    assert (site / "javascripts" / "mathjax" / "MathJax.js").is_file()
+    assert (site / "javascripts" / "mathjax" / "config" / "local" / "cove.js").is_file()
+    assert (site / "javascripts" / "mathjax" / "fonts" / "HTML-CSS" / "STIX-Web").is_dir()
+    notebook = (site / "notebooks" / "03_correspondence" / "index.html").read_text()
+    assert '"../../javascripts/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,local/cove"' in notebook
+    for page in ("correspondence", "masking"):  # display maths inside list items
+        html = (site / "method" / page / "index.html").read_text()
+        assert html.count('<div class="arithmatex">') >= 2 and "<p>\\[" not in html, page
+    assert "pipeline.svg" in (site / "method" / "index.html").read_text()
+    assert (site / "method" / "pipeline.svg").is_file()
+
+
+def test_executed_copies_give_notebook_pages_their_outputs(tmp_path):
+    """An executed copy with the same cells is published instead of the bare notebook; a panel's
+    output shows as its static copy (picture + status line) once the widget state is left out."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    hook = load_hook()
+    source = tmp_path / "nb" / "00_x.ipynb"
+    source.parent.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# x"),
+        nbformat.v4.new_code_cell("import numpy as np\nfrom cove.app import widgets\nprint(6 * 7)"),
+        nbformat.v4.new_code_cell("widgets.frame_viewer({'a': np.zeros((2, 8, 8, 3), np.uint8)})"),
+    ])
+    nbformat.write(nb, source)
+    executed = tmp_path / "executed"
+    assert hook.executed_copy(source, executed) is None
+    out = hook.execute(source, executed, timeout=300)
+    assert hook.executed_copy(source, executed) == out
+    ran = nbformat.read(out, as_version=4)
+    assert ran.cells[1].outputs[0]["text"] == "42\n" and "widgets" not in ran.metadata
+    html, _ = HTMLExporter(template_name="lab").from_notebook_node(ran)
+    assert "data:image/png;base64," in html and "frame 0 of 1" in html
+    nb.cells[1].source += "\nprint(1)"  # the source changed: the copy is stale
+    nbformat.write(nb, source)
+    assert hook.executed_copy(source, executed) is None

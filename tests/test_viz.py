@@ -136,3 +136,49 @@ def test_to_png_round_trip():
     assert np.array_equal(np.asarray(Image.open(BytesIO(viz.to_png(image)))), image)
     with pytest.raises(ValueError, match="uint8"):
         viz.to_png(image.astype(float))
+
+
+def test_similarity_maps_are_cosines_of_one_token():
+    feats = torch.nn.functional.normalize(torch.randn(3, 6, 5, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    maps = viz.similarity_maps(feats, 1, (2, 3))
+    assert maps.shape == (3, 5, 4) and maps[1, 3, 2] == pytest.approx(1.0)
+    assert maps[2, 0, 1] == pytest.approx(float(feats[1, :, 3, 2] @ feats[2, :, 0, 1]), abs=1e-6)
+    with pytest.raises(ValueError, match=r"\(F, C, H, W\)"):
+        viz.similarity_maps(feats[0], 0, (0, 0))
+
+
+def test_flicker_maps_average_to_the_warp_error():
+    from cove import metrics, world
+
+    clip = world.render(world.demo_scene(frames=3, size=32))
+    noisy = np.clip(clip.frames + np.random.default_rng(0).integers(-20, 20, clip.frames.shape), 0, 255).astype(np.uint8)
+    maps = viz.flicker_maps(noisy, clip)
+    assert maps.shape == (2, 32, 32)
+    assert np.nanmean(maps) == pytest.approx(metrics.warp_error(noisy, clip), rel=1e-6)
+    with pytest.raises(ValueError, match="like the clip"):
+        viz.flicker_maps(noisy[:2], clip)
+
+
+def test_picker_figure_clicks_map_back_to_the_cells_drawn():
+    from cove.app import plots
+
+    frames = np.zeros((3, 32, 32, 3), np.uint8)
+    figure = plots.PickerFigure(frames, (8, 8), ["a", "b"], 2, heat_label="similarity", truth=True)
+    rows = {"a": np.zeros((3, 2, 2)), "b": np.ones((3, 1, 2))}
+    png, panels = figure.draw((1, 2, 5), rows, heat=np.random.rand(3, 8, 8),
+                              truth=(np.ones((3, 2)), np.array([True, True, False])))
+    assert png[:4] == b"\x89PNG" and len(panels) == 6 and sorted({p.frame for p in panels}) == [0, 1, 2]
+    for p in panels:  # the centre of cell (x, y) of each panel picks (frame, x, y)
+        x0, y0, x1, y1 = p.box
+        for cx, cy in [(0, 0), (7, 7), (3, 6)]:
+            px, py = x0 + (cx + 0.5) / 8 * (x1 - x0), y0 + (cy + 0.5) / 8 * (y1 - y0)
+            assert plots.pick(panels, px, py) == (p.frame, cx, cy)
+    assert plots.pick(panels, 1, 1) is None  # the margin picks nothing
+
+
+def test_maps_figure_is_a_labelled_png():
+    from cove.app import plots
+
+    png = plots.maps_figure({"a": np.random.rand(2, 8, 8), "b": np.full((2, 8, 8), np.nan)},
+                            label="flicker", title="t", columns=["0 → 1", "1 → 2"])
+    assert png[:4] == b"\x89PNG"

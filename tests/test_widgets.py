@@ -70,6 +70,39 @@ def test_correspondence_explorer_k_slider_and_pck():
     assert torch.equal(panel.state["positions"]["diffusion"][1, 0], torch.tensor([4.0, 3.0]))
 
 
+def test_point_picker_click_keys_and_static_copy():
+    """A click (the message ipyevents sends) picks the cell under it in that frame; arrow keys
+    and [ ] move the point; similarity heatmap and distance to the truth follow."""
+    feats = shifted_features()
+    corr = correspond(feats, window=5, k=3)
+    F, N = corr.frames, 12 * 12
+    cells = torch.stack([torch.arange(N) % 12, torch.arange(N) // 12], -1).float()
+    offset = (torch.arange(F)[None, :] - torch.arange(F)[:, None]).float()
+    pos = cells[None, :, None].repeat(F, 1, F, 1)
+    pos[..., 0] += offset[:, None, :]
+    gt = (pos.numpy(), ((pos[..., 0] >= 0) & (pos[..., 0] < 12)).numpy())
+    panel = widgets.correspondence_explorer(frames_for(feats), {"features": corr}, gt=gt, features=feats,
+                                            point=(3, 3))
+    assert panel.state["heat"].shape == (F, 12, 12) and panel.state["heat"][0, 3, 3] == pytest.approx(1.0)
+    assert panel.state["distance"]["features"] == pytest.approx(0.0)  # the shift is found exactly
+    (target,) = [p for p in panel.pickable if p.frame == 2]
+    x0, y0, x1, y1 = target.box
+    click = {"type": "click", "dataX": x0 + 7.5 / 12 * (x1 - x0), "dataY": y0 + 4.5 / 12 * (y1 - y0)}
+    updates = panel.updates
+    panel.events._handle_mouse_msg(None, click, [])  # what the browser sends on a click
+    assert panel.error is None and (panel.state["frame"], panel.state["token"]) == (2, 4 * 12 + 7)
+    assert panel.updates == updates + 1  # three controls set, one redraw
+    assert torch.equal(panel.state["positions"]["features"][3, 0], torch.tensor([8.0, 4.0]))
+    panel.events._handle_mouse_msg(None, {"type": "keydown", "key": "ArrowUp"}, [])
+    panel.events._handle_mouse_msg(None, {"type": "keydown", "key": "]"}, [])
+    assert (panel.state["frame"], panel.state["token"]) == (3, 3 * 12 + 7)
+    panel.events._handle_mouse_msg(None, {"type": "click", "dataX": 1, "dataY": 1}, [])  # margin
+    assert panel.state["frame"] == 3 and panel.error is None
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "data:image/png;base64," in bundle["text/html"] and "token n = 43" in bundle["text/html"]
+
+
 def test_attention_explorer_weights_sum_to_one_and_skip_own_frame():
     feats = shifted_features(F=3)
     corr = correspond(feats, window=5, k=2)
@@ -79,6 +112,11 @@ def test_attention_explorer_weights_sum_to_one_and_skip_own_frame():
     maps = panel.state["maps"]
     assert maps.shape == (3, 12, 12) and np.all(maps[1] == 0)
     assert maps.sum() == pytest.approx(1.0, abs=1e-5)
+    assert "times the uniform 1/4" in panel.status.value and panel.images["attention"].value[:4] == b"\x89PNG"
+    (target,) = [p for p in panel.pickable if p.frame == 0]
+    x0, y0, x1, y1 = target.box
+    panel.pick(x0 + 2.5 / 12 * (x1 - x0), y0 + 9.5 / 12 * (y1 - y0))
+    assert (panel.state["frame"], panel.state["token"]) == (0, 9 * 12 + 2)
     panel.controls["merge_ratio"].value = 0.5
     assert panel.state["merge_ratio"] == 0.5 and panel.state["maps"].sum() == pytest.approx(1.0, abs=1e-5)
 
@@ -156,7 +194,16 @@ def test_panel_guard_keeps_and_clears_the_error():
 
 def test_quickstart_in_jupyterlab_and_headless_chromium():
     """End to end in a real browser (.ci/browser_check.py): JupyterLab runs the quickstart,
-    a slider is moved, its picture changes; the screenshot is kept in artifacts/."""
+    a slider is moved and a frame of the point picker is clicked, each changing its picture;
+    the screenshot is kept in artifacts/. Skipped without Chromium, except in CI (CI=true)."""
+    import importlib.util
+    import os
+
+    missing = [name for name, ok in [("/usr/bin/chromium", Path("/usr/bin/chromium").exists()),
+                                     ("playwright", importlib.util.find_spec("playwright") is not None)] if not ok]
+    if missing and os.environ.get("CI") != "true":
+        pytest.skip(f"browser check needs {' and '.join(missing)} (apt-get install chromium; pip install playwright)")
+    assert not missing, f"CI=true: the browser check is mandatory, but {' and '.join(missing)} is missing"
     root = Path(__file__).resolve().parents[1]
     shot = root / "artifacts" / "browser_check.png"
     shot.unlink(missing_ok=True)
@@ -164,3 +211,4 @@ def test_quickstart_in_jupyterlab_and_headless_chromium():
                             capture_output=True, text=True, timeout=330)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "browser check passed" in result.stdout and shot.stat().st_size > 10_000
+    assert "a click picked a new point" in result.stdout

@@ -27,6 +27,8 @@ __all__ = [
     "attention_maps",
     "merge_groups",
     "to_png",
+    "similarity_maps",
+    "flicker_maps",
     "PALETTE",
 ]
 
@@ -305,3 +307,46 @@ def to_png(image) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def similarity_maps(features, frame: int, cell) -> np.ndarray:
+    """Cosine similarity of one token with every token of every frame (DIFT's heatmap).
+
+    Args:
+        features: ``(F, C, H, W)``, unit norm over ``C`` (``cove.features.extract_features``).
+        frame, cell: the query token, cell ``(x, y)`` of frame ``frame``.
+
+    Returns:
+        float ``(F, H, W)``; the query's own cell holds 1.
+    """
+    x = to_numpy(features).astype(np.float64)
+    if x.ndim != 4:
+        raise ValueError(f"features must be (F, C, H, W), got shape {x.shape}")
+    query = x[frame, :, int(cell[1]), int(cell[0])]  # (C,)
+    return np.einsum("c,fchw->fhw", query, x)  # (F, H, W)
+
+
+def flicker_maps(frames, clip) -> np.ndarray:
+    """Per-pixel flicker along the true motion: ``|I_i(p) - I_{i+1}(phi(p))|`` per pair of frames.
+
+    The map behind ``cove.metrics.warp_error`` (its mean over visible pixels and pairs).
+
+    Args:
+        frames: uint8 ``(F, H, W, 3)``; clip: the ShapesWorld ``Clip`` whose motion they follow.
+
+    Returns:
+        float ``(F - 1, H, W)`` in 0..255 (mean over channels); NaN where the point is hidden in
+        frame ``i + 1``.
+    """
+    from ..world.clip import bilinear
+
+    frames = to_numpy(frames).astype(np.float64)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape != clip.frames.shape:
+        raise ValueError(f"frames must be (F, H, W, 3) like the clip's {clip.frames.shape}, got {frames.shape}")
+    F, H, W, _ = frames.shape
+    out = np.full((F - 1, H, W), np.nan)
+    for i in range(F - 1):
+        positions, visible = clip.track(i, i + 1, grid=(H, W))  # pixel-index coordinates
+        warped = bilinear(frames[i + 1], positions[..., 0], positions[..., 1])  # (H, W, 3)
+        out[i] = np.where(visible, np.abs(warped - frames[i]).mean(-1), np.nan)
+    return out

@@ -6,6 +6,11 @@ pure functions the tests call (``cove.correspondence``, ``cove.attention``, ``co
 
 - sliders use ``continuous_update=False`` (work happens when the slider is released);
 - slow work (an edit) sits behind a button;
+- the point pickers (``correspondence_explorer``, ``attention_explorer``) pick the cell under a
+  click on their picture (``ipyevents``); arrow keys and ``[`` / ``]`` move the point, the
+  sliders do the same without a mouse; ``panel.pick(x, y)`` is a click at PNG pixel ``(x, y)``;
+- a panel also carries a static copy (its pictures and status line as HTML), which is what a
+  rendered notebook without a running kernel shows;
 - errors are shown in the panel's status line (red) and kept in ``panel.error``, never
   swallowed;
 - the last computed numbers are kept in ``panel.state`` and the controls in
@@ -14,6 +19,7 @@ pure functions the tests call (``cove.correspondence``, ``cove.attention``, ``co
 """
 from __future__ import annotations
 
+import base64
 import functools
 import html
 import traceback
@@ -52,27 +58,37 @@ class Panel(ipywidgets.VBox):
         error: the exception of the last update, ``None`` when it succeeded.
     """
 
-    def __init__(self, controls: dict, images: dict, *, title: str | None = None, extra=()):
+    def __init__(self, controls: dict, images: dict, *, title: str | None = None, extra=(), folded=(),
+                 folded_title: str = "more settings"):
         w = ipywidgets
         status, output = w.HTML(), w.Output()
         rows = [w.HTML(f"<b>{html.escape(title)}</b>")] if title else []
-        rows += [w.HBox(list(controls.values()), layout=w.Layout(flex_flow="row wrap"))]
+        front = [c for n, c in controls.items() if n not in folded]
+        rows += [w.HBox(front, layout=w.Layout(flex_flow="row wrap"))]
+        if folded:  # the controls that matter less: in a closed accordion below the front row
+            more = w.Accordion([w.HBox([controls[n] for n in folded], layout=w.Layout(flex_flow="row wrap"))])
+            more.set_title(0, folded_title)
+            more.selected_index = None
+            rows.append(more)
         rows += [w.HBox(list(images.values()))] if images else []
         super().__init__([*rows, *extra, status, output])
         self.controls, self.images, self.status, self.output = controls, images, status, output
         self.state: dict = {}
         self.error: Exception | None = None
         self.updates = 0
+        self.pickable: list = []  # clickable frame panels of the last picture (cove.app.plots)
+        self._quiet, self._update = False, lambda: None
 
-    def guarded(self, update):
-        """Wrap ``update`` so an exception is shown in the status line and kept in ``error``."""
+    def guarded(self, update, count: bool = True):
+        """Wrap ``update`` so an exception is shown in the status line and kept in ``error``;
+        ``count``: a successful call adds one to ``updates``."""
 
         @functools.wraps(update)
         def run(*_):
             self.error = None
             try:
                 update()
-                self.updates += 1
+                self.updates += count
             except Exception as exc:  # noqa: BLE001 - shown to the learner, kept for tests
                 self.error = exc
                 self.status.value = (
@@ -81,21 +97,101 @@ class Panel(ipywidgets.VBox):
                 )
         return run
 
+    def guarded_event(self, handle):
+        """Like :meth:`guarded`, for a handler that takes the event dict."""
+
+        def run(event):
+            self.guarded(lambda: handle(event), count=False)()
+
+        return run
+
     def watch(self, update, *names):
         """Call ``update`` (guarded) now and whenever one of the named controls changes."""
         run = self.guarded(update)
+
+        def changed(*_):
+            if not self._quiet:  # a click sets several controls, then updates once
+                run()
+
         for name in names or list(self.controls):
             control = self.controls[name]
             if hasattr(control, "on_click"):
                 control.on_click(run)
             else:
-                control.observe(run, names="value")
+                control.observe(changed, names="value")
+        self._update = run
         run()
         return run
 
     def show(self, name: str, image: np.ndarray) -> None:
         """Draw ``uint8 (H, W, 3)`` ``image`` in the picture called ``name``."""
         self.images[name].value = viz.to_png(image)
+
+    def pick(self, x: float, y: float) -> bool:
+        """Pick the cell under PNG pixel ``(x, y)`` of the picture (what a click does): sets
+        the ``frame``, ``x`` and ``y`` controls at once and updates once. False off the frames."""
+        hit = plots_pick(self.pickable, x, y)
+        if hit is None:
+            return False
+        frame, cx, cy = hit
+        self._set_point(frame, cx, cy)
+        return True
+
+    def _set_point(self, frame, cx, cy):
+        c = self.controls
+        H, W = c["y"].max + 1, c["x"].max + 1
+        values = {"frame": min(max(frame, 0), c["frame"].max), "x": min(max(cx, 0), W - 1),
+                  "y": min(max(cy, 0), H - 1)}
+        if all(c[n].value == v for n, v in values.items()):
+            return
+        self._quiet = True
+        try:
+            for n, v in values.items():
+                c[n].value = v
+        finally:
+            self._quiet = False
+        self._update()
+
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget, plus a static copy (pictures and status line as HTML) for viewers that
+        cannot run widgets (a rendered notebook, the docs)."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        pictures = "".join(
+            f'<img src="data:image/png;base64,{base64.b64encode(im.value).decode()}" style="max-width:100%"/>'
+            for im in self.images.values() if im.value)
+        bundle["text/html"] = (f'<div class="cove-panel-snapshot">{pictures}'
+                               f'<div style="font-size:90%">{self.status.value}</div></div>')
+        return bundle
+
+
+def plots_pick(panels, x, y):
+    from .plots import pick
+
+    return pick(panels, x, y)
+
+
+KEYS = {"ArrowLeft": (0, -1, 0), "ArrowRight": (0, 1, 0), "ArrowUp": (0, 0, -1), "ArrowDown": (0, 0, 1),
+        "[": (-1, 0, 0), "]": (1, 0, 0)}  # (frame, x, y) steps
+
+
+def clickable(panel: Panel, name: str, *, grid: tuple[int, int], frames: int):
+    """Make picture ``name`` of ``panel`` pick points: a click picks the cell under it
+    (:meth:`Panel.pick`), the arrow keys move the point by one cell and ``[`` / ``]`` change
+    the frame (picture focused). Returns the ``ipyevents.Event``."""
+    from ipyevents import Event
+
+    def handle(event):
+        if event.get("type") == "click" and "dataX" in event:
+            panel.pick(float(event["dataX"]), float(event["dataY"]))
+        elif event.get("type") == "keydown" and event.get("key") in KEYS:
+            df, dx, dy = KEYS[event["key"]]
+            c = panel.controls
+            panel._set_point(c["frame"].value + df, c["x"].value + dx, c["y"].value + dy)
+
+    events = Event(source=panel.images[name], watched_events=["click", "keydown"],
+                   prevent_default_action=True)
+    events.on_dom_event(panel.guarded_event(handle))
+    return events
 
 
 def _slider(description, value, lo, hi, step=1, kind="int", **kwargs):
@@ -111,19 +207,25 @@ def _image(width: int | None = None):
     return w.Image(format="png", layout=layout)
 
 
-def table_html(rows: list[dict]) -> str:
-    """A small HTML table, one row per dict, columns in first-seen order (floats to 3 digits);
-    show it with ``IPython.display.HTML``."""
+def table_html(rows: list[dict], *, max_chars: int = 24) -> str:
+    """A compact HTML table, one row per dict, columns in first-seen order (floats to 3 digits);
+    show it with ``IPython.display.HTML``. Cells never wrap; text longer than ``max_chars`` is
+    cut with "…" (the whole text in its tooltip), and the table scrolls sideways if it must."""
     if not rows:
         return ""
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
-    head = "".join(f"<th style='padding:0 8px'>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='padding:0 8px'>{cell(r.get(c, ''))}</td>" for c in columns) + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
+
+    def cell(v):
+        text = f"{v:.3g}" if isinstance(v, float) else str(v)
+        short = text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+        align = "right" if isinstance(v, (int, float)) and not isinstance(v, bool) else "left"
+        return (f"<td title='{html.escape(text, quote=True)}' style='padding:1px 6px;white-space:nowrap;"
+                f"text-align:{align}'>{html.escape(short)}</td>")
+
+    head = "".join(f"<th style='padding:1px 6px;white-space:nowrap'>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(cell(r.get(c, "")) for c in columns) + "</tr>" for r in rows)
+    return (f"<div style='overflow-x:auto;max-width:100%'><table style='font-size:85%;border-collapse:collapse'>"
+            f"<tr>{head}</tr>{body}</table></div>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,19 +380,27 @@ def window_explorer(features, frames, *, window: int = 9, frame: int = 0, point=
 # ---------------------------------------------------------------------------------------------
 
 
-def correspondence_explorer(frames, corr, gt=None, *, frame: int = 0, point=None,
-                            k: int | None = None, scale: int = 3) -> Panel:
-    """Pick a point in frame ``i``; see its ``K`` matches in every frame, best first.
+def correspondence_explorer(frames, corr, gt=None, *, features=None, frame: int = 0, point=None,
+                            k: int | None = None, dpi: int = 80) -> Panel:
+    """Click a point of any frame; see its ``K`` matches in every frame, best first (DIFT's demo).
+
+    One row per correspondence (e.g. diffusion features and optical flow), one column per frame,
+    drawn by ``cove.app.plots.picker_figure`` with a legend (query, match 1..K, true position).
+    With ``features`` the first row also shows the query's cosine similarity to every cell of
+    every frame (``cove.app.viz.similarity_maps``) with its colour bar. A click on the picture
+    (``ipyevents``) picks that cell of that frame; the sliders and the arrow keys (picture
+    focused; ``[`` and ``]`` change the frame) do the same without a mouse.
 
     Args:
         frames: uint8 ``(F, H_img, W_img, 3)``.
-        corr: a ``Correspondence`` or ``{name: Correspondence}`` (e.g. diffusion features and
-            optical flow), one row each.
+        corr: a ``Correspondence`` or ``{name: Correspondence}``, one row each, same grid.
         gt: optional ``(positions (F, N, F, 2), visible (F, N, F))`` on the same grid
             (``Clip.ground_truth(grid)``): the true position is drawn as a white square and
             PCK (``cove.metrics.pck``) is reported per row.
+        features: optional ``(F, C, H, W)`` unit features for the similarity heatmap.
     """
     from .. import metrics
+    from . import plots
 
     frames = viz.to_numpy(frames)
     corrs = corr if isinstance(corr, dict) else {"correspondence": corr}
@@ -306,34 +416,34 @@ def correspondence_explorer(frames, corr, gt=None, *, frame: int = 0, point=None
         "k": _slider("K", k or max_k, 1, max_k),
     }
     panel = Panel(controls, {"matches": _image()})
-    big = (frames.shape[1] * scale, frames.shape[2] * scale)
     scores = {name: metrics.pck(c, *gt) for name, c in corrs.items()} if gt is not None else {}
+    positions = {name: c.positions() for name, c in corrs.items()}  # (F, N, F, K, 2) each
+    figure = plots.PickerFigure(frames, (H, W), list(corrs), max_k, truth=gt is not None, dpi=dpi,
+                                heat_label="cosine similarity to the query" if features is not None else None)
 
     def update():
         i, x, y, K = (controls[n].value for n in ("frame", "x", "y", "k"))
         n = y * W + x
-        rows, found = [], {}
-        for name, c in corrs.items():
-            pos = c.positions()[i, n, :, : min(K, c.k)]  # (F, K', 2) cell (x, y), best first
-            found[name] = pos
-            row = []
-            for j in range(F):
-                pic = viz.enlarge(frames[j], scale)
-                if gt is not None and gt[1][i, n, j]:
-                    truth = viz.cell_to_pixel(gt[0][i, n, j][None], (H, W), big)
-                    pic = viz.draw_points(pic, truth, colours=(255, 255, 255), radius=scale + 1)
-                marks = viz.cell_to_pixel(pos[j].flip(0), (H, W), big)  # best drawn last, on top
-                colours = viz.PALETTE[np.arange(len(marks))[::-1] % len(viz.PALETTE)]
-                row.append(viz.draw_points(pic, marks, colours=colours, radius=max(1, scale - 1)))
-            rows.append(row)
-        panel.show("matches", viz.montage(rows))
-        panel.state = {"frame": i, "token": n, "k": K, "positions": found, "pck": scores}
-        text = f"token n = {n} at ({x}, {y}) in frame {i}; K = {K}; rows, top to bottom: {', '.join(corrs)}"
+        found = {name: pos[i, n, :, : min(K, corrs[name].k)] for name, pos in positions.items()}
+        heat = viz.similarity_maps(features, i, (x, y)) if features is not None else None
+        truth = (gt[0][i, n], gt[1][i, n]) if gt is not None else None
+        png, panel.pickable = figure.draw((i, x, y), found, heat=heat, truth=truth)
+        panel.images["matches"].value = png
+        panel.state = {"frame": i, "token": n, "k": K, "positions": found, "pck": scores, "heat": heat}
+        text = f"token n = {n} at ({x}, {y}) in frame {i}; K = {K}; rows: {', '.join(corrs)}"
+        if truth is not None:
+            err = {name: float(np.linalg.norm(pos[:, 0].numpy() - truth[0], axis=-1)[truth[1]].mean())
+                   for name, pos in found.items()} if truth[1].any() else {}
+            text += " | distance of match 1 to the truth, mean over frames (cells): " + \
+                ", ".join(f"{k_} {v:.2f}" for k_, v in err.items())
+            panel.state["distance"] = err
         if scores:
-            text += " | PCK@1 cell: " + ", ".join(f"{k_} {v:.3f}" for k_, v in scores.items())
+            text += " | PCK@1 cell, whole clip: " + ", ".join(f"{k_} {v:.3f}" for k_, v in scores.items())
         panel.status.value = text
 
+    panel.pickable = []
     panel.watch(update)
+    panel.events = clickable(panel, "matches", grid=(H, W), frames=F)
     return panel
 
 
@@ -369,26 +479,30 @@ def attention_explorer(q, k, index, frames, *, grid: tuple[int, int], heads: int
         "merge_ratio": _slider("merge ratio", merge_ratio, 0.0, 1.0, step=0.05, kind="float"),
     }
     panel = Panel(controls, {"attention": _image()})
-    big = (frames.shape[1] * scale, frames.shape[2] * scale)
 
     def update():
+        from . import plots
+
         i, x, y, ratio = (controls[n].value for n in ("frame", "x", "y", "merge_ratio"))
         n = y * W + x
         weights = attention_weights(q, k, index, heads, merge_ratio=ratio, tokens=[n])
         row = weights[i, 0].mean(0)  # ((F-1)*K,) mean over heads
         maps = viz.attention_maps(row, index[i, n], i, grid)  # (F, H, W)
-        shown = np.where(maps > 0, maps, np.nan)
-        pics = [viz.overlay(viz.enlarge(frames[j], scale), shown[j], vmin=0, vmax=float(maps.max()), alpha=0.8)
-                for j in range(F)]
-        pics[i] = viz.draw_points(pics[i], viz.cell_to_pixel([[x, y]], grid, big), radius=scale)
-        panel.show("attention", viz.montage([pics]))
+        uniform = 1.0 / len(row)  # every gathered token weighted alike
+        shown = np.where(maps > 0, maps / uniform, np.nan)  # x uniform; NaN: not attended
+        png, panel.pickable = plots.weights_figure(
+            frames, grid, (i, x, y), shown, centre=1.0, label="weight / uniform weight 1/T",
+            title=f"where cell ({x}, {y}) of frame {i} attends (T = {len(row)} gathered tokens; "
+                  f"red: above uniform, blue: below)")
+        panel.images["attention"].value = png
         panel.state = {"frame": i, "token": n, "weights": row, "maps": maps, "merge_ratio": ratio}
-        top = np.unravel_index(np.argsort(maps, axis=None)[::-1][:3], maps.shape)
-        where = ", ".join(f"frame {j} ({xx}, {yy}): {maps[j, yy, xx]:.2f}" for j, yy, xx in zip(*top))
+        w_ = viz.to_numpy(row)
         panel.status.value = (f"token ({x}, {y}) of frame {i} attends to {len(row)} gathered tokens; "
-                              f"largest weights: {where}")
+                              f"weights from {w_.min() / uniform:.3f} to {w_.max() / uniform:.3f} times "
+                              f"the uniform 1/{len(row)} = {uniform:.4f}")
 
     panel.watch(update)
+    panel.events = clickable(panel, "attention", grid=grid, frames=F)
     return panel
 
 
@@ -469,7 +583,7 @@ def merge_explorer(tokens, index, frames, *, grid: tuple[int, int], ratio: float
             j = others[t // K]
             m = int(index[i, n, j, t % K])
             at = viz.cell_to_pixel([[m % W, m // W]], grid, big)
-            pics[j] = viz.draw_points(pics[j], at, colours=colours[groups[t]], radius=max(1, scale - 1))
+            pics[j] = viz.draw_points(pics[j], at, colours=colours[groups[t]], radius=scale)
         panel.show("groups", viz.montage([pics]))
         panel.state = {"frame": i, "token": n, "tokens": T, "merged_away": r, "kept": T - r, "groups": groups}
         panel.status.value = (f"{T} gathered tokens = (F-1)*K = {F - 1}*{K}; ratio {r_:.2f} merges "
@@ -531,7 +645,9 @@ def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_p
     progress = w.IntProgress(value=0, min=0, max=1, description="progress")
     frame = _slider("frame", 0, 0, len(frames) - 1)
     runs = w.HTML()
-    panel = Panel(controls, {"result": _image()}, extra=[progress, frame, runs])
+    folded = ("window", "merge_ratio", "steps", "strength", "mask", "p2p", "resnet_t")
+    panel = Panel(controls, {"result": _image()}, extra=[progress, frame, runs], folded=folded,
+                  folded_title="more settings: window l, merge ratio, steps, strength, edit mask, word swap, ResNet t")
     panel.state = {"runs": [], "result": None, "strip": None}
 
     def settings() -> CoveConfig:

@@ -2,7 +2,10 @@
 
 1. ``on_files``: publishes the notebooks of ``notebooks/`` (outside ``docs/``) as pages at
    ``notebooks/<name>.ipynb``, so mkdocs-jupyter renders them (``execute: false``) without a
-   copy or a symlink in ``docs/``.
+   copy or a symlink in ``docs/``. Where an executed copy of a notebook with the same cells
+   exists in ``artifacts/notebooks/`` (written by ``python docs/hooks/cove_docs.py --execute``),
+   that copy is published instead, so the page shows the outputs. Widgets are saved without
+   their state: a page shows each panel's static copy (pictures and status line).
 2. ``on_page_markdown``:
    - ``<!-- cove:api cove.module -->`` becomes ``::: cove.module`` (mkdocstrings) when the
      module exists in the checkout, and a note saying it is missing otherwise;
@@ -23,6 +26,16 @@ from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[2]
+EXECUTED = ROOT / "artifacts" / "notebooks"  # executed copies (git-ignored)
+MATHJAX_DIR = "javascripts/mathjax"  # MathJax 2 files copied into the site by on_post_build
+MATHJAX_PARTS = ("MathJax.js", "config", "extensions", "fonts", "jax")
+# fonts shipped by jupyter-server-mathjax: STIX-Web only
+MATHJAX_LOCAL_CONFIG = """MathJax.Hub.Config({
+  "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null},
+  messageStyle: "none"
+});
+MathJax.Ajax.loadComplete("[MathJax]/config/local/cove.js");
+"""
 API_MARK = re.compile(r"<!--\s*cove:api\s+([\w.]+)\s*-->")
 BENCH_MARK = "<!-- cove:benchmarks -->"
 MAX_ROWS = 12  # longer lists are cut (the raw JSON is linked)
@@ -32,13 +45,77 @@ MAX_CELL = 80  # characters per table cell
 # -- notebooks ------------------------------------------------------------------------------
 
 
+def source_sha(nb: dict) -> str:
+    """Hash of a notebook's cells (type and source): an executed copy matches its source."""
+    import hashlib
+
+    cells = [(c["cell_type"], "".join(c["source"])) for c in nb["cells"]]
+    return hashlib.sha256(json.dumps(cells).encode()).hexdigest()[:16]
+
+
+def executed_copy(path: Path, executed: Path = EXECUTED) -> Path | None:
+    """The executed copy of notebook ``path`` in ``executed``, if its cells are the same."""
+    copy = executed / path.name
+    if not copy.is_file():
+        return None
+    try:
+        nb = json.loads(copy.read_text())
+        fresh = nb.get("metadata", {}).get("cove", {}).get("source_sha") == source_sha(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError):
+        return None
+    return copy if fresh else None
+
+
+def execute(path: Path, executed: Path = EXECUTED, timeout: int = 1800) -> Path:
+    """Run notebook ``path`` (kernel in its folder) and write the copy with outputs to
+    ``executed``, widget state left out, its source hash in ``metadata.cove``."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    sha = source_sha(json.loads(path.read_text()))
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=False,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    nb.metadata.pop("widgets", None)
+    nb.metadata["cove"] = {"source_sha": sha}
+    executed.mkdir(parents=True, exist_ok=True)
+    out = executed / path.name
+    nbformat.write(nb, out)
+    return out
+
+
 @event_priority(100)  # before mkdocs-jupyter turns .ipynb files into pages
 def on_files(files, config):
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         src = f"notebooks/{path.name}"
         if files.get_file_from_path(src) is None:
-            files.append(File(src, str(ROOT), config["site_dir"], config["use_directory_urls"]))
+            copy = executed_copy(path)
+            base = copy.parent.parent if copy is not None else ROOT  # <base>/notebooks/<name>
+            files.append(File(src, str(base), config["site_dir"], config["use_directory_urls"]))
     return files
+
+
+def mathjax_source() -> Path:
+    """The MathJax 2 folder shipped by jupyter-server-mathjax (the ``docs`` extra)."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError as exc:
+        raise RuntimeError("the docs need jupyter-server-mathjax (pip install -e '.[docs]')") from exc
+    return Path(jupyter_server_mathjax.__file__).parent / "static"
+
+
+def on_post_build(config):
+    import shutil
+
+    source, target = mathjax_source(), Path(config["site_dir"]) / MATHJAX_DIR
+    for part in MATHJAX_PARTS:
+        if (source / part).is_dir():
+            shutil.copytree(source / part, target / part, dirs_exist_ok=True)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / part, target / part)
+    (target / "config" / "local").mkdir(parents=True, exist_ok=True)
+    (target / "config" / "local" / "cove.js").write_text(MATHJAX_LOCAL_CONFIG)
 
 
 # -- API pages -------------------------------------------------------------------------------
@@ -229,3 +306,13 @@ def on_page_markdown(markdown, page, config, files):
     if BENCH_MARK in markdown:
         markdown = markdown.replace(BENCH_MARK, benchmarks_markdown(Path(config["docs_dir"])))
     return markdown
+
+
+if __name__ == "__main__":  # python docs/hooks/cove_docs.py --execute [NN_name.ipynb ...]
+    import sys
+
+    if sys.argv[1:2] != ["--execute"]:
+        sys.exit("usage: python docs/hooks/cove_docs.py --execute [notebook.ipynb ...]")
+    names = sys.argv[2:] or sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    for name in names:
+        print("executed", execute(ROOT / "notebooks" / name).relative_to(ROOT), flush=True)
