@@ -314,8 +314,8 @@ def main(argv=None) -> int:
     parser.add_argument("--notebooks", default=str(REPO / "notebooks"), help="folder to copy")
     parser.add_argument("--artifacts", default=str(REPO / "artifacts"))
     parser.add_argument("--chromium", default="/usr/bin/chromium")
-    parser.add_argument("--timeout", type=float, default=280.0, help="whole check, seconds")
-    parser.add_argument("--cells-timeout", type=float, default=180.0, help="running all cells")
+    parser.add_argument("--timeout", type=float, default=1500.0, help="whole check, seconds")
+    parser.add_argument("--cells-timeout", type=float, default=1200.0, help="running all cells")
     args = parser.parse_args(argv)
 
     deadline = Deadline(args.timeout)

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .window import check_window, grid_cells, local_similarity, window_indices, window_similarity  # noqa: F401 (public here)
+from .window import (  # noqa: F401 (public here)
+    check_window,
+    grid_cells,
+    local_similarity,
+    window_indices,
+    window_similarity,
+)
 
 # Largest block of target cells (elements) that `correspond` gathers at once: 2**26 floats
 # are 256 MB in float32. Only the size of a chunk changes, never the result.

@@ -13,50 +13,19 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
 
 import cove
 from cove import world
 from cove.eval.bench import dumps, machine_info
+from cove.eval.speed import build_pipeline
 from cove.processors import self_attention_names
-from cove.tiny.tokenizer import build_clip_tokenizer
 
 SIZE, FRAMES = 64, 4  # 64x64 frames: 8x8 latents, an 8x8 feature grid
 
 
-def sd21_shaped_pipe(folder: Path) -> StableDiffusionPipeline:
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(  # stabilityai/stable-diffusion-2-1-base unet/config.json
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
-        cross_attention_dim=1024, use_linear_projection=True,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2, sample_size=768)
-    tokenizer = build_clip_tokenizer(["a", "red", "yellow", "star", "and", "blue", "circle", "on", "grass"],
-                                     folder, max_length=77)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-        num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu",
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def main(out: Path = Path(__file__).with_suffix(".json")) -> dict:
-    import tempfile
-
     start = time.perf_counter()
-    pipe = sd21_shaped_pipe(Path(tempfile.mkdtemp()))
+    pipe = build_pipeline("sd21", "cpu")  # the architecture `cove bench speed` measures
     built = time.perf_counter() - start
     clip = world.render(world.demo_scene(frames=FRAMES, size=SIZE))
     truth = world.render(world.edit(clip.scene, *world.DEMO_EDIT))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cove.app import cli, io
+from cove.app import cli, correspond, io
 from cove.config import CoveConfig
 from cove.sd import frame_size
 
@@ -165,7 +165,7 @@ def test_phase_progress_one_bar_per_phase():
 
 
 def test_query_grid_and_drawing():
-    tokens = cli.query_grid((16, 16), points=4)
+    tokens = correspond.query_grid((16, 16), points=4)
     assert len(tokens) == 16 and len(set(tokens.tolist())) == 16
     from cove.correspondence import Correspondence
 
@@ -173,7 +173,7 @@ def test_query_grid_and_drawing():
     index = torch.arange(H * W)[None, :, None, None].repeat(F, 1, F, 1)  # (F, N, F, 1) identity
     identity = Correspondence(index, torch.ones(F, H * W, F, 1), (H, W))
     frames = np.full((F, 32, 32, 3), 128, np.uint8)
-    drawn = cli.draw_correspondence(frames, identity, points=4, min_side=64)
+    drawn = correspond.draw_correspondence(frames, identity, points=4, min_side=64)
     assert drawn.shape == (F, 64, 64, 3)
     assert (drawn != 128).any(axis=-1).any(axis=(1, 2)).all()  # points drawn in every frame
     assert np.array_equal(drawn[0], drawn[2])  # identity matches: the same marks everywhere

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from cove.correspondence import Correspondence, correspond, correspond_reference, index_dtype
+from cove.correspondence import (
+    Correspondence,
+    correspond,
+    correspond_reference,
+    index_dtype,
+)
 from cove.extras.flow import flow_correspondence
 from cove.window import grid_cells, local_similarity, window_indices, window_similarity
 

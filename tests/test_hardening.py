@@ -2,7 +2,6 @@
 import os
 import struct
 import zlib
-
 from dataclasses import fields
 
 import numpy as np
@@ -13,10 +12,10 @@ import cove.cache
 import cove.loading
 import cove.sd
 from cove import CoveConfig, edit_video
-from cove.config import EngineOptions, Extras
 from cove.app import cli, io
 from cove.app.checks import check_outputs
 from cove.cache import Cache
+from cove.config import EngineOptions, Extras
 from cove.correspondence import correspond, window_similarity
 from cove.sd import PIXEL_BUDGET, check_device, check_fits, estimate_edit_memory
 
@@ -438,7 +437,7 @@ def test_cli_ctrl_c_leaves_no_partial_file(tiny_folder, tmp_path, capsys, monkey
 def test_same_seed_same_frames(tiny_pipe):
     frames = clip(F=3, size=32, seed=3)
     config = CoveConfig(inversion_steps=3, denoise_steps=3, pnp_steps=2, window=3, k=2,
-                        mask_threshold=0.3, mask_samples=2)
+                        extras=Extras(mask_threshold=0.3, mask_samples=2))
     a = edit_video(tiny_pipe, frames, "a red star", source_prompt="a green star", config=config,
                    generator=seeded())
     b = edit_video(tiny_pipe, frames, "a red star", source_prompt="a green star", config=config,

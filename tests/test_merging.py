@@ -2,7 +2,13 @@
 import pytest
 import torch
 
-from cove.merging import bipartite_merge, make_merge, merge_count, merge_groups, merge_with_sizes
+from cove.merging import (
+    bipartite_merge,
+    make_merge,
+    merge_count,
+    merge_groups,
+    merge_with_sizes,
+)
 
 
 def hand_tokens():

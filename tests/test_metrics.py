@@ -195,7 +195,7 @@ def test_edit_fidelity_rejects_mismatched_shapes():
 
 from cove import world  # noqa: E402
 from cove.eval.bench import jsonable  # noqa: E402
-from cove.tiny import quality  # noqa: E402
+from cove.tiny import measures, quality  # noqa: E402
 
 
 def test_warp_error_of_a_rendered_clip_is_small_and_flicker_raises_it():
@@ -211,7 +211,7 @@ def test_warp_error_of_a_rendered_clip_is_small_and_flicker_raises_it():
 
 def test_edit_fidelity_of_the_ground_truth_edit_is_perfect():
     clip = world.render(world.demo_scene(frames=4))
-    task = quality.colour_edit_task(clip, 0)
+    task = measures.colour_edit_task(clip, 0)
     assert task["source"] in clip.caption and task["target"] in task["target_prompt"]
     perfect = metrics.edit_fidelity(task["truth"], task["truth"], task["mask"], task["target_colour"])
     assert perfect == {"psnr": math.inf, "background_psnr": math.inf, "object_psnr": math.inf,
@@ -281,12 +281,12 @@ def test_prompt_followed_detects_wrong_colour_shape_and_background():
 
 
 def test_quality_prompts_gates_and_table():
-    prompts = quality.single_object_prompts()
+    prompts = measures.single_object_prompts()
     assert len(prompts) == len(world.COLOURS) * len(world.SHAPES) * len(world.BACKGROUNDS)
     assert "an orange circle on sand" in prompts
-    sample = quality.single_object_prompts(12, seed=0)
+    sample = measures.single_object_prompts(12, seed=0)
     assert len(set(sample)) == 12 and set(sample) <= set(prompts)
-    assert sample == quality.single_object_prompts(12, seed=0)
+    assert sample == measures.single_object_prompts(12, seed=0)
     results = {"prompt_following": {"colour": 1.0, "shape": 0.95, "background": 0.5, "all": 0.5},
                "reconstruction": {"psnr": 31.0}}
     gates = quality.check_gates(results)
@@ -301,13 +301,13 @@ def test_quality_prompts_gates_and_table():
 
 def test_quality_moving_clips_move():
     for frames in (2, 4):
-        clips = quality.moving_clips(2, seed=0, frames=frames, size=32)
+        clips = measures.moving_clips(2, seed=0, frames=frames, size=32)
         for clip in clips:
-            task = quality.colour_edit_task(clip)
-            travel = max(quality._travel(o) for o in clip.scene.objects)
+            task = measures.colour_edit_task(clip)
+            travel = max(measures._travel(o) for o in clip.scene.objects)
             assert travel >= 0.5 * (frames - 1) and task["mask"].shape == clip.frames.shape[:3]
     with pytest.raises(ValueError, match="clips moving"):
-        quality.moving_clips(1, frames=4, min_speed=100.0, max_tries=5)
+        measures.moving_clips(1, frames=4, min_speed=100.0, max_tries=5)
 
 
 def _truth_correspondence(clip, grid):
@@ -324,7 +324,7 @@ def _truth_correspondence(clip, grid):
 def test_quality_prompt_following_counts_the_judges_verdicts(tiny_pipe, monkeypatch):
     """Constructed verdicts -> known shares: colour right on all 4, shape on the first only,
     background on the 1st and 3rd; "all" on the first only; the other 3 are the failures."""
-    prompts = quality.single_object_prompts(4, seed=0)
+    prompts = measures.single_object_prompts(4, seed=0)
 
     def verdict(image, prompt):
         i = prompts.index(prompt)
@@ -332,7 +332,7 @@ def test_quality_prompt_following_counts_the_judges_verdicts(tiny_pipe, monkeypa
         return {**checks, "all": all(checks.values())}
 
     monkeypatch.setattr(quality.judge, "prompt_followed", verdict)
-    result = quality.measure_prompt_following(tiny_pipe, 4, seed=0, steps=2, batch_size=2, return_images=True)
+    result = measures.measure_prompt_following(tiny_pipe, 4, seed=0, steps=2, batch_size=2, return_images=True)
     assert result["images"].shape == (4, 32, 32, 3) and result["images"].dtype == np.uint8
     assert result["prompts"] == prompts and result["n"] == 4
     assert {k: result[k] for k in ("colour", "shape", "background", "all")} == {
@@ -351,7 +351,7 @@ def test_quality_correspondence_pck_of_known_correspondences(tiny_pipe, monkeypa
              world.photo_clip("chelsea", frames=3, size=32, seed=0)]
     truths = iter([_truth_correspondence(clip, grid) for clip in clips])
     monkeypatch.setattr(correspondence, "correspond", lambda features, window, k: next(truths))
-    corr = quality.measure_correspondence(tiny_pipe, 1, seed=0, frames=3)
+    corr = measures.measure_correspondence(tiny_pipe, 1, seed=0, frames=3)
     assert corr["grid"] == [16, 16] and [row["clip"] for row in corr["per_clip"]] == ["shapes/0", "photo/chelsea"]
     assert corr["diffusion"] == 1.0 and corr["photo_diffusion"] == 1.0
     flow = [metrics.pck(flow_correspondence(clip.frames, grid), *clip.ground_truth(grid=grid), 1.0)
@@ -378,20 +378,20 @@ def test_correspondence_pck_of_the_demo_is_one_for_the_truth_and_lower_when_froz
 
 
 def test_quality_shape_clips_hold_one_visible_object():
-    clips = quality.shape_clips(5, seed=2, size=32, min_area=0.05)
+    clips = measures.shape_clips(5, seed=2, size=32, min_area=0.05)
     assert len(clips) == 5 and [c.frames.shape for c in clips] == [(1, 32, 32, 3)] * 5
     assert all(len(c.scene.objects) == 1 and c.masks[0, 0].mean() >= 0.05 for c in clips)
-    assert [c.scene.seed for c in clips] == [c.scene.seed for c in quality.shape_clips(5, seed=2, size=32, min_area=0.05)]
+    assert [c.scene.seed for c in clips] == [c.scene.seed for c in measures.shape_clips(5, seed=2, size=32, min_area=0.05)]
 
 
 def test_quality_shape_retention_counts_the_judged_shapes(tiny_pipe, monkeypatch):
     """A judge that always answers the first clip's shape: every share is the fraction of clips
     with that shape, on the renders and after SDEdit alike."""
-    clips = quality.shape_clips(4, 0, size=32)
+    clips = measures.shape_clips(4, 0, size=32)
     shapes = [clip.scene.objects[0].shape for clip in clips]
     monkeypatch.setattr(quality.judge, "judge_image",
                         lambda image: {"objects": [("red", shapes[0])], "background": "grass"})
-    r = quality.measure_shape_retention(tiny_pipe, 4, seed=0, strengths=(0.5, 1.0), steps=2)
+    r = measures.measure_shape_retention(tiny_pipe, 4, seed=0, strengths=(0.5, 1.0), steps=2)
     share = shapes.count(shapes[0]) / 4
     assert r["n"] == 4 and r["clean"] == share and r["shape"] == {"0.5": share, "1": share}
     assert list(r["psnr"]) == ["0.5", "1"] and all(math.isfinite(v) and v > 0 for v in r["psnr"].values())
@@ -403,9 +403,9 @@ def test_quality_reconstruction_and_edit_run_on_a_tiny_pipeline(tiny_pipe):
     from cove import CoveConfig
 
     fast = CoveConfig(inversion_steps=2, denoise_steps=2, pnp_steps=1, window=5)
-    rec = quality.measure_reconstruction(tiny_pipe, 1, seed=0, frames=2, config=fast)
+    rec = measures.measure_reconstruction(tiny_pipe, 1, seed=0, frames=2, config=fast)
     assert len(rec["per_clip"]) == 1 and rec["psnr"] == rec["per_clip"][0] and rec["steps"] == 2
-    edit = quality.measure_edit(tiny_pipe, 1, seed=0, frames=2, config=fast, return_frames=True)
+    edit = measures.measure_edit(tiny_pipe, 1, seed=0, frames=2, config=fast, return_frames=True)
     for attention in ("cove", "per-frame"):
         row = edit[attention]
         assert set(row) >= {"psnr", "background_psnr", "object_psnr", "attribute_accuracy", "warp_error"}
@@ -442,7 +442,7 @@ def test_score_edit_scores_the_edit_it_runs(tiny_pipe):
     from cove.pipeline import edit_video
 
     clip = world.render(world.random_scene(0, frames=2, size=32))
-    task = quality.colour_edit_task(clip, 0)
+    task = measures.colour_edit_task(clip, 0)
     config = CoveConfig(inversion_steps=2, denoise_steps=2, pnp_steps=1, window=5)
     result, scores = score_edit(tiny_pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
                                 config=config, seed=3, motion=clip, truth=task["truth_clip"],

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cove import CoveConfig, edit_video
-from cove.config import EngineOptions
 from cove.app.cli import build_parser
+from cove.config import EngineOptions
 from cove.eval import speed
 
 TOY = {"frames": 3, "grid": (10, 10), "channels": 16, "heads": 2, "layer_frames": 3}

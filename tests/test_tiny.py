@@ -15,7 +15,7 @@ from cove.eval import judge
 from cove.features import extract_features
 from cove.loading import TINY_PATH
 from cove.pipeline import edit_video, reconstruct
-from cove.tiny import quality
+from cove.tiny import measures, presets
 
 # Floors a little under what cove-tiny measured on this machine (docs/quality.json has the
 # full figures); a broken model, loader or inversion falls far below them.
@@ -71,7 +71,7 @@ def test_features_track_a_shapesworld_clip(pipe):
 def test_the_denoiser_keeps_a_shape_it_is_handed_at_low_noise(pipe):
     """SDEdit of true renders at strength 0.2 keeps the judged shape (measured 11 of 12, as on
     the renders themselves; at strength 1, plain text-to-image, 10 of 12: docs/quality.json)."""
-    r = quality.measure_shape_retention(pipe, 12, seed=0, strengths=(0.2, 1.0), steps=20)
+    r = measures.measure_shape_retention(pipe, 12, seed=0, strengths=(0.2, 1.0), steps=20)
     assert r["clean"] >= 0.9
     assert r["shape"]["0.2"] >= 0.75 and r["psnr"]["0.2"] >= 24.0, r
     assert r["shape"]["1"] >= 0.5, r  # 12 judged shapes; chance is 0.25
@@ -94,13 +94,13 @@ def test_source_caption_as_negative_prompt_keeps_the_background(pipe):
     steps, no mask: background PSNR 23.9 dB against 19.6 dB; with the 12000-step model, on the 6
     validation clips at strength 0.7, guidance 7.5, 50/25 steps: 25.2 against 21.2 dB, with 65%
     against 40% of the object recoloured)."""
-    base = quality.edit_config()
+    base = presets.edit_config()
     config = dataclasses.replace(base, attention="per-frame", inversion_steps=20, denoise_steps=10,
                                  extras=dataclasses.replace(base.extras, mask_threshold=None))
     background = {"": [], "source": []}
     for seed in (0, 1):
-        clip = quality.moving_clips(1, seed, frames=4)[0]
-        task = quality.colour_edit_task(clip, seed)
+        clip = measures.moving_clips(1, seed, frames=4)[0]
+        task = measures.colour_edit_task(clip, seed)
         for negative in background:
             edit = edit_video(pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
                               negative_prompt=task["source_prompt"] if negative else "", config=config,
@@ -120,7 +120,7 @@ def test_edit_mask_finds_the_object_and_keeps_the_background(pipe):
     source, target = world.DEMO_EDIT
     truth = world.render(world.edit(clip.scene, source, target))
     star = next(o for o, obj in enumerate(truth.scene.objects) if obj.phrase == target)
-    config = dataclasses.replace(quality.edit_config(), attention="per-frame", inversion_steps=20,
+    config = dataclasses.replace(presets.edit_config(), attention="per-frame", inversion_steps=20,
                                  denoise_steps=10)
     background = {}
     for threshold in (None, config.extras.mask_threshold):
@@ -143,12 +143,12 @@ def test_word_swap_recolours_more_of_the_object(pipe):
     lands on more of the named object (measured on these four 4-frame edits, 10 steps: 98%, 9%,
     59% and 87% of the object recoloured, against 91%, 4%, 10% and 86% without it; on the 18
     validation clips at the gate's 50/25 steps, 69% against 51% at 19200 training steps)."""
-    config = dataclasses.replace(quality.edit_config(), attention="per-frame", inversion_steps=20,
+    config = dataclasses.replace(presets.edit_config(), attention="per-frame", inversion_steps=20,
                                  denoise_steps=10)
     recoloured = {0: [], config.extras.p2p_steps: []}
     for seed in range(4):
-        clip = quality.moving_clips(1, seed, frames=4)[0]
-        task = quality.colour_edit_task(clip, seed)
+        clip = measures.moving_clips(1, seed, frames=4)[0]
+        task = measures.colour_edit_task(clip, seed)
         for steps in recoloured:
             edit = edit_video(pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
                               negative_prompt=task["source_prompt"],
@@ -169,9 +169,9 @@ def test_late_resnet_injection_lets_a_far_colour_change_land(pipe):
     measured 58% against 76% of the object blue, PSNR 25.4 against 26.1 dB; 59% against 82% with
     the mask grown by a cell, as the gate had it before). Not the default: near changes overshoot
     (docs/method/tiny.md)."""
-    config = dataclasses.replace(quality.edit_config(), attention="per-frame")
-    clip = quality.moving_clips(6, 200, frames=4)[1]
-    task = quality.colour_edit_task(clip, 201)
+    config = dataclasses.replace(presets.edit_config(), attention="per-frame")
+    clip = measures.moving_clips(6, 200, frames=4)[1]
+    task = measures.colour_edit_task(clip, 201)
     assert (task["source"], task["target"]) == ("green triangle", "blue triangle")
     scores = {}
     for max_t in (None, 250):

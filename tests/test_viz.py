@@ -105,7 +105,7 @@ def test_montage_and_enlarge_shapes():
 
 
 def test_attention_maps_put_weights_on_matched_cells():
-    F, K, grid = 3, 2, (2, 2)
+    grid = (2, 2)  # 3 frames, K = 2
     index = np.array([[0, 1], [3, 3], [2, 0]])  # the query's matches in frames 0, 1, 2
     weights = np.array([0.1, 0.2, 0.3, 0.4])  # frame 0 is the query's own: frames 1 and 2
     maps = viz.attention_maps(weights, index, frame=0, grid=grid)

@@ -1,6 +1,6 @@
 """ipywidgets explorers for the notebooks: thin layers over cached results.
 
-Every builder returns a :class:`Panel` (an ``ipywidgets.VBox``) whose callbacks call the same
+Every builder returns a :class:`cove.app.panel.Panel` (an ``ipywidgets.VBox``) whose callbacks call the same
 pure functions the tests call (``cove.correspondence``, ``cove.attention``, ``cove.merging``,
 ``cove.pipeline``, ``cove.metrics``) and draw with ``cove.app.viz``. Conventions:
 
@@ -19,17 +19,20 @@ pure functions the tests call (``cove.correspondence``, ``cove.attention``, ``co
 """
 from __future__ import annotations
 
-import base64
-import functools
-import html
-import traceback
-from dataclasses import replace
-
 import ipywidgets
 import numpy as np
 import torch
 
 from . import viz
+from .edit_panel import edit_panel, predict_clean
+from .panel import (
+    Panel,
+    clickable,
+    image,
+    point_sliders,
+    slider,
+    table_html,
+)
 
 __all__ = [
     "Panel",
@@ -44,188 +47,6 @@ __all__ = [
     "decoder_layers",
     "table_html",
 ]
-
-
-class Panel(ipywidgets.VBox):
-    """Controls + pictures + a status line, and the state behind them; an ``ipywidgets.VBox``.
-
-    Attributes:
-        controls: ``{name: widget}`` of the sliders, dropdowns and buttons.
-        images: ``{name: ipywidgets.Image}`` of the pictures.
-        status: ``ipywidgets.HTML`` line: numbers of the last update, or the error.
-        output: ``ipywidgets.Output`` for rich output (tables, plots).
-        state: numbers and arrays of the last update (what the pictures show).
-        error: the exception of the last update, ``None`` when it succeeded.
-    """
-
-    def __init__(self, controls: dict, images: dict, *, title: str | None = None, extra=(), folded=(),
-                 folded_title: str = "more settings"):
-        w = ipywidgets
-        status, output = w.HTML(), w.Output()
-        rows = [w.HTML(f"<b>{html.escape(title)}</b>")] if title else []
-        front = [c for n, c in controls.items() if n not in folded]
-        rows += [w.HBox(front, layout=w.Layout(flex_flow="row wrap"))]
-        if folded:  # the controls that matter less: in a closed accordion below the front row
-            more = w.Accordion([w.HBox([controls[n] for n in folded], layout=w.Layout(flex_flow="row wrap"))])
-            more.set_title(0, folded_title)
-            more.selected_index = None
-            rows.append(more)
-        rows += [w.HBox(list(images.values()))] if images else []
-        super().__init__([*rows, *extra, status, output])
-        self.controls, self.images, self.status, self.output = controls, images, status, output
-        self.state: dict = {}
-        self.error: Exception | None = None
-        self.updates = 0
-        self.pickable: list = []  # clickable frame panels of the last picture (cove.app.plots)
-        self._quiet, self._update = False, lambda: None
-
-    def guarded(self, update, count: bool = True):
-        """Wrap ``update`` so an exception is shown in the status line and kept in ``error``;
-        ``count``: a successful call adds one to ``updates``."""
-
-        @functools.wraps(update)
-        def run(*_):
-            self.error = None
-            try:
-                update()
-                self.updates += count
-            except Exception as exc:  # noqa: BLE001 - shown to the learner, kept for tests
-                self.error = exc
-                self.status.value = (
-                    f'<pre style="color:#b00020;white-space:pre-wrap">{type(exc).__name__}: '
-                    f"{html.escape(str(exc))}\n\n{html.escape(traceback.format_exc(limit=-3))}</pre>"
-                )
-        return run
-
-    def guarded_event(self, handle):
-        """Like :meth:`guarded`, for a handler that takes the event dict."""
-
-        def run(event):
-            self.guarded(lambda: handle(event), count=False)()
-
-        return run
-
-    def watch(self, update, *names):
-        """Call ``update`` (guarded) now and whenever one of the named controls changes."""
-        run = self.guarded(update)
-
-        def changed(*_):
-            if not self._quiet:  # a click sets several controls, then updates once
-                run()
-
-        for name in names or list(self.controls):
-            control = self.controls[name]
-            if hasattr(control, "on_click"):
-                control.on_click(run)
-            else:
-                control.observe(changed, names="value")
-        self._update = run
-        run()
-        return run
-
-    def show(self, name: str, image: np.ndarray) -> None:
-        """Draw ``uint8 (H, W, 3)`` ``image`` in the picture called ``name``."""
-        self.images[name].value = viz.to_png(image)
-
-    def pick(self, x: float, y: float) -> bool:
-        """Pick the cell under PNG pixel ``(x, y)`` of the picture (what a click does): sets
-        the ``frame``, ``x`` and ``y`` controls at once and updates once. False off the frames."""
-        hit = plots_pick(self.pickable, x, y)
-        if hit is None:
-            return False
-        frame, cx, cy = hit
-        self._set_point(frame, cx, cy)
-        return True
-
-    def _set_point(self, frame, cx, cy):
-        c = self.controls
-        H, W = c["y"].max + 1, c["x"].max + 1
-        values = {"frame": min(max(frame, 0), c["frame"].max), "x": min(max(cx, 0), W - 1),
-                  "y": min(max(cy, 0), H - 1)}
-        if all(c[n].value == v for n, v in values.items()):
-            return
-        self._quiet = True
-        try:
-            for n, v in values.items():
-                c[n].value = v
-        finally:
-            self._quiet = False
-        self._update()
-
-    def _repr_mimebundle_(self, **kwargs):
-        """The widget, plus a static copy (pictures and status line as HTML) for viewers that
-        cannot run widgets (a rendered notebook, the docs)."""
-        bundle = super()._repr_mimebundle_(**kwargs)
-        pictures = "".join(
-            f'<img src="data:image/png;base64,{base64.b64encode(im.value).decode()}" style="max-width:100%"/>'
-            for im in self.images.values() if im.value)
-        bundle["text/html"] = (f'<div class="cove-panel-snapshot">{pictures}'
-                               f'<div style="font-size:90%">{self.status.value}</div></div>')
-        return bundle
-
-
-def plots_pick(panels, x, y):
-    from .plots import pick
-
-    return pick(panels, x, y)
-
-
-KEYS = {"ArrowLeft": (0, -1, 0), "ArrowRight": (0, 1, 0), "ArrowUp": (0, 0, -1), "ArrowDown": (0, 0, 1),
-        "[": (-1, 0, 0), "]": (1, 0, 0)}  # (frame, x, y) steps
-
-
-def clickable(panel: Panel, name: str, *, grid: tuple[int, int], frames: int):
-    """Make picture ``name`` of ``panel`` pick points: a click picks the cell under it
-    (:meth:`Panel.pick`), the arrow keys move the point by one cell and ``[`` / ``]`` change
-    the frame (picture focused). Returns the ``ipyevents.Event``."""
-    from ipyevents import Event
-
-    def handle(event):
-        if event.get("type") == "click" and "dataX" in event:
-            panel.pick(float(event["dataX"]), float(event["dataY"]))
-        elif event.get("type") == "keydown" and event.get("key") in KEYS:
-            df, dx, dy = KEYS[event["key"]]
-            c = panel.controls
-            panel._set_point(c["frame"].value + df, c["x"].value + dx, c["y"].value + dy)
-
-    events = Event(source=panel.images[name], watched_events=["click", "keydown"],
-                   prevent_default_action=True)
-    events.on_dom_event(panel.guarded_event(handle))
-    return events
-
-
-def _slider(description, value, lo, hi, step=1, kind="int", **kwargs):
-    w = ipywidgets
-    cls = w.IntSlider if kind == "int" else w.FloatSlider
-    return cls(value=value, min=lo, max=hi, step=step, description=description,
-               continuous_update=False, style={"description_width": "initial"}, **kwargs)
-
-
-def _image(width: int | None = None):
-    w = ipywidgets
-    layout = w.Layout(width=f"{width}px" if width else "auto")
-    return w.Image(format="png", layout=layout)
-
-
-def table_html(rows: list[dict], *, max_chars: int = 24) -> str:
-    """A compact HTML table, one row per dict, columns in first-seen order (floats to 3 digits);
-    show it with ``IPython.display.HTML``. Cells never wrap; text longer than ``max_chars`` is
-    cut with "…" (the whole text in its tooltip), and the table scrolls sideways if it must."""
-    if not rows:
-        return ""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-
-    def cell(v):
-        text = f"{v:.3g}" if isinstance(v, float) else str(v)
-        short = text if len(text) <= max_chars else text[: max_chars - 1] + "…"
-        align = "right" if isinstance(v, (int, float)) and not isinstance(v, bool) else "left"
-        return (f"<td title='{html.escape(text, quote=True)}' style='padding:1px 6px;white-space:nowrap;"
-                f"text-align:{align}'>{html.escape(short)}</td>")
-
-    head = "".join(f"<th style='padding:1px 6px;white-space:nowrap'>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(cell(r.get(c, "")) for c in columns) + "</tr>" for r in rows)
-    return (f"<div style='overflow-x:auto;max-width:100%'><table style='font-size:85%;border-collapse:collapse'>"
-            f"<tr>{head}</tr>{body}</table></div>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,8 +66,8 @@ def frame_viewer(clips: dict, *, scale: int = 4, frame: int = 0) -> Panel:
     clips = {k: viz.enlarge(v, scale) for k, v in clips.items()}  # enlarged first: crisp labels
     strip = side_by_side(*clips.values(), labels=list(clips))  # (F, H + bar, sum W, 3)
     F = strip.shape[0]
-    controls = {"frame": _slider("frame", min(frame, F - 1), 0, F - 1)}
-    panel = Panel(controls, {"frames": _image()})
+    controls = {"frame": slider("frame", min(frame, F - 1), 0, F - 1)}
+    panel = Panel(controls, {"frames": image()})
 
     def update():
         f = controls["frame"].value
@@ -282,11 +103,11 @@ def feature_explorer(pipe, frames, *, t: int = 261, layer: str | None = None, en
     frames = viz.to_numpy(frames)
     layer = layer or default_feature_layer(pipe.unet)
     controls = {
-        "t": _slider("noise level t", t, 0, 999, step=1),
+        "t": slider("noise level t", t, 0, 999, step=1),
         "layer": w.Dropdown(options=decoder_layers(pipe), value=layer, description="layer"),
-        "ensemble": _slider("noise draws", ensemble, 1, 8),
+        "ensemble": slider("noise draws", ensemble, 1, 8),
     }
-    panel = Panel(controls, {"features": _image()})
+    panel = Panel(controls, {"features": image()})
     cache: dict = {}
 
     def update():
@@ -329,12 +150,12 @@ def window_explorer(features, frames, *, window: int = 9, frame: int = 0, point=
     F, C, H, W = features.shape
     x0, y0 = point if point is not None else (W // 2, H // 2)
     controls = {
-        "frame": _slider("frame i", frame, 0, max(F - 2, 0)),
-        "x": _slider("x", x0, 0, W - 1),
-        "y": _slider("y", y0, 0, H - 1),
-        "window": _slider("window l", window, 1, min(H, W) if min(H, W) % 2 else min(H, W) - 1, step=2),
+        "frame": slider("frame i", frame, 0, max(F - 2, 0)),
+        "x": slider("x", x0, 0, W - 1),
+        "y": slider("y", y0, 0, H - 1),
+        "window": slider("window l", window, 1, min(H, W) if min(H, W) % 2 else min(H, W) - 1, step=2),
     }
-    images = {"query": _image(), "window": _image(), "full": _image()}
+    images = {"query": image(), "window": image(), "full": image()}
     panel = Panel(controls, images)
     size = frames.shape[1:3]
     big = (size[0] * scale, size[1] * scale)
@@ -408,14 +229,11 @@ def correspondence_explorer(frames, corr, gt=None, *, features=None, frame: int 
     H, W = first.grid
     F = first.frames
     max_k = max(c.k for c in corrs.values())
-    x0, y0 = point if point is not None else (W // 2, H // 2)
     controls = {
-        "frame": _slider("frame i", frame, 0, F - 1),
-        "x": _slider("x", x0, 0, W - 1),
-        "y": _slider("y", y0, 0, H - 1),
-        "k": _slider("K", k or max_k, 1, max_k),
+        **point_sliders(F, first.grid, frame, point),
+        "k": slider("K", k or max_k, 1, max_k),
     }
-    panel = Panel(controls, {"matches": _image()})
+    panel = Panel(controls, {"matches": image()})
     scores = {name: metrics.pck(c, *gt) for name, c in corrs.items()} if gt is not None else {}
     positions = {name: c.positions() for name, c in corrs.items()}  # (F, N, F, K, 2) each
     figure = plots.PickerFigure(frames, (H, W), list(corrs), max_k, truth=gt is not None, dpi=dpi,
@@ -471,14 +289,11 @@ def attention_explorer(q, k, index, frames, *, grid: tuple[int, int], heads: int
     q, k, index = torch.as_tensor(q), torch.as_tensor(k), torch.as_tensor(index)
     F = q.shape[0]
     H, W = grid
-    x0, y0 = point if point is not None else (W // 2, H // 2)
     controls = {
-        "frame": _slider("frame i", frame, 0, F - 1),
-        "x": _slider("x", x0, 0, W - 1),
-        "y": _slider("y", y0, 0, H - 1),
-        "merge_ratio": _slider("merge ratio", merge_ratio, 0.0, 1.0, step=0.05, kind="float"),
+        **point_sliders(F, grid, frame, point),
+        "merge_ratio": slider("merge ratio", merge_ratio, 0.0, 1.0, step=0.05, kind="float"),
     }
-    panel = Panel(controls, {"attention": _image()})
+    panel = Panel(controls, {"attention": image()})
 
     def update():
         from . import plots
@@ -506,32 +321,6 @@ def attention_explorer(q, k, index, frames, *, grid: tuple[int, int], heads: int
     return panel
 
 
-def predict_clean(pipe, latents, t: int, prompt: str, *, state=None, guidance_scale: float = 7.5):
-    """One denoising evaluation: the clean frames the model predicts from ``latents`` at ``t``.
-
-    ``cove.pipeline.predicted_x0`` of ``cove.pipeline.guided_output`` (classifier-free
-    guidance), the UNet running under ``cove.processors.cove_attention(state)``
-    (``state=None``: plain per-frame attention). Used by notebook 04 to compare one step with
-    and without correspondence-guided attention.
-
-    Args:
-        latents: ``(F, c, h, w)`` noisy latents at timestep ``t``.
-
-    Returns:
-        uint8 ``(F, H, W, 3)``.
-    """
-    from ..pipeline import ddim_scheduler, guided_output, predicted_x0
-    from ..processors import AttentionState, cove_attention
-    from ..sd import decode_latents, encode_text
-
-    F = latents.shape[0]
-    state = state or AttentionState(frames=F, mode="per-frame")
-    text = torch.cat([encode_text(pipe, [""]), encode_text(pipe, [prompt])]).repeat_interleave(F, 0)  # (2F, L, D)
-    with torch.no_grad(), cove_attention(pipe.unet, state):
-        out = guided_output(pipe, latents, t, text, guidance_scale)  # (F, c, h, w)
-    return decode_latents(pipe, predicted_x0(ddim_scheduler(pipe), out, latents, t))
-
-
 # ---------------------------------------------------------------------------------------------
 # 05: temporal token merging
 # ---------------------------------------------------------------------------------------------
@@ -557,14 +346,11 @@ def merge_explorer(tokens, index, frames, *, grid: tuple[int, int], ratio: float
     F, N, _ = tokens.shape
     K = index.shape[-1]
     H, W = grid
-    x0, y0 = point if point is not None else (W // 2, H // 2)
     controls = {
-        "frame": _slider("frame i", frame, 0, F - 1),
-        "x": _slider("x", x0, 0, W - 1),
-        "y": _slider("y", y0, 0, H - 1),
-        "ratio": _slider("merge ratio", ratio, 0.0, 1.0, step=0.05, kind="float"),
+        **point_sliders(F, grid, frame, point),
+        "ratio": slider("merge ratio", ratio, 0.0, 1.0, step=0.05, kind="float"),
     }
-    panel = Panel(controls, {"groups": _image()})
+    panel = Panel(controls, {"groups": image()})
     big = (frames.shape[1] * scale, frames.shape[2] * scale)
     rng = np.random.default_rng(0)
     colours = rng.integers(40, 256, size=((F - 1) * K, 3), dtype=np.uint8)  # one per merged token
@@ -594,110 +380,3 @@ def merge_explorer(tokens, index, frames, *, grid: tuple[int, int], ratio: float
 
 
 # ---------------------------------------------------------------------------------------------
-# 06: the full edit behind a button
-# ---------------------------------------------------------------------------------------------
-
-
-def edit_panel(pipe, frames, *, prompt: str, source_prompt: str = "", negative_prompt: str = "", config=None,
-               clip=None, truth=None, target_phrase: str | None = None, seed: int = 0, scale: int = 3) -> Panel:
-    """The full COVE edit with its settings as widgets and a Run button.
-
-    Each click runs ``cove.pipeline.edit_video`` with the chosen prompt, attention mode, ``K``,
-    ``l``, merge ratio, steps, strength, edit-mask threshold (0: no mask), prompt-to-prompt
-    steps (0: none; ``cove.extras.p2p``) and the timestep below which PnP's ResNet features are
-    injected (1000: every PnP step; ``CoveConfig.extras.pnp_resnet_max_t``), then scores the
-    result with ``cove.eval.scoring.score_edit``: flicker (``warp_error`` along ``clip``'s true
-    motion, lower is better) and fidelity (PSNR and colour accuracy against the ground-truth
-    edit ``truth``).
-    Every run is added to a table, so runs can be compared (the paper's ablation in miniature).
-
-    Args:
-        frames: uint8 ``(F, H, W, 3)``; prompt / source_prompt / negative_prompt: initial prompts
-            (``cove.edit_video``'s meaning; prompt and negative prompt are editable).
-        config: starting ``CoveConfig`` (steps are taken from it).
-        clip: the source ``world.Clip`` (its motion scores flicker); optional.
-        truth: the ground-truth edited ``world.Clip``; optional. target_phrase: the edited
-            object ("yellow star"), for colour accuracy.
-    """
-    from ..config import ATTENTION_MODES, CoveConfig
-    from ..eval.scoring import score_edit
-    from ..pipeline import denoise_timesteps, inversion_timesteps
-    from .io import side_by_side
-
-    w = ipywidgets
-    frames = viz.to_numpy(frames)
-    config = config or CoveConfig()
-    controls = {
-        "prompt": w.Text(value=prompt, description="prompt", layout=w.Layout(width="420px")),
-        "negative": w.Text(value=negative_prompt, description="negative", layout=w.Layout(width="420px"),
-                           placeholder="empty (the paper); the source prompt guides along target - source"),
-        "attention": w.Dropdown(options=list(ATTENTION_MODES), value=config.attention, description="attention"),
-        "k": _slider("K", config.k, 1, 9),
-        "window": _slider("window l", config.window, 1, 15, step=2),
-        "merge_ratio": _slider("merge ratio", config.merge_ratio, 0.0, 1.0, step=0.05, kind="float"),
-        "steps": _slider("denoise steps", config.denoise_steps, 2, 50),
-        "strength": _slider("strength", config.extras.strength, 0.1, 1.0, step=0.05, kind="float"),
-        "mask": _slider("edit mask", config.extras.mask_threshold or 0.0, 0.0, 0.9, step=0.05, kind="float"),
-        "p2p": _slider("p2p steps", min(config.extras.p2p_steps, 50), 0, 50),
-        "resnet_t": _slider("ResNet t <", config.extras.pnp_resnet_max_t or 1000, 50, 1000, step=50),
-        "run": w.Button(description="Run edit", button_style="primary", icon="play"),
-    }
-    progress = w.IntProgress(value=0, min=0, max=1, description="progress")
-    frame = _slider("frame", 0, 0, len(frames) - 1)
-    runs = w.HTML()
-    folded = ("window", "merge_ratio", "steps", "strength", "mask", "p2p", "resnet_t")
-    panel = Panel(controls, {"result": _image()}, extra=[progress, frame, runs], folded=folded,
-                  folded_title="more settings: window l, merge ratio, steps, strength, edit mask, word swap, ResNet t")
-    panel.state = {"runs": [], "result": None, "strip": None}
-
-    def settings() -> CoveConfig:
-        steps = controls["steps"].value
-        extras = replace(
-            config.extras, strength=controls["strength"].value,
-            mask_threshold=controls["mask"].value or None,  # 0 = no mask (the paper)
-            p2p_steps=controls["p2p"].value,  # 0 = cross-attention left alone (the paper)
-            # 1000 = PnP's ResNet features injected at every PnP step (PnP's choice)
-            pnp_resnet_max_t=controls["resnet_t"].value if controls["resnet_t"].value < 1000 else None,
-        )
-        return replace(
-            config.with_denoise_steps(steps), attention=controls["attention"].value, k=controls["k"].value,
-            window=controls["window"].value, merge_ratio=controls["merge_ratio"].value,
-            inversion_steps=max(config.inversion_steps, steps), extras=extras,
-        )
-
-    def show_frame(*_):
-        if panel.state["strip"] is not None:
-            panel.show("result", panel.state["strip"][frame.value])
-
-    def run():
-        cfg = settings()
-        total = len(inversion_timesteps(pipe, cfg)) + len(denoise_timesteps(pipe, cfg))
-        progress.max, progress.value = total, 0
-        panel.status.value = f"running {cfg.attention} ({total} steps)..."
-        callback = lambda info: setattr(progress, "value", progress.value + 1)  # noqa: E731
-        result, scores = score_edit(pipe, frames, controls["prompt"].value, source_prompt=source_prompt,
-                                    negative_prompt=controls["negative"].value, config=cfg, seed=seed,
-                                    motion=clip, truth=truth, target_phrase=target_phrase, callback=callback)
-        row = {"run": len(panel.state["runs"]) + 1, "prompt": controls["prompt"].value,
-               "negative": controls["negative"].value,
-               "attention": cfg.attention, "K": cfg.k, "l": cfg.window, "merge": cfg.merge_ratio,
-               "steps": cfg.denoise_steps, "mask": cfg.extras.mask_threshold or "-", "p2p": cfg.extras.p2p_steps,
-               "ResNet t <": cfg.extras.pnp_resnet_max_t or "-", "seconds": result.timings["total"]}
-        if "warp_error" in scores:
-            row["flicker (warp error)"] = scores.pop("warp_error")
-        row.update({f"fidelity {k_}": v for k_, v in scores.items()})
-        clips = {"source": frames, f"run {row['run']}: {cfg.attention}": result.frames}
-        if truth is not None:
-            clips["ground truth"] = truth.frames
-        clips = {k: viz.enlarge(v, scale) for k, v in clips.items()}
-        panel.state["strip"] = side_by_side(*clips.values(), labels=list(clips))
-        panel.state["runs"].append(row)
-        panel.state["result"] = result
-        runs.value = table_html(panel.state["runs"])
-        show_frame()
-        panel.status.value = f"run {row['run']} done in {row['seconds']:.1f} s"
-
-    frame.observe(show_frame, names="value")
-    controls["run"].on_click(panel.guarded(run))
-    panel.status.value = "choose the settings and press Run edit"
-    return panel

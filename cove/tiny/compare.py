@@ -10,7 +10,7 @@ design's learning curve:
 
 - ``loss``: the mean training loss of the turn (``train``'s log);
 - ``prompt``: prompt following on fixed validation prompts
-  (``cove.tiny.quality.measure_prompt_following``, seed 7);
+  (``cove.tiny.measures.measure_prompt_following``, seed 7);
 - ``pck``: PCK of the diffusion features' top-1 correspondence on fixed ShapesWorld clips
   (``cove.features.extract_features`` at t = 261, ``cove.correspondence.correspond``,
   ``cove.metrics.pck``), at 1 cell of the feature grid and at 4 pixels (one cell of 16x16).
@@ -37,7 +37,7 @@ from .. import metrics, world
 from ..correspondence import correspond
 from ..extras.flow import flow_correspondence
 from ..features import extract_features
-from . import quality, train
+from . import measures, train
 from .model import DESIGNS, MAX_TOKENS, build_pipeline
 from .tokenizer import build_clip_tokenizer
 
@@ -172,7 +172,7 @@ def _point(args, design: str, curve: dict, tokenizer, clips) -> dict:
     cpu, wall = (time.process_time() - cpu) / 60, (time.time() - wall) / 60
     tick = time.time()
     pipe, step = load_checkpoint(design, args.work / design / "checkpoint.pt", tokenizer)
-    prompt = quality.measure_prompt_following(pipe, args.prompts, PROMPT_SEED, steps=args.sample_steps)
+    prompt = measures.measure_prompt_following(pipe, args.prompts, PROMPT_SEED, steps=args.sample_steps)
     point = {
         "step": step, "cpu_minutes": spent + cpu,
         "wall_minutes": (curve["points"][-1]["wall_minutes"] if curve["points"] else 0.0) + wall,
