@@ -331,7 +331,7 @@ def test_quality_prompt_following_counts_the_judges_verdicts(tiny_pipe, monkeypa
         checks = {"colour": True, "shape": i == 0, "background": i % 2 == 0}
         return {**checks, "all": all(checks.values())}
 
-    monkeypatch.setattr(quality.judge, "prompt_followed", verdict)
+    monkeypatch.setattr(measures.judge, "prompt_followed", verdict)
     result = measures.measure_prompt_following(tiny_pipe, 4, seed=0, steps=2, batch_size=2, return_images=True)
     assert result["images"].shape == (4, 32, 32, 3) and result["images"].dtype == np.uint8
     assert result["prompts"] == prompts and result["n"] == 4
@@ -389,7 +389,7 @@ def test_quality_shape_retention_counts_the_judged_shapes(tiny_pipe, monkeypatch
     with that shape, on the renders and after SDEdit alike."""
     clips = measures.shape_clips(4, 0, size=32)
     shapes = [clip.scene.objects[0].shape for clip in clips]
-    monkeypatch.setattr(quality.judge, "judge_image",
+    monkeypatch.setattr(measures.judge, "judge_image",
                         lambda image: {"objects": [("red", shapes[0])], "background": "grass"})
     r = measures.measure_shape_retention(tiny_pipe, 4, seed=0, strengths=(0.5, 1.0), steps=2)
     share = shapes.count(shapes[0]) / 4
