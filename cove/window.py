@@ -162,13 +162,52 @@ def _tile_plan(H: int, W: int, window: int, tile: int) -> tuple[Tensor, Tensor, 
     return n, m, local[..., 1] * sx + local[..., 0]  # ..., (Ty, Tx, ty*tx, l*l)
 
 
-def local_similarity(source: Tensor, target: Tensor, window: int, tile: int = 8) -> Tensor:
+def token_rows(frame: Tensor) -> Tensor:
+    """``(C, H, W)`` feature map -> ``(N, C)`` contiguous token rows (``n = y*W + x``).
+
+    One 2-D transpose per frame: a view when the map is already channels-last, else a copy
+    (torch's blocked 2-D transpose, about 3x faster than converting a whole ``(F, C, H, W)``
+    tensor to channels-last)."""
+    C = frame.shape[0]
+    rows = frame.reshape(C, -1).t()  # (N, C), a view
+    return rows if rows.is_contiguous() else rows.contiguous()
+
+
+def pair_similarity(
+    source: Tensor, target: Tensor, grid: tuple[int, int], window: int, tile: int = 4
+) -> Tensor:
+    """``local_similarity`` for one frame pair given as token rows.
+
+    Args:
+        source, target: ``(N, C)`` token rows (``token_rows``) of the two frames.
+        grid: ``(H, W)`` with ``H * W = N``.
+        window, tile: as in ``local_similarity``.
+
+    Returns:
+        ``(N, l*l)``: ``[n, c]`` = ``source[n] . target[cell c of the window of n]``.
+    """
+    H, W = grid
+    N, C = source.shape
+    check_window(window, (H, W))
+    n, m, pick = (x.to(source.device) for x in _tile_plan(H, W, window, tile))
+    Ty, Tx, q_cells = n.shape
+    t_cells = m.shape[-1]
+    out = source.new_empty(N, window * window)  # (N, l*l)
+    for r in range(Ty):  # one row of tiles at a time: the blocks stay in the CPU's cache
+        q = source.index_select(0, n[r].flatten()).view(Tx, q_cells, C)  # (Tx, ty*tx, C)
+        t = target.index_select(0, m[r].flatten()).view(Tx, t_cells, C)  # (Tx, sy*sx, C)
+        sim = torch.bmm(q, t.transpose(1, 2))  # (Tx, ty*tx, sy*sx)
+        out[n[r].flatten()] = sim.gather(-1, pick[r]).flatten(0, 1)  # overlaps agree
+    return out
+
+
+def local_similarity(source: Tensor, target: Tensor, window: int, tile: int = 4) -> Tensor:
     """Similarity of every token of ``source`` with its ``l x l`` window of ``target`` (Eq. 8-9).
 
     The same numbers as ``window_similarity`` centred on each token's own cell (windows
     shifted inward at the borders), computed per ``tile x tile`` block of queries as one
     matrix product with the ``(tile + l - 1)^2`` target cells their windows cover, then the
-    ``l*l`` window cells picked out: ``(tile + l - 1)^2 / l^2`` (3.2 for ``l = 9``, tile 8)
+    ``l*l`` window cells picked out: ``(tile + l - 1)^2 / l^2`` (1.8 for ``l = 9``, tile 4)
     times the dot products of the gather, but in batched matmuls instead of a gather of
     ``(N, l*l, C)`` copies.
 
@@ -185,19 +224,25 @@ def local_similarity(source: Tensor, target: Tensor, window: int, tile: int = 8)
     """
     B, C, H, W = source.shape
     check_window(window, (H, W))
-    n, m, pick = (x.to(source.device) for x in _tile_plan(H, W, window, tile))
-    Ty, Tx, q_cells = n.shape
-    t_cells = m.shape[-1]
-    src = source.permute(0, 2, 3, 1).reshape(B, H * W, C)  # (B, N, C) channels last
-    tgt = target.permute(0, 2, 3, 1).reshape(B, H * W, C)  # (B, N, C)
-    out = source.new_empty(B, H * W, window * window)  # (B, N, l*l)
-    for b in range(B):  # one row of tiles at a time: the blocks stay in the CPU's cache
-        for r in range(Ty):
-            q = src[b].index_select(0, n[r].flatten()).view(Tx, q_cells, C)  # (Tx, ty*tx, C)
-            t = tgt[b].index_select(0, m[r].flatten()).view(Tx, t_cells, C)  # (Tx, sy*sx, C)
-            sim = torch.bmm(q, t.transpose(1, 2))  # (Tx, ty*tx, sy*sx)
-            out[b, n[r].flatten()] = sim.gather(-1, pick[r]).flatten(0, 1)  # overlaps agree
-    return out
+    return torch.stack([pair_similarity(token_rows(s), token_rows(t), (H, W), window, tile)
+                        for s, t in zip(source, target)])  # (B, N, l*l)
+
+
+def top_k(similarity: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``(values, indices)`` of the ``k`` largest entries along the last dim, best first;
+    among equal values the lower index first (as a stable sort). For ``k <= 4`` by ``k``
+    rounds of ``max`` (several times faster than ``torch.topk`` on short rows); overwrites
+    ``similarity``."""
+    if k > 4:
+        values, order = similarity.sort(dim=-1, descending=True, stable=True)
+        return values[..., :k].contiguous(), order[..., :k].contiguous()
+    values, indices = [], []
+    for _ in range(k):
+        value, index = similarity.max(dim=-1, keepdim=True)  # first maximum on ties
+        values.append(value)
+        indices.append(index)
+        similarity.scatter_(-1, index, float("-inf"))
+    return torch.cat(values, dim=-1), torch.cat(indices, dim=-1)
 
 
 def grid_cells(grid: tuple[int, int], device: torch.device | str | None = None) -> Tensor:

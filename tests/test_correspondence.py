@@ -11,7 +11,7 @@ from cove.correspondence import (
     index_dtype,
 )
 from cove.extras.flow import flow_correspondence
-from cove.window import grid_cells, local_similarity, window_indices, window_similarity
+from cove.window import grid_cells, local_similarity, top_k, window_indices, window_similarity
 
 
 def random_features(*shape, seed=0, dtype=torch.float32):
@@ -96,10 +96,20 @@ def test_vectorised_equals_naive_reference():
     torch.testing.assert_close(c.score, score)
 
 
-def test_chunk_does_not_change_the_result():
+def test_memory_layout_does_not_change_the_result():
     features = random_features(4, 8, 7, 9, seed=3)
-    a, b = correspond(features, window=5, k=3), correspond(features, window=5, k=3, chunk=7)
+    a = correspond(features, window=5, k=3)
+    b = correspond(features.contiguous(memory_format=torch.channels_last), window=5, k=3)
     assert torch.equal(a.index, b.index) and torch.equal(a.score, b.score)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 5, 9])
+def test_top_k_is_a_stable_descending_sort(k):
+    g = torch.Generator().manual_seed(k)
+    sim = torch.randint(0, 4, (50, 9), generator=g).float()  # many ties
+    values, order = sim.sort(dim=-1, descending=True, stable=True)
+    top, pick = top_k(sim.clone(), k)
+    assert torch.equal(top, values[:, :k]) and torch.equal(pick, order[:, :k])
 
 
 def test_scores_sorted_best_first_and_self_entries():
@@ -146,7 +156,7 @@ def test_window_similarity_is_the_dot_product_with_the_window():
         (dict(window=9), "does not fit"),  # H = 8
         (dict(window=3, k=0), "k must"),
         (dict(window=3, k=10), "k must"),
-        (dict(window=3, chunk=0), "chunk"),
+        (dict(window=3, k=2.0), "k must be an int"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, message):
