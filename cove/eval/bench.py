@@ -11,6 +11,24 @@ from pathlib import Path
 import numpy as np
 
 
+def _commit() -> str | None:
+    """The git commit of the cove checkout measured (``+`` when it has uncommitted changes),
+    or ``None`` outside a checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "cove"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
 def machine_info(pipe=None) -> dict:
     """Platform, CPU, library versions and date of a measurement; with ``pipe``, its device and dtype."""
     import diffusers
@@ -34,6 +52,7 @@ def machine_info(pipe=None) -> dict:
         "diffusers": diffusers.__version__,
         "numpy": np.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _commit(),
     }
     if pipe is not None:
         info["device"] = str(pipe.device)
