@@ -1,5 +1,5 @@
-"""The docs site's wiring (without building it: CI runs ``mkdocs build --strict``) and the
-notebooks' hygiene: committed without outputs, in the nav, importing from cove."""
+"""The docs site (its hook, and the whole site built strict and offline after the notebooks ran)
+and the notebooks' hygiene: committed without outputs, in the nav, importing from cove."""
 import importlib.util
 import json
 import os
@@ -125,6 +125,11 @@ def test_mkdocs_build_strict_offline(tmp_path):
     assert (site / "javascripts" / "mathjax" / "fonts" / "HTML-CSS" / "STIX-Web").is_dir()
     notebook = (site / "notebooks" / "03_correspondence" / "index.html").read_text()
     assert '"../../javascripts/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,local/cove"' in notebook
+    hook = load_hook()
+    for path in NOTEBOOKS:  # a notebook with a fresh executed copy (the test run writes them) shows outputs
+        html = (site / "notebooks" / path.stem / "index.html").read_text()
+        outputs = html.count('<div class="jp-OutputArea-child')
+        assert outputs > 0 if hook.executed_copy(path) else outputs == 0, (path.name, outputs)
     for page in ("correspondence", "masking"):  # display maths inside list items
         html = (site / "method" / page / "index.html").read_text()
         assert html.count('<div class="arithmatex">') >= 2 and "<p>\\[" not in html, page

@@ -174,6 +174,21 @@ def test_picker_figure_clicks_map_back_to_the_cells_drawn():
             px, py = x0 + (cx + 0.5) / 8 * (x1 - x0), y0 + (cy + 0.5) / 8 * (y1 - y0)
             assert plots.pick(panels, px, py) == (p.frame, cx, cy)
     assert plots.pick(panels, 1, 1) is None  # the margin picks nothing
+    legend = [t.get_text() for t in figure.legend.get_texts()]
+    assert legend == ["query (clicked)", "match 1 (best)", "match 2", "true position"]
+    figure.draw((1, 2, 5), {"a": np.zeros((3, 1, 2)), "b": np.ones((3, 1, 2))})  # K' = 1 shown
+    assert [t.get_text() for t in figure.legend.get_texts()] == ["query (clicked)", "match 1", "true position"]
+
+
+def test_merge_figure_labels_each_shared_key():
+    from cove.app import plots
+
+    frames = np.zeros((3, 32, 32, 3), np.uint8)
+    positions = np.array([[1, 1], [2, 2], [3, 3], [4, 4]])
+    frame_of, groups = np.array([1, 1, 2, 2]), np.array([0, 1, 0, 2])  # key 1 holds two tokens
+    png, panels, legend = plots.merge_figure(frames, (8, 8), (0, 5, 5), positions, frame_of, groups, title="t")
+    assert png[:4] == b"\x89PNG" and sorted(p.frame for p in panels) == [0, 1, 2]
+    assert legend == ["key 1: 2 tokens, frames 1, 2", "not merged (2 tokens)"]
 
 
 def test_maps_figure_is_a_labelled_png():

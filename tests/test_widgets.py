@@ -127,8 +127,16 @@ def test_merge_explorer_counts_follow_the_ratio():
     tokens = feats.flatten(2).transpose(1, 2)  # (F, N, C)
     panel = widgets.merge_explorer(tokens, corr.index, frames_for(feats), grid=(12, 12), ratio=0.0)
     assert panel.state["tokens"] == 12 and panel.state["kept"] == 12  # (F-1)*K = 4*3
+    assert panel.state["keys"] == ["not merged (12 tokens)"]
     panel.controls["ratio"].value = 0.5
     assert panel.state["merged_away"] == 6 and len(np.unique(panel.state["groups"])) == 6
+    merged = sum(int(k.split(": ")[1].split()[0]) for k in panel.state["keys"] if k.startswith("key"))
+    alone = [int(k.split("(")[1].split()[0]) for k in panel.state["keys"] if k.startswith("not")]
+    assert merged + sum(alone) == 12  # every gathered token is in the legend once
+    (target,) = [p for p in panel.pickable if p.frame == 2]  # a click picks a token of frame 2
+    x0, y0, x1, y1 = target.box
+    panel.pick(x0 + 4.5 / 12 * (x1 - x0), y0 + 7.5 / 12 * (y1 - y0))
+    assert (panel.state["frame"], panel.state["token"]) == (2, 7 * 12 + 4)
 
 
 def test_feature_explorer_recomputes_on_t_and_layer(tiny_pipe, tiny_clip):

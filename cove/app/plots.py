@@ -15,7 +15,8 @@ import numpy as np
 
 from . import viz
 
-__all__ = ["FramePanel", "render", "pick", "PickerFigure", "weights_figure", "maps_figure", "MATCH_MARKERS"]
+__all__ = ["FramePanel", "render", "pick", "PickerFigure", "weights_figure", "maps_figure", "merge_figure",
+           "MATCH_MARKERS"]
 
 # match k (best first): colour from viz.PALETTE and a marker shape, so a match reads without colour
 MATCH_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h")
@@ -121,15 +122,26 @@ class PickerFigure:
         if self.heat:
             bar = fig.colorbar(self.heat[-1], cax=fig.add_subplot(spec[0, F]))
             bar.set_label(heat_label, fontsize=8), bar.ax.tick_params(labelsize=7)
-        handles = [self.query[0, 0]] + [self.matches[0, 0, m] for m in range(k)]
-        labels = ["query (clicked)"] + [f"match {m + 1}" for m in range(k)]
-        if truth:
-            handles, labels = handles + [self.truth[0, 0]], labels + ["true position"]
-        legend = fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8,
-                            facecolor="#777777", labelcolor="white")
-        legend.get_frame().set_edgecolor("none")
+        self.legend, self.shown_k = None, None
+        self._legend(k)
         self.titles = [ax.set_title("", fontsize=9) for ax, j in list(self.axes.items())[:F]]
         self.suptitle = fig.suptitle("", fontsize=10)
+
+    def _legend(self, shown: int) -> None:
+        """The legend of the query, the ``shown`` matches drawn and the true position."""
+        if shown == self.shown_k:
+            return
+        if self.legend is not None:
+            self.legend.remove()
+        handles = [self.query[0, 0]] + [self.matches[0, 0, m] for m in range(shown)]
+        labels = ["query (clicked)"] + [f"match {m + 1}" + (" (best)" if m == 0 and shown > 1 else "")
+                                        for m in range(shown)]
+        if self.truth:
+            handles, labels = handles + [self.truth[0, 0]], labels + ["true position"]
+        self.legend = self.fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8,
+                                      facecolor="#777777", labelcolor="white")
+        self.legend.get_frame().set_edgecolor("none")
+        self.shown_k = shown
 
     def draw(self, query, rows: dict, *, heat=None, truth=None) -> tuple[bytes, list[FramePanel]]:
         """Draw the matches of ``query = (i, x, y)``.
@@ -144,6 +156,7 @@ class PickerFigure:
             PNG bytes and the clickable panels (see :func:`render`).
         """
         i, qx, qy = query
+        self._legend(min(self.k, max(viz.to_numpy(rows[name]).shape[1] for name in self.names)))
         for r, name in enumerate(self.names):
             positions = viz.to_numpy(rows[name])  # (F, K', 2)
             for j in range(self.F):
@@ -238,3 +251,63 @@ def maps_figure(rows: dict, *, label: str, title: str, columns=None, vmax: float
     bar.set_label(label, fontsize=8), bar.ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
     return render(fig, {})[0]
+
+
+def merge_figure(frames, grid, query, positions, frame_of, groups, *, title: str, dpi: int = 80,
+                 panel_inches: float = 1.45) -> tuple[bytes, list[FramePanel], list[str]]:
+    """Which gathered tokens merge: one row of frames, each gathered token drawn at its cell
+    and labelled with the number of the key it becomes; keys that hold several tokens get a
+    colour of their own and a legend entry (``key 3: 3 tokens, frames 1, 2, 4``), tokens left
+    alone are grey rings.
+
+    Args:
+        frames: uint8 ``(F, H_img, W_img, 3)``. grid: ``(H, W)``. query: ``(i, x, y)``.
+        positions: ``(T, 2)`` cells of the gathered tokens; frame_of: ``(T,)`` their frames.
+        groups: ``(T,)`` the merged key of each gathered token (``cove.app.viz.merge_groups``).
+
+    Returns:
+        PNG bytes, the clickable panels (see :func:`render`) and the legend's lines.
+    """
+    from matplotlib import colormaps
+
+    frames = viz.to_numpy(frames)
+    positions, frame_of, groups = (np.asarray(a) for a in (positions, frame_of, groups))
+    F = len(frames)
+    i, qx, qy = query
+    keys = sorted(set(groups.tolist()), key=lambda g: int(np.argmax(groups == g)))  # in gathered order
+    number = {g: n + 1 for n, g in enumerate(keys)}
+    shared = [g for g in keys if (groups == g).sum() > 1]
+    tab = colormaps["tab10"]
+    colour = {g: tab(n % 10) for n, g in enumerate(shared)}
+    fig = _figure(panel_inches * F + 0.4, panel_inches + 0.6 + 0.22 * (1 + len(shared) // 3), dpi)
+    legend_inches = 0.22 * (1 + (len(shared) + 1 + 2) // 3) + 0.1
+    spec = fig.add_gridspec(1, F, left=0.02, right=0.98, top=1 - 0.45 / fig.get_figheight(),
+                            bottom=legend_inches / fig.get_figheight(), wspace=0.04)
+    clickable, handles, labels = {}, [], []
+    for j in range(F):
+        ax = fig.add_subplot(spec[0, j])
+        _frame_axes(ax, frames[j], grid)
+        if j == i:
+            ax.plot(qx, qy, marker="*", ms=15, mfc="white", mec="black", mew=1.2, ls="")
+        for t in np.flatnonzero(frame_of == j):
+            g = groups[t]
+            x, y = positions[t]
+            if g in colour:
+                ax.plot(x, y, marker="o", ms=11, mfc=colour[g], mec="black", mew=0.8, ls="")
+                ax.annotate(str(number[g]), (x, y), ha="center", va="center", fontsize=6, fontweight="bold")
+            else:
+                ax.plot(x, y, marker="o", ms=9, mfc="none", mec="#dddddd", mew=1.6, ls="")
+        ax.set_title(f"frame {j}" + (" (query)" if j == i else ""), fontsize=9)
+        clickable[ax] = j
+    for g in shared:
+        members = np.flatnonzero(groups == g)
+        handles.append(_marker(fig.axes[0], "o", 9, colour[g], "black", 0.8))
+        labels.append(f"key {number[g]}: {len(members)} tokens, frames "
+                      + ", ".join(str(int(f)) for f in sorted(set(frame_of[members].tolist()))))
+    handles.append(_marker(fig.axes[0], "o", 8, "none", "#dddddd", 1.6))
+    labels.append(f"not merged ({len(keys) - len(shared)} tokens)")
+    legend = fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=7,
+                        facecolor="#777777", labelcolor="white")
+    legend.get_frame().set_edgecolor("none")
+    fig.suptitle(title, fontsize=10)
+    return (*render(fig, clickable), labels)

@@ -327,19 +327,22 @@ def attention_explorer(q, k, index, frames, *, grid: tuple[int, int], heads: int
 
 
 def merge_explorer(tokens, index, frames, *, grid: tuple[int, int], ratio: float = 0.5,
-                   frame: int = 0, point=None, scale: int = 3) -> Panel:
-    """Which of a token's gathered correspondents merge at a given ratio.
+                   frame: int = 0, point=None, dpi: int = 80) -> Panel:
+    """Which of a token's gathered correspondents merge at a given ratio; click to pick.
 
     For the chosen token, gathers its ``(F-1)*K`` correspondents
     (``cove.attention.gather_correspondents``), runs bipartite merging on them
     (``cove.merging.make_merge`` via ``cove.app.viz.merge_groups``) and draws each gathered token
-    in the colour of the merged token it joins: one colour, one key after merging.
+    at its cell, labelled with the number of the key it becomes (``cove.app.plots.merge_figure``:
+    one colour and one legend entry per key that holds several tokens, grey rings for tokens
+    left alone). Click any frame (or use the sliders) to pick another token.
 
     Args:
         tokens: ``(F, N, C)`` (e.g. diffusion features, or keys); index: ``(F, N, F, K)``.
     """
     from ..attention import gather_correspondents, other_frames
     from ..merging import merge_count
+    from . import plots
 
     frames = viz.to_numpy(frames)
     tokens, index = torch.as_tensor(tokens), torch.as_tensor(index)
@@ -351,9 +354,6 @@ def merge_explorer(tokens, index, frames, *, grid: tuple[int, int], ratio: float
         "ratio": slider("merge ratio", ratio, 0.0, 1.0, step=0.05, kind="float"),
     }
     panel = Panel(controls, {"groups": image()})
-    big = (frames.shape[1] * scale, frames.shape[2] * scale)
-    rng = np.random.default_rng(0)
-    colours = rng.integers(40, 256, size=((F - 1) * K, 3), dtype=np.uint8)  # one per merged token
 
     def update():
         i, x, y, r_ = (controls[n].value for n in ("frame", "x", "y", "ratio"))
@@ -362,20 +362,22 @@ def merge_explorer(tokens, index, frames, *, grid: tuple[int, int], ratio: float
         T = gathered.shape[0]
         r = merge_count(T, r_)
         groups = viz.merge_groups(gathered, r)  # (T,) merged token of each gathered token
-        others = other_frames(F)[i].tolist()
-        pics = [viz.enlarge(frames[j], scale) for j in range(F)]
-        pics[i] = viz.draw_points(pics[i], viz.cell_to_pixel([[x, y]], grid, big), colours=(255, 255, 255), radius=scale)
-        for t in range(T):
-            j = others[t // K]
-            m = int(index[i, n, j, t % K])
-            at = viz.cell_to_pixel([[m % W, m // W]], grid, big)
-            pics[j] = viz.draw_points(pics[j], at, colours=colours[groups[t]], radius=scale)
-        panel.show("groups", viz.montage([pics]))
-        panel.state = {"frame": i, "token": n, "tokens": T, "merged_away": r, "kept": T - r, "groups": groups}
+        others = np.repeat(other_frames(F)[i].numpy(), K)  # (T,) frame of each gathered token
+        cells = index[i, n, others, np.tile(np.arange(K), F - 1)].long().numpy()  # (T,)
+        positions = np.stack([cells % W, cells // W], axis=-1)  # (T, 2)
+        title = (f"token ({x}, {y}) of frame {i}: its {T} gathered matches become {T - r} keys "
+                 f"at merge ratio {r_:.2f}")
+        png, panel.pickable, keys = plots.merge_figure(frames, grid, (i, x, y), positions, others, groups,
+                                                       title=title, dpi=dpi)
+        panel.images["groups"].value = png
+        panel.state = {"frame": i, "token": n, "tokens": T, "merged_away": r, "kept": T - r,
+                       "groups": groups, "keys": keys}
         panel.status.value = (f"{T} gathered tokens = (F-1)*K = {F - 1}*{K}; ratio {r_:.2f} merges "
-                              f"r = {r} away, {T - r} keys and values remain (same colour = merged)")
+                              f"r = {r} away, {T - r} keys and values remain (same number = one key)")
 
+    panel.pickable = []
     panel.watch(update)
+    panel.events = clickable(panel, "groups", grid=(H, W), frames=F)
     return panel
 
 

@@ -3,7 +3,8 @@
 1. ``on_files``: publishes the notebooks of ``notebooks/`` (outside ``docs/``) as pages at
    ``notebooks/<name>.ipynb``, so mkdocs-jupyter renders them (``execute: false``) without a
    copy or a symlink in ``docs/``. Where an executed copy of a notebook with the same cells
-   exists in ``artifacts/notebooks/`` (written by ``python docs/hooks/cove_docs.py --execute``),
+   exists in ``artifacts/notebooks/`` (the test run writes them, ``tests/test_notebooks.py``;
+   one by hand: ``python docs/hooks/cove_docs.py --execute NN_name.ipynb``),
    that copy is published instead, so the page shows the outputs. Widgets are saved without
    their state: a page shows each panel's static copy (pictures and status line).
 2. ``on_page_markdown``:
