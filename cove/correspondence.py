@@ -22,6 +22,7 @@ from .window import (  # noqa: F401 (public here)
     grid_cells,
     local_similarity,
     pair_similarity,
+    reverse_similarity,
     token_rows,
     top_k,
     window_indices,
@@ -85,34 +86,38 @@ class Correspondence:
 
 
 def step_matches(
-    source: list[Tensor], target: list[Tensor], grid: tuple[int, int], window: int, k: int
-) -> tuple[Tensor, Tensor]:
-    """Top-``K`` window matches of every token of ``source`` frames in ``target`` frames.
+    rows: list[Tensor], grid: tuple[int, int], window: int, k: int
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Top-``K`` window matches of every token of every frame in the next and previous frames.
 
     Args:
-        source: ``B`` frames as ``(N, C)`` token rows (``cove.window.token_rows``), the
-            frames the queries come from.
-        target: ``B`` frames as ``(N, C)`` token rows, the frames searched (pair ``b`` is
-            ``source[b] -> target[b]``).
+        rows: ``F`` frames as ``(N, C)`` token rows (``cove.window.token_rows``).
         grid: ``(H, W)``.
         window, k: ``l`` and ``K``.
 
     Returns:
-        ``(index (B, N, K), score (B, N, K))``: token indices (``index_dtype(N)``) into
-        ``target`` and cosine similarities, best first (the lower index first among equal
-        scores); each window is centred on the token's own cell. One pair's ``(N, l*l)``
-        similarities are held at a time.
+        ``((index, score), (index, score))``, forward then backward, each ``(F-1, N, K)``:
+        forward ``[a]`` are the matches of the tokens of frame ``a`` in frame ``a + 1``,
+        backward ``[a]`` those of frame ``a + 1`` in frame ``a``; token indices
+        (``index_dtype(N)``) into the frame searched and cosine similarities, best first (the
+        lower index first among equal scores); each window is centred on the token's own cell.
+        Pair by pair: the backward similarities are read from the forward ones where the
+        windows agree (``cove.window.reverse_similarity``), and two ``(N, l*l)`` are held at a
+        time.
     """
     H, W = grid
-    cells = window_indices(grid_cells(grid, source[0].device), window, grid)  # (N, l*l)
+    cells = window_indices(grid_cells(grid, rows[0].device), window, grid)  # (N, l*l)
     cells = cells.to(index_dtype(H * W))
-    index, score = [], []
-    for src, tgt in zip(source, target):
-        sim = pair_similarity(src, tgt, grid, window, _TILE)  # (N, l*l)
-        top, pick = top_k(sim, k)  # (N, K) each, best first
-        score.append(top)
-        index.append(cells.gather(-1, pick))  # (N, K) token indices
-    return torch.stack(index), torch.stack(score)  # (B, N, K) each
+    steps = [], [], [], []  # forward index, score; backward index, score
+    for a in range(len(rows) - 1):
+        sim = pair_similarity(rows[a], rows[a + 1], grid, window, _TILE)  # (N, l*l) a -> a+1
+        back = reverse_similarity(sim, rows[a + 1], rows[a], grid, window, _TILE)  # a+1 -> a
+        for s, similarity in ((0, sim), (2, back)):
+            top, pick = top_k(similarity, k)  # (N, K) each, best first
+            steps[s].append(cells.gather(-1, pick))  # (N, K) token indices
+            steps[s + 1].append(top)
+    fi, fs, bi, bs = (torch.stack(x) for x in steps)  # (F-1, N, K) each
+    return (fi, fs), (bi, bs)
 
 
 def _chain_into(
@@ -218,9 +223,8 @@ def correspond(features: Tensor, window: int = 9, k: int = 3) -> Correspondence:
     index = index.repeat(F, F, 1, k)  # (F, F, N, K) pair-major while chaining
     score = torch.ones(F, F, N, k, dtype=features.dtype, device=device)  # (F, F, N, K)
     if F > 1:
-        fwd = step_matches(rows[:-1], rows[1:], (H, W), window, k)  # (F-1, N, K) x2
+        fwd, bwd = step_matches(rows, (H, W), window, k)  # (F-1, N, K) x2 each
         _chain_into(*fwd, index, score, forward=True)
-        bwd = step_matches(rows[1:], rows[:-1], (H, W), window, k)  # (F-1, N, K) x2
         _chain_into(*bwd, index, score, forward=False)
     index = index.transpose(1, 2).contiguous()  # (F, N, F, K)
     score = score.transpose(1, 2).contiguous()  # (F, N, F, K)

@@ -174,7 +174,8 @@ def token_rows(frame: Tensor) -> Tensor:
 
 
 def pair_similarity(
-    source: Tensor, target: Tensor, grid: tuple[int, int], window: int, tile: int = 4
+    source: Tensor, target: Tensor, grid: tuple[int, int], window: int, tile: int = 4,
+    *, edge_only: bool = False
 ) -> Tensor:
     """``local_similarity`` for one frame pair given as token rows.
 
@@ -182,6 +183,8 @@ def pair_similarity(
         source, target: ``(N, C)`` token rows (``token_rows``) of the two frames.
         grid: ``(H, W)`` with ``H * W = N``.
         window, tile: as in ``local_similarity``.
+        edge_only: compute only the tiles that hold a token within ``l // 2`` cells of the
+            border (what ``reverse_similarity`` cannot read back); other rows are left unset.
 
     Returns:
         ``(N, l*l)``: ``[n, c]`` = ``source[n] . target[cell c of the window of n]``.
@@ -191,13 +194,74 @@ def pair_similarity(
     check_window(window, (H, W))
     n, m, pick = (x.to(source.device) for x in _tile_plan(H, W, window, tile))
     Ty, Tx, q_cells = n.shape
-    t_cells = m.shape[-1]
+    n, m, pick = n.flatten(0, 1), m.flatten(0, 1), pick.flatten(0, 1)  # tile by tile, row-major
+    tiles = torch.arange(Ty * Tx, device=n.device)
+    if edge_only:
+        tiles = tiles[_edge_tiles(H, W, window, tile).to(n.device)]
     out = source.new_empty(N, window * window)  # (N, l*l)
-    for r in range(Ty):  # one row of tiles at a time: the blocks stay in the CPU's cache
-        q = source.index_select(0, n[r].flatten()).view(Tx, q_cells, C)  # (Tx, ty*tx, C)
-        t = target.index_select(0, m[r].flatten()).view(Tx, t_cells, C)  # (Tx, sy*sx, C)
-        sim = torch.bmm(q, t.transpose(1, 2))  # (Tx, ty*tx, sy*sx)
-        out[n[r].flatten()] = sim.gather(-1, pick[r]).flatten(0, 1)  # overlaps agree
+    for block in tiles.split(Tx):  # about one row of tiles at a time: the blocks stay in cache
+        queries = n[block].flatten()  # (b*ty*tx,)
+        q = source.index_select(0, queries).view(len(block), q_cells, C)  # (b, ty*tx, C)
+        t = target.index_select(0, m[block].flatten()).view(len(block), -1, C)  # (b, sy*sx, C)
+        sim = torch.bmm(q, t.transpose(1, 2))  # (b, ty*tx, sy*sx)
+        out[queries] = sim.gather(-1, pick[block]).flatten(0, 1)  # overlaps agree
+    return out
+
+
+def _inner(grid: tuple[int, int], window: int) -> Tensor:
+    """Bool ``(N,)``: tokens at least ``l // 2`` cells from every border (their windows are
+    centred, not shifted)."""
+    H, W = grid
+    x, y = grid_cells(grid).unbind(-1)
+    h = window // 2
+    return (x >= h) & (x < W - h) & (y >= h) & (y < H - h)
+
+
+@functools.lru_cache(maxsize=16)
+def _edge_tiles(H: int, W: int, window: int, tile: int) -> Tensor:
+    """Bool ``(Ty*Tx,)``: the tiles of ``_tile_plan`` that hold a token outside ``_inner``."""
+    n = _tile_plan(H, W, window, tile)[0].flatten(0, 1)  # (T, ty*tx)
+    return ~_inner((H, W), window)[n].all(dim=-1)
+
+
+@functools.lru_cache(maxsize=16)
+def _mirror_plan(H: int, W: int, window: int) -> tuple[Tensor, Tensor]:
+    """Where ``reverse_similarity`` reads: long ``(M,)`` the inner tokens ``m`` and
+    ``(M, l*l)`` flat positions ``n * l*l + c`` in the forward similarities, where ``n`` is
+    cell ``c'`` of ``m``'s window and ``c`` is ``m``'s cell in ``n``'s window."""
+    grid = (H, W)
+    m = torch.nonzero(_inner(grid, window)).flatten()  # (M,)
+    n = window_indices(grid_cells(grid)[m], window, grid)  # (M, l*l) centred windows of m
+    start = window_start(grid_cells(grid)[n], window, grid)  # (M, l*l, 2) windows of each n
+    local = grid_cells(grid)[m][:, None, :] - start  # (M, l*l, 2) m inside n's window
+    return m, n * window * window + local[..., 1] * window + local[..., 0]
+
+
+def reverse_similarity(
+    forward: Tensor, source: Tensor, target: Tensor, grid: tuple[int, int], window: int,
+    tile: int = 4
+) -> Tensor:
+    """``pair_similarity(source, target)`` given ``forward = pair_similarity(target, source)``.
+
+    Similarity is symmetric: token ``m`` of ``source`` against cell ``n`` of its window is
+    ``forward[n, m's cell in n's window]``, and ``m`` lies in the window of every ``n`` of its
+    own window when ``m``'s window is centred (``m`` at least ``l // 2`` cells from the
+    borders; windows are never smaller than ``l // 2`` on each side of their token). Those rows
+    are read from ``forward``; the tiles holding the other tokens are computed
+    (``edge_only``): ``(W - 2 (l//2)) (H - 2 (l//2)) / N`` of the work saved, 77% at 64x64.
+
+    Args:
+        forward: ``(N, l*l)``, ``pair_similarity(target, source, grid, window, tile)``.
+        source, target: ``(N, C)`` token rows.
+
+    Returns:
+        ``(N, l*l)``, equal to ``pair_similarity(source, target, grid, window, tile)`` (up to
+        float rounding).
+    """
+    H, W = grid
+    out = pair_similarity(source, target, grid, window, tile, edge_only=True)  # (N, l*l)
+    m, at = (x.to(forward.device) for x in _mirror_plan(H, W, window))
+    out[m] = forward.flatten().take(at)  # (M, l*l)
     return out
 
 

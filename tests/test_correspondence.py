@@ -233,6 +233,20 @@ def test_local_similarity_equals_the_gathered_windows(grid, window, tile):
     torch.testing.assert_close(local_similarity(source, target, window, tile), expected)
 
 
+@pytest.mark.parametrize("grid, window, tile", [((8, 6), 3, 4), ((7, 9), 5, 3), ((13, 11), 9, 4), ((9, 9), 9, 2),
+                                                ((16, 16), 9, 4), ((12, 20), 3, 8)])
+def test_reverse_similarity_reads_back_the_forward_one(grid, window, tile):
+    from cove.window import pair_similarity, reverse_similarity, token_rows
+
+    a, b = (token_rows(f) for f in random_features(2, 6, *grid, seed=4))
+    forward = pair_similarity(a, b, grid, window, tile)
+    expected = pair_similarity(b, a, grid, window, tile)
+    torch.testing.assert_close(reverse_similarity(forward, b, a, grid, window, tile), expected)
+    broken = forward.clone()
+    broken[grid[1] * (window // 2) + window // 2] += 1  # an inner token's row of the forward pass
+    assert not torch.allclose(reverse_similarity(broken, b, a, grid, window, tile), expected)
+
+
 def test_index_dtype_is_the_smallest_that_holds_n():
     assert index_dtype(4096) == torch.int16 and index_dtype(32767) == torch.int16
     assert index_dtype(32768) == torch.int32
