@@ -285,7 +285,9 @@ def bench_edit(pipe, frames_list, size, modes, stores, steps):
 
 def edit_ratios(rows) -> list[dict]:
     """COVE over spatial-temporal (time, peak) per frame count and store, and the peak MB
-    extrapolated linearly to 128 frames from the two largest frame counts."""
+    extrapolated linearly to 128 frames from the two largest frame counts: of the whole edit,
+    and of the UNet stages alone (inversion, denoising), since the VAE's stages stop growing
+    at its batch of 8 frames (``cove.sd.encode_frames`` / ``decode_latents``)."""
     out = []
     by = {(r["frames"], r["mode"], r["pnp_store"]): r for r in rows}
     for (F, mode, store), r in by.items():
@@ -293,13 +295,16 @@ def edit_ratios(rows) -> list[dict]:
         if mode == "cove" and base:
             out.append({"frames": F, "pnp_store": store, "time cove / st": r["total s"] / base["total s"],
                         "peak cove / st": r["peak MB"] / max(base["peak MB"], 1e-9)})
-    for (mode, store) in {(m, s) for _, m, s in by}:
-        pts = sorted((F, r["peak MB"]) for (F, m, s), r in by.items() if (m, s) == (mode, store))
+    for (mode, store) in sorted({(m, s) for _, m, s in by}):
+        pts = sorted((F, r["peak MB"], max(r["inversion MB"], r["denoising MB"]))
+                     for (F, m, s), r in by.items() if (m, s) == (mode, store))
         if len(pts) >= 2:
-            (f0, m0), (f1, m1) = pts[-2], pts[-1]
-            slope = (m1 - m0) / (f1 - f0)
+            (f0, m0, u0), (f1, m1, u1) = pts[-2], pts[-1]
+            slope, unet = (m1 - m0) / (f1 - f0), (u1 - u0) / (f1 - f0)
             out.append({"mode": mode, "pnp_store": store, "MB per frame": slope,
-                        "estimate MB at 128 frames": m1 + slope * (128 - f1)})
+                        "estimate MB at 128 frames": m1 + slope * (128 - f1),
+                        "UNet stages MB per frame": unet,
+                        "UNet stages MB at 128 frames": u1 + unet * (128 - f1)})
     return out
 
 
@@ -348,7 +353,8 @@ def run(*, arch="small", device="cpu", dtype=torch.float32, frames=(2, 3), size=
             f"{steps[1]} denoising steps.")}
         sec["edit_ratios"] = {"rows": edit_ratios(rows), "note": (
             "COVE over spatial-temporal attention alone, and the peak extrapolated linearly to "
-            "128 frames.")}
+            "128 frames (whole edit, and the UNet stages alone: the VAE stops growing at its "
+            "8-frame batch).")}
         sec["paper_table3"] = {"rows": PAPER_TABLE3, "note": "The paper's Table 3, for comparison."}
     return result
 
