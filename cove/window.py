@@ -194,15 +194,16 @@ def pair_similarity(
     check_window(window, (H, W))
     n, m, pick = (x.to(source.device) for x in _tile_plan(H, W, window, tile))
     Ty, Tx, q_cells = n.shape
+    t_cells = m.shape[-1]
     n, m, pick = n.flatten(0, 1), m.flatten(0, 1), pick.flatten(0, 1)  # tile by tile, row-major
     tiles = torch.arange(Ty * Tx, device=n.device)
     if edge_only:
         tiles = tiles[_edge_tiles(H, W, window, tile).to(n.device)]
     out = source.new_empty(N, window * window)  # (N, l*l)
-    for block in tiles.split(Tx):  # about one row of tiles at a time: the blocks stay in cache
+    for block in tiles.split(Tx) if len(tiles) else ():  # about a row of tiles at a time, in cache
         queries = n[block].flatten()  # (b*ty*tx,)
         q = source.index_select(0, queries).view(len(block), q_cells, C)  # (b, ty*tx, C)
-        t = target.index_select(0, m[block].flatten()).view(len(block), -1, C)  # (b, sy*sx, C)
+        t = target.index_select(0, m[block].flatten()).view(len(block), t_cells, C)  # (b, sy*sx, C)
         sim = torch.bmm(q, t.transpose(1, 2))  # (b, ty*tx, sy*sx)
         out[queries] = sim.gather(-1, pick[block]).flatten(0, 1)  # overlaps agree
     return out

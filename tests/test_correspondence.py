@@ -217,7 +217,7 @@ def test_flow_correspondence_rejects_float_frames():
 
 def test_package_reference_equals_vectorised():
     """``correspond_reference`` (the paper's per-token loop) against ``correspond``."""
-    for shape, l, k in [((3, 5, 8, 6), 3, 2), ((4, 6, 7, 9), 5, 3), ((1, 3, 5, 5), 5, 1)]:
+    for shape, l, k in [((3, 5, 8, 6), 3, 2), ((4, 6, 7, 9), 5, 3), ((1, 3, 5, 5), 5, 1), ((3, 4, 5, 6), 1, 1)]:
         features = random_features(*shape, seed=sum(shape), dtype=torch.float64)
         fast, slow = correspond(features, window=l, k=k), correspond_reference(features, window=l, k=k)
         assert torch.equal(fast.index, slow.index) and fast.index.dtype == torch.int16
@@ -234,7 +234,7 @@ def test_local_similarity_equals_the_gathered_windows(grid, window, tile):
 
 
 @pytest.mark.parametrize("grid, window, tile", [((8, 6), 3, 4), ((7, 9), 5, 3), ((13, 11), 9, 4), ((9, 9), 9, 2),
-                                                ((16, 16), 9, 4), ((12, 20), 3, 8)])
+                                                ((16, 16), 9, 4), ((12, 20), 3, 8), ((6, 5), 1, 4)])
 def test_reverse_similarity_reads_back_the_forward_one(grid, window, tile):
     from cove.window import pair_similarity, reverse_similarity, token_rows
 
