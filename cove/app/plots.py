@@ -255,10 +255,10 @@ def maps_figure(rows: dict, *, label: str, title: str, columns=None, vmax: float
 
 def merge_figure(frames, grid, query, positions, frame_of, groups, *, title: str, dpi: int = 80,
                  panel_inches: float = 1.45) -> tuple[bytes, list[FramePanel], list[str]]:
-    """Which gathered tokens merge: one row of frames, each gathered token drawn at its cell
-    and labelled with the number of the key it becomes; keys that hold several tokens get a
-    colour of their own and a legend entry (``key 3: 3 tokens, frames 1, 2, 4``), tokens left
-    alone are grey rings.
+    """Which gathered tokens merge: one row of frames, each gathered token drawn at its cell.
+    Each key that holds several tokens gets a number, a colour and a legend entry
+    (``key 3: 3 tokens, frames 1, 2, 4``), drawn on its tokens; tokens left alone are grey
+    rings.
 
     Args:
         frames: uint8 ``(F, H_img, W_img, 3)``. grid: ``(H, W)``. query: ``(i, x, y)``.
@@ -275,12 +275,12 @@ def merge_figure(frames, grid, query, positions, frame_of, groups, *, title: str
     F = len(frames)
     i, qx, qy = query
     keys = sorted(set(groups.tolist()), key=lambda g: int(np.argmax(groups == g)))  # in gathered order
-    number = {g: n + 1 for n, g in enumerate(keys)}
     shared = [g for g in keys if (groups == g).sum() > 1]
+    number = {g: n + 1 for n, g in enumerate(shared)}  # merged keys numbered 1, 2, ... in gathered order
     tab = colormaps["tab10"]
     colour = {g: tab(n % 10) for n, g in enumerate(shared)}
-    fig = _figure(panel_inches * F + 0.4, panel_inches + 0.6 + 0.22 * (1 + len(shared) // 3), dpi)
-    legend_inches = 0.22 * (1 + (len(shared) + 1 + 2) // 3) + 0.1
+    legend_inches = 0.18 * -(-(len(shared) + 1) // 3) + 0.14  # rows of three entries
+    fig = _figure(panel_inches * F + 0.4, panel_inches + 0.45 + legend_inches, dpi)
     spec = fig.add_gridspec(1, F, left=0.02, right=0.98, top=1 - 0.45 / fig.get_figheight(),
                             bottom=legend_inches / fig.get_figheight(), wspace=0.04)
     clickable, handles, labels = {}, [], []
@@ -302,8 +302,9 @@ def merge_figure(frames, grid, query, positions, frame_of, groups, *, title: str
     for g in shared:
         members = np.flatnonzero(groups == g)
         handles.append(_marker(fig.axes[0], "o", 9, colour[g], "black", 0.8))
-        labels.append(f"key {number[g]}: {len(members)} tokens, frames "
-                      + ", ".join(str(int(f)) for f in sorted(set(frame_of[members].tolist()))))
+        seen = sorted(set(frame_of[members].tolist()))
+        labels.append(f"key {number[g]}: {len(members)} tokens, frame{'s' if len(seen) > 1 else ''} "
+                      + ", ".join(str(int(f)) for f in seen))
     handles.append(_marker(fig.axes[0], "o", 8, "none", "#dddddd", 1.6))
     labels.append(f"not merged ({len(keys) - len(shared)} tokens)")
     legend = fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=7,

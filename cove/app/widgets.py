@@ -333,9 +333,8 @@ def merge_explorer(tokens, index, frames, *, grid: tuple[int, int], ratio: float
     For the chosen token, gathers its ``(F-1)*K`` correspondents
     (``cove.attention.gather_correspondents``), runs bipartite merging on them
     (``cove.merging.make_merge`` via ``cove.app.viz.merge_groups``) and draws each gathered token
-    at its cell, labelled with the number of the key it becomes (``cove.app.plots.merge_figure``:
-    one colour and one legend entry per key that holds several tokens, grey rings for tokens
-    left alone). Click any frame (or use the sliders) to pick another token.
+    at its cell (``cove.app.plots.merge_figure``: a number, a colour and a legend entry per key
+    that holds several tokens, grey rings for tokens left alone). Click any frame (or use the sliders) to pick another token.
 
     Args:
         tokens: ``(F, N, C)`` (e.g. diffusion features, or keys); index: ``(F, N, F, K)``.
