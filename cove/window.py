@@ -142,10 +142,14 @@ def _tiles(size: int, tile: int, window: int) -> tuple[Tensor, Tensor, int]:
 
 
 @functools.lru_cache(maxsize=16)
-def _tile_plan(H: int, W: int, window: int, tile: int) -> tuple[Tensor, Tensor, Tensor]:
+def _tile_plan(H: int, W: int, window: int, tile: int, device=None) -> tuple[Tensor, Tensor, Tensor]:
     """Where ``local_similarity`` reads and picks, per ``(tile row, tile column)``: long
     ``(Ty, Tx, ty*tx)`` query tokens, ``(Ty, Tx, sy*sx)`` region tokens and
-    ``(Ty, Tx, ty*tx, l*l)`` each query's window cells as positions inside its region."""
+    ``(Ty, Tx, ty*tx, l*l)`` each query's window cells as positions inside its region; built
+    once per grid and device (a GPU gets its copy once, not once per frame pair)."""
+    if device is not None:  # the CPU plan, copied to the device once
+        plan = _tile_plan(H, W, window, tile)
+        return plan if torch.device(device).type == "cpu" else tuple(x.to(device) for x in plan)
     fy, ry, sy = _tiles(H, tile, window)  # (Ty,), (Ty,), region height
     fx, rx, sx = _tiles(W, tile, window)  # (Tx,), (Tx,), region width
     ty, tx = min(tile, H), min(tile, W)
@@ -192,13 +196,13 @@ def pair_similarity(
     H, W = grid
     N, C = source.shape
     check_window(window, (H, W))
-    n, m, pick = (x.to(source.device) for x in _tile_plan(H, W, window, tile))
+    n, m, pick = _tile_plan(H, W, window, tile, source.device)
     Ty, Tx, q_cells = n.shape
     t_cells = m.shape[-1]
     n, m, pick = n.flatten(0, 1), m.flatten(0, 1), pick.flatten(0, 1)  # tile by tile, row-major
     tiles = torch.arange(Ty * Tx, device=n.device)
     if edge_only:
-        tiles = tiles[_edge_tiles(H, W, window, tile).to(n.device)]
+        tiles = tiles[_edge_tiles(H, W, window, tile, source.device)]
     out = source.new_empty(N, window * window)  # (N, l*l)
     for block in tiles.split(Tx) if len(tiles) else ():  # about a row of tiles at a time, in cache
         queries = n[block].flatten()  # (b*ty*tx,)
@@ -219,14 +223,15 @@ def _inner(grid: tuple[int, int], window: int) -> Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _edge_tiles(H: int, W: int, window: int, tile: int) -> Tensor:
-    """Bool ``(Ty*Tx,)``: the tiles of ``_tile_plan`` that hold a token outside ``_inner``."""
+def _edge_tiles(H: int, W: int, window: int, tile: int, device=None) -> Tensor:
+    """Bool ``(Ty*Tx,)`` on ``device``: the tiles of ``_tile_plan`` that hold a token outside
+    ``_inner``."""
     n = _tile_plan(H, W, window, tile)[0].flatten(0, 1)  # (T, ty*tx)
-    return ~_inner((H, W), window)[n].all(dim=-1)
+    return (~_inner((H, W), window)[n].all(dim=-1)).to(device)
 
 
 @functools.lru_cache(maxsize=16)
-def _mirror_plan(H: int, W: int, window: int) -> tuple[Tensor, Tensor]:
+def _mirror_plan(H: int, W: int, window: int, device=None) -> tuple[Tensor, Tensor]:
     """Where ``reverse_similarity`` reads: long ``(M,)`` the inner tokens ``m`` and
     ``(M, l*l)`` flat positions ``n * l*l + c`` in the forward similarities, where ``n`` is
     cell ``c'`` of ``m``'s window and ``c`` is ``m``'s cell in ``n``'s window."""
@@ -235,7 +240,7 @@ def _mirror_plan(H: int, W: int, window: int) -> tuple[Tensor, Tensor]:
     n = window_indices(grid_cells(grid)[m], window, grid)  # (M, l*l) centred windows of m
     start = window_start(grid_cells(grid)[n], window, grid)  # (M, l*l, 2) windows of each n
     local = grid_cells(grid)[m][:, None, :] - start  # (M, l*l, 2) m inside n's window
-    return m, n * window * window + local[..., 1] * window + local[..., 0]
+    return m.to(device), (n * window * window + local[..., 1] * window + local[..., 0]).to(device)
 
 
 def reverse_similarity(
@@ -261,7 +266,7 @@ def reverse_similarity(
     """
     H, W = grid
     out = pair_similarity(source, target, grid, window, tile, edge_only=True)  # (N, l*l)
-    m, at = (x.to(forward.device) for x in _mirror_plan(H, W, window))
+    m, at = _mirror_plan(H, W, window, forward.device)
     out[m] = forward.flatten().take(at)  # (M, l*l)
     return out
 
