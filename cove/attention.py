@@ -5,11 +5,13 @@ A token of frame ``i`` attends only to its ``K`` corresponding tokens in every o
 multi-head softmax attention ``softmax(q K^T / sqrt(d)) V``, ``d = C / heads``. There are no
 weights of its own: ``q``, ``k``, ``v`` come from the surrounding self-attention layer.
 
-Memory is bounded by default: the queries are processed in blocks of (frames, tokens) whose
-gathered keys and values are about the size of ``k`` itself (``block_rows``), so a CGA call
-needs a few times its inputs whatever ``F`` is; ``token_chunk`` / ``frame_chunk`` override the
-block shape. Merging (stage 5) is ``cove.merging.bipartite_merge``, called once per block on
-the keys and values together.
+Memory is bounded by default: the queries are processed in blocks of (frames, tokens) chosen
+by ``block_rows`` from the device: on CUDA as many as fit in a quarter of its free memory
+(``torch.cuda.mem_get_info``; one block on a large GPU), on the CPU blocks whose gathered keys
+and values are about the size of ``k`` itself, so a CGA call needs a few times its inputs
+whatever ``F`` is; ``token_chunk`` / ``frame_chunk`` override the block shape. Merging
+(stage 5) is ``cove.merging.bipartite_merge``, called once per block on the keys and values
+together.
 """
 from __future__ import annotations
 
@@ -50,10 +52,38 @@ def gather_correspondents(x: Tensor, index: Tensor, frames: slice | None = None)
     return x.reshape(F * N, C).index_select(0, rows.flatten()).view(Fq, Nq, (F - 1) * K, C)
 
 
-def block_rows(frames: int, tokens: int, gathered: int) -> int:
-    """Queries per CGA block by default: ``max(1, F*N // T)``, so that a block's gathered
-    ``(rows, T, C)`` keys are about the size of the layer's own ``(F, N, C)`` keys."""
-    return max(1, frames * tokens // gathered)
+def block_rows(frames: int, tokens: int, gathered: int, *, free: int | None = None,
+               row_bytes: int | None = None) -> int:
+    """Queries per CGA block by default.
+
+    Args:
+        frames, tokens, gathered: ``F``, ``N`` and ``T = (F-1)*K``.
+        free: bytes free on the device (``free_memory``); ``None`` (the CPU): ``max(1, F*N //
+            T)`` rows, so that a block's gathered ``(rows, T, C)`` keys are about the size of
+            the layer's own ``(F, N, C)`` keys.
+        row_bytes: bytes one query needs (``row_bytes``); required with ``free``.
+
+    Returns:
+        With ``free``: the rows whose gathered keys, values and intermediates fit in a quarter
+        of it, between 1 and ``F*N`` (one block on a large GPU).
+    """
+    if free is None:
+        return max(1, frames * tokens // gathered)
+    return max(1, min(frames * tokens, free // 4 // row_bytes))
+
+
+def row_bytes(gathered: int, channels: int, heads: int, itemsize: int) -> int:
+    """Bytes one CGA query holds at once (an upper bound): its gathered ``(T, C)`` keys and
+    values and one per-head product of that size, ``T^2 / 4`` merge scores and a few
+    ``(T, heads)`` logits in the activations' dtype, and ``T`` long gather rows (a few times)."""
+    T, C = gathered, channels
+    return itemsize * (3 * T * C + T * T // 4 + 6 * T * heads + 2 * C) + 4 * 8 * T
+
+
+def free_memory(device: torch.device | str) -> int | None:
+    """Bytes free on ``device``: ``torch.cuda.mem_get_info`` on CUDA, ``None`` elsewhere."""
+    device = torch.device(device)
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int, merge_ratio: float) -> None:
@@ -81,7 +111,9 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int, merge_ra
 
     ``q`` ``(F', n, C)`` block of queries (frames ``frames``), ``k``, ``v`` ``(F, N, C)`` all
     tokens, ``index`` ``(F', n, F, K)``. Returns ``(out (F', n, C), weights (F', n, heads, T))``,
-    ``weights`` per gathered token (a merged key's weight shared by its members).
+    ``weights`` per gathered token (a merged key's weight shared by its members). The
+    ``R = F'*n`` queries' keys and values are ``(R, T, C)``, viewed ``(R, T, heads, d)``: each
+    head's logits and output take only its own ``d`` channels.
 
     Merging keys and values, then attending, equals merging the logits: ``q . mean(k)`` is
     ``mean(q . k)`` and ``sum_g w_g mean_g(v)`` is ``sum_t (w_g(t) / s_g(t)) v_t``. So the
@@ -95,9 +127,9 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int, merge_ra
     keys = gather_correspondents(k, index, frames).view(R, -1, C)  # (R, T, C), T = (F-1)*K
     values = keys if v is k else gather_correspondents(v, index, frames).view(R, -1, C)
     T = keys.shape[1]
-    eye = torch.eye(heads, dtype=q.dtype, device=q.device)
-    qb = (q.reshape(R, heads, d, 1) * eye[None, :, None, :]).reshape(R, C, heads)  # per-head columns
-    logits = keys @ qb / math.sqrt(d)  # (R, T, heads): q . k per head
+    per_head = keys.view(R, T, heads, d) * q.reshape(R, 1, heads, d)  # (R, T, heads, d)
+    logits = per_head.sum(-1) / math.sqrt(d)  # (R, T, heads): q . k per head
+    del per_head
     logits, size, group = bipartite_merge(logits, merge_ratio, metric=keys, return_sizes=True,
                                           return_groups=True)  # stage 5: (R, T', heads)
     if logits.shape[1] < T:
@@ -105,19 +137,20 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int, merge_ra
     weights = logits.softmax(dim=1) / size  # (R, T', heads) per member of a merged key
     if logits.shape[1] < T:
         weights = weights.gather(1, group[..., None].expand(R, T, heads))  # (R, T, heads)
-    out = weights.transpose(1, 2) @ values  # (R, heads, C): every head's weights on all of C
-    out = out.view(R, heads, heads, d).diagonal(dim1=1, dim2=2)  # (R, d, heads): own head's part
-    return out.transpose(1, 2).reshape(Fq, n, C), weights.transpose(1, 2).view(Fq, n, heads, T)
+    out = (weights[..., None] * values.view(R, T, heads, d)).sum(1)  # (R, heads, d): own head's part
+    return out.view(Fq, n, C), weights.transpose(1, 2).reshape(Fq, n, heads, T)
 
 
 def _blocks(frames: int, tokens: int, gathered: int, frame_chunk: int | None,
-            token_chunk: int | None) -> list[tuple[slice, slice]]:
-    """(query frames, query tokens) blocks: the overrides, else ``block_rows`` queries each."""
+            token_chunk: int | None, free: int | None = None,
+            row_bytes: int | None = None) -> list[tuple[slice, slice]]:
+    """(query frames, query tokens) blocks: the overrides, else ``block_rows`` queries each
+    (from ``free`` bytes and ``row_bytes`` per query where given)."""
     for name, value in (("frame_chunk", frame_chunk), ("token_chunk", token_chunk)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be None or >= 1, got {value}")
     if frame_chunk is None and token_chunk is None:
-        rows = block_rows(frames, tokens, gathered)
+        rows = block_rows(frames, tokens, gathered, free=free, row_bytes=row_bytes)
         frame_chunk, token_chunk = (rows // tokens, tokens) if rows >= tokens else (1, rows)
     fs, ts = frame_chunk or frames, token_chunk or tokens
     return [(slice(f, f + fs), slice(t, t + ts))
@@ -156,16 +189,20 @@ def guided_attention(
         merge_ratio: fraction of the gathered tokens merged away (Sec. 3.3: 0.5); 0 = none.
         token_chunk / frame_chunk: process this many tokens / query frames at once (the
             gathered keys are ``(frame_chunk, token_chunk, (F-1)*K, C)``); ``None`` for both:
-            blocks of ``block_rows`` queries, about the size of ``k``. The result does not
-            depend on them.
+            blocks of ``block_rows`` queries, chosen from the memory free on ``q``'s device
+            (on CUDA a quarter of ``torch.cuda.mem_get_info``, often one block; on the CPU
+            blocks about the size of ``k``). The result does not depend on them.
 
     Returns:
         ``(F, N, C)`` attention output, heads packed back in ``C``.
     """
     _check(q, k, v, index, heads, merge_ratio)
-    F, N, _ = q.shape
+    F, N, C = q.shape
+    T = (F - 1) * index.shape[-1]
+    free = free_memory(q.device) if frame_chunk is None and token_chunk is None else None
+    per_row = row_bytes(T, C, heads, q.element_size())
     out = torch.empty_like(q)  # (F, N, C)
-    for frames, tokens in _blocks(F, N, (F - 1) * index.shape[-1], frame_chunk, token_chunk):
+    for frames, tokens in _blocks(F, N, T, frame_chunk, token_chunk, free, per_row):
         out[frames, tokens] = _attend(q[frames, tokens], k, v, index[frames, tokens], heads,
                                       merge_ratio, frames)[0]  # (F', n, C)
     return out

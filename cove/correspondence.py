@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .window import (  # noqa: F401 (public here)
+    allpairs_similarity,
     check_window,
     grid_cells,
     local_similarity,
@@ -85,8 +86,43 @@ class Correspondence:
 # --------------------------------------------------------------------------------------------
 
 
+SEARCHES = ("auto", "tiled", "allpairs")
+
+
+def similarity_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype similarities of ``dtype`` features are computed in: float32 for float16 and
+    bfloat16 (so that half-precision features get the matches of their float32 upcast),
+    else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def resolve_search(search: str, device: torch.device | str) -> str:
+    """``"tiled"`` or ``"allpairs"``: ``search`` itself, or for ``"auto"`` the faster one on
+    ``device``: the all-pairs product on CUDA (3.4x faster than the tiled search at SD's
+    shapes on an H200), the tiled window search elsewhere (12x faster on the CPU)."""
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {', '.join(map(repr, SEARCHES))}, got {search!r}")
+    if search != "auto":
+        return search
+    return "allpairs" if torch.device(device).type == "cuda" else "tiled"
+
+
+_CPU_BYTES = 2**30  # the all-pairs product's budget off CUDA: 1 GiB
+
+
+def allpairs_chunk(tokens: int, device: torch.device | str, itemsize: int = 4) -> int | None:
+    """Query rows per all-pairs product on ``device``: ``None`` (one ``(N, N)`` product) when
+    it takes at most a quarter of the free memory (``torch.cuda.mem_get_info`` on CUDA, 1 GiB
+    elsewhere), else the rows that do (at least 1)."""
+    device = torch.device(device)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 4 * _CPU_BYTES
+    rows = free // 4 // (tokens * itemsize)
+    return None if rows >= tokens else max(1, int(rows))
+
+
 def step_matches(
-    rows: list[Tensor], grid: tuple[int, int], window: int, k: int
+    rows: list[Tensor], grid: tuple[int, int], window: int, k: int, search: str = "tiled",
+    chunk: int | None = None,
 ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """Top-``K`` window matches of every token of every frame in the next and previous frames.
 
@@ -94,28 +130,44 @@ def step_matches(
         rows: ``F`` frames as ``(N, C)`` token rows (``cove.window.token_rows``).
         grid: ``(H, W)``.
         window, k: ``l`` and ``K``.
+        search: ``"tiled"`` (``cove.window.pair_similarity`` and ``reverse_similarity``) or
+            ``"allpairs"`` (``cove.window.allpairs_similarity``); the same matches.
+        chunk: query rows per all-pairs product (``None``: ``allpairs_chunk``, from the
+            device's free memory).
 
     Returns:
         ``((index, score), (index, score))``, forward then backward, each ``(F-1, N, K)``:
         forward ``[a]`` are the matches of the tokens of frame ``a`` in frame ``a + 1``,
         backward ``[a]`` those of frame ``a + 1`` in frame ``a``; token indices
-        (``index_dtype(N)``) into the frame searched and cosine similarities, best first (the
-        lower index first among equal scores); each window is centred on the token's own cell.
-        Pair by pair: the backward similarities are read from the forward ones where the
-        windows agree (``cove.window.reverse_similarity``), and two ``(N, l*l)`` are held at a
-        time.
+        (``index_dtype(N)``) into the frame searched and cosine similarities in the rows'
+        dtype, best first (the lower index first among equal scores); each window is centred
+        on the token's own cell. Similarities are computed in ``similarity_dtype`` (float16
+        rows are upcast a pair at a time). Pair by pair: the tiled search reads the backward
+        similarities from the forward ones where the windows agree, and two ``(N, l*l)`` are
+        held at a time (plus the ``(N, N)`` product, or a chunk of it, for ``"allpairs"``).
     """
+    if search not in ("tiled", "allpairs"):
+        raise ValueError(f"search must be 'tiled' or 'allpairs', got {search!r}")
     H, W = grid
+    N = H * W
+    dtype, compute = rows[0].dtype, similarity_dtype(rows[0].dtype)
     cells = window_indices(grid_cells(grid, rows[0].device), window, grid)  # (N, l*l)
-    cells = cells.to(index_dtype(H * W))
+    cells = cells.to(index_dtype(N))
+    if search == "allpairs" and chunk is None:
+        chunk = allpairs_chunk(N, rows[0].device, torch.finfo(compute).bits // 8)
     steps = [], [], [], []  # forward index, score; backward index, score
+    target = rows[0].to(compute)  # (N, C)
     for a in range(len(rows) - 1):
-        sim = pair_similarity(rows[a], rows[a + 1], grid, window, _TILE)  # (N, l*l) a -> a+1
-        back = reverse_similarity(sim, rows[a + 1], rows[a], grid, window, _TILE)  # a+1 -> a
+        source, target = target, rows[a + 1].to(compute)  # (N, C) frames a, a+1
+        if search == "allpairs":
+            sim, back = allpairs_similarity(source, target, grid, window, chunk)  # (N, l*l) x2
+        else:
+            sim = pair_similarity(source, target, grid, window, _TILE)  # (N, l*l) a -> a+1
+            back = reverse_similarity(sim, target, source, grid, window, _TILE)  # a+1 -> a
         for s, similarity in ((0, sim), (2, back)):
             top, pick = top_k(similarity, k)  # (N, K) each, best first
             steps[s].append(cells.gather(-1, pick))  # (N, K) token indices
-            steps[s + 1].append(top)
+            steps[s + 1].append(top.to(dtype))
     fi, fs, bi, bs = (torch.stack(x) for x in steps)  # (F-1, N, K) each
     return (fi, fs), (bi, bs)
 
@@ -180,7 +232,7 @@ def check_unit_features(features, tolerance: float = 1e-2) -> list[Tensor]:
     return rows
 
 
-def correspond(features: Tensor, window: int = 9, k: int = 3) -> Correspondence:
+def correspond(features: Tensor, window: int = 9, k: int = 3, *, search: str = "auto") -> Correspondence:
     """Chained top-``K`` sliding-window correspondence between all frames (Sec. 3.2).
 
     For token ``n`` of frame ``i`` and each later frame ``j = i+1, i+2, ...``: search the
@@ -196,20 +248,28 @@ def correspond(features: Tensor, window: int = 9, k: int = 3) -> Correspondence:
             NaN / Inf values, or not a tensor) is refused (``check_unit_features``).
         window: ``l`` (Sec. 3.2: 9), odd and ``<= min(H, W)``.
         k: ``K`` (Table 2: 3), in ``1..l*l``.
-
-    The windows are searched pair by pair by ``cove.window.pair_similarity`` (tiled matrix
-    products, the same numbers as ``local_similarity``);
+        search: how the windows are searched, pair by pair: ``"tiled"``
+            (``cove.window.pair_similarity``, tiled matrix products, the same numbers as
+            ``local_similarity``; the faster on the CPU), ``"allpairs"``
+            (``cove.window.allpairs_similarity``: every token against every token, the
+            windows picked out; the faster on CUDA, in chunks of query rows when ``(N, N)``
+            would not fit in a quarter of the free memory) or ``"auto"`` (the faster on the
+            features' device, ``resolve_search``). The same matches either way: float16 and
+            bfloat16 features are compared in float32, ties go to the lower index.
     ``correspond_reference`` is the same computation as the paper's per-token loop.
 
     Returns:
         ``Correspondence`` with ``index`` (``index_dtype(N)``), ``score`` ``(F, N, F, K)`` and
         ``grid = (H, W)``;
         ``index[i, n, i, :] = n`` and ``score[i, n, i, :] = 1`` (a token is its own match).
+        ``score`` has the features' dtype.
         Peak memory: the features as token rows ``(F, N, C)`` (a view if they are
         channels-last), ``2 (F-1) N K`` for the one-frame steps, the ``(F, N, F, K)`` output and
-        one frame pair's ``(N, l*l)`` similarities; nothing of size ``(F*N, l*l, C)``.
+        one frame pair's ``(N, l*l)`` similarities (and its ``(N, N)`` product, or a chunk of
+        it, for ``"allpairs"``); nothing of size ``(F*N, l*l, C)``.
     """
     rows = check_unit_features(features)  # F x (N, C) token rows
+    search = resolve_search(search, features.device)
     F, C, H, W = features.shape
     N = H * W
     for name, value in (("window", window), ("k", k)):
@@ -223,7 +283,7 @@ def correspond(features: Tensor, window: int = 9, k: int = 3) -> Correspondence:
     index = index.repeat(F, F, 1, k)  # (F, F, N, K) pair-major while chaining
     score = torch.ones(F, F, N, k, dtype=features.dtype, device=device)  # (F, F, N, K)
     if F > 1:
-        fwd, bwd = step_matches(rows, (H, W), window, k)  # (F-1, N, K) x2 each
+        fwd, bwd = step_matches(rows, (H, W), window, k, search)  # (F-1, N, K) x2 each
         _chain_into(*fwd, index, score, forward=True)
         _chain_into(*bwd, index, score, forward=False)
     index = index.transpose(1, 2).contiguous()  # (F, N, F, K)
@@ -242,6 +302,7 @@ def correspond_reference(features: Tensor, window: int = 9, k: int = 3) -> Corre
     check_window(window, (H, W))
     index = torch.zeros(F, N, F, k, dtype=index_dtype(N))
     score = torch.zeros(F, N, F, k, dtype=features.dtype)
+    features = features.to(similarity_dtype(features.dtype))  # float16 compared in float32
     half = window // 2
     for i in range(F):  # every token of every frame starts its own chain
         for n in range(N):

@@ -8,10 +8,13 @@ with every token. At the borders the window is shifted inward, so it always has 
 Vocabulary: ``F`` frames, ``C`` channels, ``H, W`` grid, ``N = H*W`` tokens, ``l`` window side.
 Token ``n = y*W + x``; a cell is a long ``(x, y)``.
 
-Two implementations of the same search: ``window_similarity`` gathers each query's ``l*l``
+Three implementations of the same search: ``window_similarity`` gathers each query's ``l*l``
 candidates (readable; one query at a time in the widgets), ``local_similarity`` computes all
-windows of a frame pair as tiled matrix products (what ``correspond`` uses: same numbers,
-tens of times faster, since a matmul reuses each target cell for many queries).
+windows of a frame pair as tiled matrix products (what ``correspond`` uses on the CPU: same
+numbers, tens of times faster, since a matmul reuses each target cell for many queries), and
+``allpairs_similarity`` computes every token against every token in one matrix product and
+picks the windows from it (what ``correspond`` uses on CUDA, where one large product beats
+many small ones although it does ``N / l^2`` times the work).
 """
 from __future__ import annotations
 
@@ -296,6 +299,39 @@ def local_similarity(source: Tensor, target: Tensor, window: int, tile: int = 4)
     check_window(window, (H, W))
     return torch.stack([pair_similarity(token_rows(s), token_rows(t), (H, W), window, tile)
                         for s, t in zip(source, target)])  # (B, N, l*l)
+
+
+def allpairs_similarity(
+    source: Tensor, target: Tensor, grid: tuple[int, int], window: int, chunk: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """``pair_similarity`` both ways from the all-pairs products of one frame pair.
+
+    Args:
+        source, target: ``(N, C)`` token rows (``token_rows``) of the two frames.
+        grid: ``(H, W)`` with ``H * W = N``.
+        window: ``l``, odd and ``<= min(H, W)``.
+        chunk: query rows per product; ``None``: one ``(N, N)`` product, read both ways
+            (forward from its rows, backward from its columns), else ``(chunk, N)`` products
+            of each direction in turn (twice the work, ``chunk / N`` of the memory).
+
+    Returns:
+        ``(forward (N, l*l), backward (N, l*l))``: ``forward[n, c] = source[n] . target[cell c
+        of the window of n]`` (as ``pair_similarity(source, target)``), ``backward`` the same
+        from ``target`` to ``source``; the same numbers up to float rounding.
+    """
+    N, _ = source.shape
+    check_window(window, grid)
+    cells = window_indices(grid_cells(grid, source.device), window, grid)  # (N, l*l)
+    if chunk is None or chunk >= N:
+        S = source @ target.T  # (N, N): [n, m] = source[n] . target[m]
+        return S.gather(1, cells), S.T.gather(1, cells)  # (N, l*l) each
+    if chunk < 1:
+        raise ValueError(f"chunk must be None or >= 1, got {chunk}")
+    out = []
+    for a, b in ((source, target), (target, source)):
+        out.append(torch.cat([(a[r:r + chunk] @ b.T).gather(1, cells[r:r + chunk])  # (chunk, l*l)
+                              for r in range(0, N, chunk)]))  # (N, l*l)
+    return out[0], out[1]
 
 
 def top_k(similarity: Tensor, k: int) -> tuple[Tensor, Tensor]:

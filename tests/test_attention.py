@@ -250,3 +250,42 @@ def test_default_blocks_bound_the_gathered_keys():
     from cove.attention import block_rows
     assert block_rows(10, 4096, 27) == 10 * 4096 // 27  # gathered block ~ the size of k
     assert block_rows(2, 3, 100) == 1
+
+
+def test_blocks_from_the_device_memory():
+    """On CUDA the block is chosen from the free memory: one block on a large GPU, many on a
+    small one, at least one query; the CPU keeps blocks about the size of k."""
+    from cove.attention import block_rows, row_bytes
+
+    per_row = row_bytes(21, 320, 5, 2)  # SD's 64x64 layer at F = 8, K = 3, float16
+    assert block_rows(8, 4096, 21, free=80 * 2**30, row_bytes=per_row) == 8 * 4096  # one block
+    assert 1 < block_rows(8, 4096, 21, free=2**28, row_bytes=per_row) < 8 * 4096
+    assert block_rows(8, 4096, 21, free=0, row_bytes=per_row) == 1
+    assert block_rows(8, 4096, 21) == 8 * 4096 // 21
+
+
+@pytest.mark.parametrize("merge_ratio", [0.0, 0.5])
+def test_device_blocks_do_not_change_the_result(monkeypatch, merge_ratio):
+    import cove.attention as attention
+
+    q, k, v, index = example(F=5, N=14, C=8, K=3, seed=7)
+    whole = guided_attention(q, k, v, index, 2, merge_ratio=merge_ratio, token_chunk=14, frame_chunk=5)
+    per_row = attention.row_bytes(12, 8, 2, q.element_size())
+    for rows in (1, 5, 14, 33, 70):  # a few tokens, one frame, frames and a half, all queries
+        monkeypatch.setattr(attention, "free_memory", lambda device, rows=rows: 4 * rows * per_row)
+        assert len(attention._blocks(5, 14, 12, None, None, 4 * rows * per_row, per_row)) > 1 or rows == 70
+        out = guided_attention(q, k, v, index, 2, merge_ratio=merge_ratio)
+        torch.testing.assert_close(out, whole, rtol=0, atol=1e-12)
+
+
+def test_heads_take_only_their_own_channels():
+    """Per-head softmax attention written out with plain tensors, against CGA."""
+    q, k, v, index = example(F=4, N=6, C=12, K=2, seed=8)
+    heads, d = 3, 4
+    keys, values = gather_correspondents(k, index), gather_correspondents(v, index)  # (F, N, T, C)
+    out = torch.cat([
+        ((keys[..., c] @ q[..., c, None]).squeeze(-1) / math.sqrt(d)).softmax(-1)[..., None, :]
+        @ values[..., c]
+        for c in (slice(h * d, (h + 1) * d) for h in range(heads))
+    ], dim=-1).squeeze(-2)  # (F, N, C)
+    torch.testing.assert_close(guided_attention(q, k, v, index, heads), out)

@@ -250,3 +250,65 @@ def test_reverse_similarity_reads_back_the_forward_one(grid, window, tile):
 def test_index_dtype_is_the_smallest_that_holds_n():
     assert index_dtype(4096) == torch.int16 and index_dtype(32767) == torch.int16
     assert index_dtype(32768) == torch.int32
+
+
+# ---------------------------------------------------------------------------------------------
+# The two searches of `correspond`: tiled windows (CPU) and the all-pairs product (CUDA)
+# ---------------------------------------------------------------------------------------------
+
+SHAPES = [((3, 8, 8, 6), 3, 2), ((4, 6, 7, 9), 5, 3), ((2, 5, 5, 5), 5, 25), ((3, 4, 5, 6), 1, 1),
+          ((3, 8, 13, 11), 9, 4), ((2, 6, 12, 20), 3, 9)]
+
+
+@pytest.mark.parametrize("shape, window, k", SHAPES)
+def test_allpairs_search_equals_tiled(shape, window, k):
+    features = random_features(*shape, seed=sum(shape) + window)
+    tiled = correspond(features, window, k, search="tiled")
+    allpairs = correspond(features, window, k, search="allpairs")
+    assert torch.equal(tiled.index, allpairs.index)
+    torch.testing.assert_close(tiled.score, allpairs.score)
+    assert torch.equal(correspond(features, window, k).index, tiled.index)  # "auto" on the CPU: tiled
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_allpairs_chunks_do_not_change_the_matches(chunk):
+    from cove.correspondence import step_matches
+    from cove.window import token_rows
+
+    features = random_features(3, 6, 9, 7, seed=11)
+    rows = [token_rows(f) for f in features]
+    whole = step_matches(rows, (9, 7), 5, 3, "allpairs", chunk=None)
+    chunked = step_matches(rows, (9, 7), 5, 3, "allpairs", chunk=chunk)
+    for (i, s), (ci, cs) in zip(whole, chunked):
+        assert torch.equal(i, ci)
+        torch.testing.assert_close(s, cs)
+
+
+@pytest.mark.parametrize("search", ["tiled", "allpairs"])
+def test_ties_go_to_the_lower_index_in_both_searches(search):
+    """Features drawn from 4 unit vectors of +-1/2 entries: every similarity is a multiple of
+    1/4, exact in any summation order, and nearly every window holds exact ties."""
+    g = torch.Generator().manual_seed(12)
+    palette = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0], [1, -1, 0, 0, 1, 1, 0, 0],
+                            [0, 0, 1, -1, 0, 1, 1, 0], [-1, 0, 0, 1, 0, 0, 1, 1]]) / 2  # (4, C)
+    features = palette[torch.randint(0, 4, (4, 7, 9), generator=g)].permute(0, 3, 1, 2)  # (F, C, H, W)
+    c = correspond(features, window=5, k=4, search=search)
+    reference = correspond_reference(features, window=5, k=4)
+    assert torch.equal(c.index, reference.index)
+    torch.testing.assert_close(c.score, reference.score)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("search", ["tiled", "allpairs"])
+def test_half_features_get_the_matches_of_their_float32_upcast(dtype, search):
+    features = random_features(4, 16, 9, 11, seed=13).to(dtype)  # (F, C, H, W)
+    half = correspond(features, window=5, k=3, search=search)
+    full = correspond(features.float(), window=5, k=3, search=search)
+    assert torch.equal(half.index, full.index) and half.score.dtype == dtype
+    assert torch.equal(half.score, full.score.to(dtype))
+    assert torch.equal(correspond_reference(features, window=5, k=3).index, full.index)
+
+
+def test_bad_search_is_refused():
+    with pytest.raises(ValueError, match="search must be one of"):
+        correspond(random_features(2, 4, 5, 5), window=3, k=2, search="gpu")

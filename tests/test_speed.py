@@ -20,7 +20,7 @@ def test_bench_speed_writes_valid_json(tmp_path):
     assert set(data["sections"]) >= {"correspondence", "merging", "attention_layer", "edit", "edit_ratios"}
     assert data["machine"]["device"] == "cpu" and data["machine"]["matmul TFLOP/s"] > 0
     corr = data["sections"]["correspondence"]["rows"]
-    assert corr[2]["identical matches"] is True
+    assert corr[3]["identical matches"] is True and len(corr) == 4
     edits = data["sections"]["edit"]["rows"]
     assert {(r["mode"], r["pnp_store"]) for r in edits} == {(m, s) for m in ("spatiotemporal", "cove")
                                                             for s in ("host", "recompute")}

@@ -312,3 +312,48 @@ def test_mid_t_reaches_the_training_step(tmp_path):
     late = _unet(train.train([*common, "--mid-t", "1", "--mid-t-range", "990,1000",
                               "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2")]))
     assert any(not torch.equal(late[k], plain[k]) for k in plain), "--mid-t changed nothing"
+
+
+def test_fit_minutes_sets_the_last_cycle_from_the_measured_rate(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "FIT_STRETCH", (1, 2))
+    out = train.train(["--cycles", "2,1000", "--batch", "1", "--warmup", "1", "--minutes", "0.5", "--fit-minutes",
+                       "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+    info = json.loads((out / "training.json").read_text())
+    assert info["cycles"][0] == 2 and info["cycles"][1] != 1000  # fitted to the 30 seconds
+    assert info["steps"] == sum(info["cycles"]) and info["stopped_at"] <= info["steps"]
+    args = train._parse(["--cycles", "5,100", "--warmup", "2"])
+    assert train.fit_last_cycle(args, 10, rate=2.0, seconds_left=10.0) == 31 and args.cycles == (5, 26)
+    assert train.fit_last_cycle(args, 10, rate=0.0, seconds_left=10.0) == 12  # at least one step on
+    with pytest.raises(SystemExit):
+        train._parse(["--fit-minutes"])  # needs --minutes
+
+
+def test_echo_reuses_each_rendered_batch(tmp_path):
+    args = train._parse(["--batch", "2", "--echo", "3"])
+    tokenizer = build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)
+    got = [b[0] for b in train.echoed(range(2, 7), args, tokenizer)]  # steps 2..6: batches 0, 1, 1, 1, 2
+    plain = [b[0] for b in train.batches(range(0, 3), args, tokenizer)]
+    for x, i in zip(got, (0, 1, 1, 1, 2)):
+        assert torch.equal(x, plain[i])
+
+
+def test_init_grows_a_larger_design_from_the_shipped_weights(tmp_path):
+    """Design a over the shipped weights: every shipped tensor copied, the new attention blocks
+    start as the identity, so the UNet computes what the shipped one does."""
+    from cove.tiny.quality import load_tiny
+
+    tokenizer = build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)
+    pipe = build_pipeline(tokenizer, seed=1, design="a")
+    new = train.init_weights(pipe.unet, pipe.text_encoder, train.WEIGHTS)
+    assert new and all("attentions" in k for k in new)
+    shipped = load_tiny("cpu").unet
+    x, t = torch.randn(2, 12, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 500])
+    cond = torch.randn(2, MAX_TOKENS, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = pipe.unet(x, t, cond).sample, shipped(x, t, cond).sample
+    # the 16x16 / 8x8 attention now has heads of dimension 32 instead of 2-4: outputs differ,
+    # but far less than from a fresh model's
+    fresh = build_pipeline(tokenizer, seed=1, design="a").unet
+    with torch.no_grad():
+        apart = (fresh(x, t, cond).sample - theirs).abs().mean()
+    assert (ours - theirs).abs().mean() < 0.5 * apart

@@ -167,27 +167,36 @@ def naive_correspond(features, window: int, k: int):
 
 
 def bench_correspondence(device, dtype, frames=10, grid=(64, 64), channels=320, window=9, k=3, repeats=3):
-    """``correspond`` against ``naive_correspond`` on the same random unit features: best time of
-    ``repeats`` interleaved runs each, peak memory, FLOPs and whether the matches agree."""
+    """``correspond`` with each search (tiled windows, all-pairs product) against
+    ``naive_correspond`` on the same random unit features: best time of ``repeats`` interleaved
+    runs each after a warm-up, peak memory, FLOPs, and whether the matches agree."""
     from ..correspondence import correspond
 
     feats = _features(frames, channels, grid, device, dtype)
-    correspond(feats[:2], window, k)  # warm-up: the tile plan is built once per grid
-    fast, naive = {"s": float("inf")}, {"s": float("inf")}
-    for _ in range(repeats):  # interleaved, best of `repeats`: a shared machine's noise hits both
-        with measure(device) as m:
-            c = correspond(feats, window, k)
-        fast = {"s": min(fast["s"], m["s"]), "MB": max(fast.get("MB", 0.0), m["MB"])}
-        with measure(device) as m:
-            index, score = naive_correspond(feats, window, k)
-        naive = {"s": min(naive["s"], m["s"]), "MB": max(naive.get("MB", 0.0), m["MB"])}
-    same = bool(torch.equal(c.index.long(), index))
+    runs = {"tiled": lambda: correspond(feats, window, k, search="tiled"),
+            "allpairs": lambda: correspond(feats, window, k, search="allpairs"),
+            "naive": lambda: naive_correspond(feats.float(), window, k)}
+    best, found = {}, {}
+    for name, fn in runs.items():
+        fn()  # warm-up: plans, kernels, allocator
+    for _ in range(repeats):  # interleaved, best of `repeats`: a shared machine's noise hits all
+        for name, fn in runs.items():
+            with measure(device) as m:
+                found[name] = fn()
+            old = best.get(name, {"s": float("inf"), "MB": 0.0})
+            best[name] = {"s": min(old["s"], m["s"]), "MB": max(old["MB"], m["MB"])}
+    naive_index = found["naive"][0]
+    same = all(torch.equal(found[n].index.long(), naive_index) for n in ("tiled", "allpairs"))
     work = 2 * correspondence_gflop(frames, grid, channels, window)
     allpairs = 2 * 2 * (frames - 1) * (grid[0] * grid[1]) ** 2 * channels / 1e9
-    return [{"method": "correspond (tiled windows)", "s": fast["s"], "MB": fast["MB"], "GFLOP": work},
-            {"method": "naive all-pairs", "s": naive["s"], "MB": naive["MB"], "GFLOP": allpairs},
-            {"method": "speed-up", "s": naive["s"] / fast["s"], "identical matches": same,
-             "shape": f"F={frames}, {grid[0]}x{grid[1]}, C={channels}, l={window}, K={k}"}]
+    auto = "allpairs" if torch.device(device).type == "cuda" else "tiled"
+    return [{"method": "correspond, tiled windows", "s": best["tiled"]["s"], "MB": best["tiled"]["MB"], "GFLOP": work},
+            {"method": "correspond, all-pairs product", "s": best["allpairs"]["s"], "MB": best["allpairs"]["MB"],
+             "GFLOP": allpairs},
+            {"method": "naive all-pairs", "s": best["naive"]["s"], "MB": best["naive"]["MB"], "GFLOP": allpairs},
+            {"method": f"speed-up (auto = {auto})", "s": best["naive"]["s"] / best[auto]["s"],
+             "identical matches": same,
+             "shape": f"F={frames}, {grid[0]}x{grid[1]}, C={channels}, l={window}, K={k}, {str(dtype).replace('torch.', '')}"}]
 
 
 def bench_merging(device, dtype, frames=10, grid=(64, 64), channels=320, heads=5, k=3):
@@ -227,58 +236,94 @@ def bench_layer(device, dtype, frames=8, grid=(64, 64), channels=320, heads=5, k
                                ("cove (blocks)", "cove", None), ("cove (one block)", "cove", N)]:
         state = AttentionState(frames=frames, mode=mode, correspondence=corr, token_chunk=chunk)
         proc = CoveAttnProcessor("attn1", state)
-        with torch.no_grad(), measure(device) as m:
-            proc(attn, hidden)
-        rows.append({"mode": label, "s": m["s"], "MB": m["MB"]})
+        times, peak = [], 0.0
+        with torch.no_grad():
+            proc(attn, hidden)  # warm-up
+            for _ in range(3):
+                with measure(device) as m:
+                    proc(attn, hidden)
+                times.append(m["s"])
+                peak = max(peak, m["MB"])
+        rows.append({"mode": label, "s": min(times), "MB": peak})
     for row in rows:
         row["MB / per-frame"] = row["MB"] / max(rows[0]["MB"], 1e-9)
     return rows
 
 
-def bench_edit(pipe, frames_list, size, modes, stores, steps):
-    """Whole edits: per-stage seconds and peak MB per mode, frame count and PnP store."""
-    from ..config import CoveConfig, EngineOptions
+def _edit_stages(pipe, clip, mode, store, config, stage=None):
+    """One edit of ``clip`` (uint8 (F, H, W, 3)) in attention ``mode``; each stage's seconds
+    and peak MB into ``stage`` (a dict) when given."""
     from ..pipeline import compute_correspondence, denoise, invert, start_latents
     from ..processors import AttentionState, pnp_layers
     from ..sd import decode_latents, encode_frames, encode_text
 
+    device, F = pipe.device, len(clip)
+    stage = {} if stage is None else stage
+    corr = None
+    if mode == "cove":
+        with measure(device) as stage["correspondence"]:
+            corr, t = compute_correspondence(pipe, clip, config, torch.Generator().manual_seed(0))
+    with measure(device) as stage["encode"]:
+        latents = encode_frames(pipe, clip)
+    resnets, attentions = pnp_layers(pipe.unet)
+    state = AttentionState(frames=F, mode=mode, correspondence=corr, merge_ratio=config.merge_ratio,
+                           pnp_attentions=attentions, pnp_resnets=resnets, pnp_store=store)
+    with measure(device) as stage["inversion"]:
+        trajectory = invert(pipe, latents, config=config, state=state)
+    text = encode_text(pipe, ["a watercolor painting of a car"]).expand(F, -1, -1)
+    empty = encode_text(pipe, [""]).expand(F, -1, -1)
+    source = ({**trajectory, -1: latents}, empty) if store == "recompute" else None
+    with measure(device) as stage["denoising"]:
+        x0 = denoise(pipe, start_latents(pipe, trajectory, config), text, empty,
+                     config=config, state=state, pnp_source=source)
+    with measure(device) as stage["decode"]:
+        decode_latents(pipe, x0)
+    state.store.clear()
+    return stage
+
+
+def edit_flops(pipe, clip, mode, store, config) -> float:
+    """Floating-point operations of one whole edit (``torch.utils.flop_counter``: matrix
+    products, convolutions and attention kernels; 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        _edit_stages(pipe, clip, mode, store, config)
+    return float(counter.get_total_flops())
+
+
+def bench_edit(pipe, frames_list, size, modes, stores, steps, flops: bool = False):
+    """Whole edits: per-stage seconds and peak MB per mode, frame count and PnP store, after one
+    untimed warm-up edit (kernel selection, allocator, caches). With ``flops``: the edit's
+    floating-point operations (counted in a separate, untimed run) and the achieved TFLOP/s."""
+    from ..config import CoveConfig, EngineOptions
+
     device = pipe.device
     inv, den = steps
+
+    def config_for(mode, store):
+        return CoveConfig(attention=mode, inversion_steps=inv, denoise_steps=den,
+                          pnp_steps=max(1, round(0.8 * den)), engine=EngineOptions(pnp_store=store))
+
+    rng = np.random.default_rng(0)
+    warm = (rng.random((min(frames_list), size, size, 3)) * 255).astype(np.uint8)
+    for mode in modes:  # warm-up: every mode's kernels once, untimed
+        _edit_stages(pipe, warm[:2], mode, stores[0], config_for(mode, stores[0]))
     rows = []
     for F in frames_list:
-        rng = np.random.default_rng(0)
-        clip = (rng.random((F, size, size, 3)) * 255).astype(np.uint8)
+        clip = (np.random.default_rng(0).random((F, size, size, 3)) * 255).astype(np.uint8)
         for mode in modes:
             for store in stores:
-                config = CoveConfig(attention=mode, inversion_steps=inv, denoise_steps=den,
-                                    pnp_steps=max(1, round(0.8 * den)),
-                                    engine=EngineOptions(pnp_store=store))
+                config = config_for(mode, store)
                 row, stage = {"frames": F, "mode": mode, "pnp_store": store}, {}
                 with measure(device) as total:
-                    corr = None
-                    if mode == "cove":
-                        with measure(device) as stage["correspondence"]:
-                            corr, t = compute_correspondence(pipe, clip, config, torch.Generator().manual_seed(0))
-                        row["features s"] = t.get("features", 0.0)
-                    with measure(device) as stage["encode"]:
-                        latents = encode_frames(pipe, clip)
-                    resnets, attentions = pnp_layers(pipe.unet)
-                    state = AttentionState(frames=F, mode=mode, correspondence=corr, merge_ratio=config.merge_ratio,
-                                           pnp_attentions=attentions, pnp_resnets=resnets, pnp_store=store)
-                    with measure(device) as stage["inversion"]:
-                        trajectory = invert(pipe, latents, config=config, state=state)
-                    text = encode_text(pipe, ["a watercolor painting of a car"]).expand(F, -1, -1)
-                    empty = encode_text(pipe, [""]).expand(F, -1, -1)
-                    source = ({**trajectory, -1: latents}, empty) if store == "recompute" else None
-                    with measure(device) as stage["denoising"]:
-                        x0 = denoise(pipe, start_latents(pipe, trajectory, config), text, empty,
-                                     config=config, state=state, pnp_source=source)
-                    with measure(device) as stage["decode"]:
-                        decode_latents(pipe, x0)
-                    state.store.clear()
+                    _edit_stages(pipe, clip, mode, store, config, stage)
                 for name, m in stage.items():
                     row[f"{name} s"], row[f"{name} MB"] = m["s"], m["MB"]
                 row["total s"], row["peak MB"] = total["s"], total["MB"]
+                if flops:
+                    row["TFLOP"] = edit_flops(pipe, clip, mode, store, config) / 1e12
+                    row["TFLOP/s"] = row["TFLOP"] / total["s"]
                 rows.append(row)
     return rows
 
@@ -320,42 +365,69 @@ def matmul_tflops(device, dtype, n: int = 4096) -> float:
 
 def run(*, arch="small", device="cpu", dtype=torch.float32, frames=(2, 3), size=128,
         steps=(2, 2), modes=("per-frame", "spatiotemporal", "cove"), stores=("host",),
-        parts=("correspondence", "merging", "layer", "edit"), shapes=None) -> dict:
+        parts=("correspondence", "merging", "layer", "edit"), shapes=None, memory_frames=(),
+        out=None) -> dict:
     """All sections; ``shapes`` overrides the SD shapes of the component benchmarks (for
-    tests): ``{"frames", "grid", "channels", "heads", "layer_frames"}``."""
+    tests): ``{"frames", "grid", "channels", "heads", "layer_frames"}``. ``memory_frames``:
+    frame counts whose spatial-temporal and COVE edits are measured with 2 + 2 steps (peak
+    memory at long clips). ``out``: a JSON path rewritten after every section, so a run cut
+    short keeps what it measured."""
     s = {"frames": 10, "grid": (64, 64), "channels": 320, "heads": 5, "layer_frames": 8, **(shapes or {})}
     result = {"machine": {**machine_info(), "device": str(device), "dtype": str(dtype).replace("torch.", ""),
                           "matmul TFLOP/s": matmul_tflops(device, dtype, 1024 if device == "cpu" else 8192)},
               "sections": {}}
     sec = result["sections"]
+
+    def done():
+        if out is not None:
+            write(result, out)
+
     if "correspondence" in parts:
         rows = bench_correspondence(device, dtype, s["frames"], s["grid"], s["channels"])
         sec["correspondence"] = {"rows": rows, "plot": ["method", "s"], "note": (
-            f"The tiled window search is {rows[2]['s']:.1f}x faster than all-pairs on the same "
-            f"features; identical matches: {rows[2]['identical matches']}.")}
+            f"correspond's choice on this device ({rows[3]['method'].split('= ')[1].rstrip(')')}) is "
+            f"{rows[3]['s']:.1f}x faster than the naive all-pairs search on the same features; "
+            f"tiled {rows[0]['s'] * 1e3:.1f} ms, all-pairs product {rows[1]['s'] * 1e3:.1f} ms; "
+            f"identical matches: {rows[3]['identical matches']}.")}
+        done()
     if "merging" in parts:
         rows = bench_merging(device, dtype, s["frames"], s["grid"], s["channels"], s["heads"])
         sec["merging"] = {"rows": rows, "plot": ["merge_ratio", "s"], "note": (
             f"Merging half of CGA's keys takes {rows[2]['s']:.2f}x the time of no merging and "
             f"{rows[2]['MB']:.2f}x its memory: the matching costs more than it saves, so the "
             "default merge ratio is 0.")}
+        done()
     if "layer" in parts:
         rows = bench_layer(device, dtype, s["layer_frames"], s["grid"], s["channels"], s["heads"])
         sec["attention_layer"] = {"rows": rows, "plot": ["mode", "MB"], "note": (
             f"A cove-mode 64x64 layer at F={s['layer_frames']} peaks at "
             f"{rows[2]['MB / per-frame']:.2f}x the per-frame layer's memory with CGA in blocks, "
             f"{rows[3]['MB / per-frame']:.2f}x with one block.")}
+        done()
     if "edit" in parts:
         pipe = build_pipeline(arch, device, dtype)
-        rows = bench_edit(pipe, frames, size, modes, stores, steps)
+        rows = bench_edit(pipe, frames, size, modes, stores, steps, flops=True)
+        ceiling = result["machine"]["matmul TFLOP/s"]
+        for row in rows:
+            row["share of matmul ceiling"] = row["TFLOP/s"] / ceiling
+        best = max(rows, key=lambda r: r["TFLOP/s"])
         sec["edit"] = {"rows": rows, "plot": ["mode", "total s"], "note": (
             f"Whole edits, {arch} architecture, {size}x{size}, {steps[0]} inversion and "
-            f"{steps[1]} denoising steps.")}
+            f"{steps[1]} denoising steps, after a warm-up edit; at best {best['TFLOP/s']:.1f} "
+            f"TFLOP/s ({best['share of matmul ceiling']:.0%} of the measured matmul ceiling, "
+            f"{best['mode']}, F={best['frames']}).")}
         sec["edit_ratios"] = {"rows": edit_ratios(rows), "note": (
             "COVE over spatial-temporal attention alone, and the peak extrapolated linearly to "
             "128 frames (whole edit, and the UNet stages alone: the VAE stops growing at its "
             "8-frame batch).")}
         sec["paper_table3"] = {"rows": PAPER_TABLE3, "note": "The paper's Table 3, for comparison."}
+        done()
+        if memory_frames:
+            rows = bench_edit(pipe, memory_frames, size, ("spatiotemporal", "cove"), stores[:1], (2, 2))
+            sec["edit_memory"] = {"rows": rows, "plot": ["frames", "peak MB"], "note": (
+                f"Long clips, {size}x{size}, 2 inversion and 2 denoising steps: peak memory measured "
+                "at " + ", ".join(map(str, memory_frames)) + " frames.")}
+            done()
     return result
 
 
@@ -381,6 +453,9 @@ def add_command(commands) -> None:
     p.add_argument("--frames", default=None, help="comma-separated frame counts of the edits (default: cpu 2,3; cuda 10,32)")
     p.add_argument("--size", type=int, default=None, help="frame side in pixels (default: cpu 128; cuda 512)")
     p.add_argument("--steps", default=None, help="inversion,denoising steps (default: cpu 2,2; cuda 100,50, the paper's)")
+    p.add_argument("--memory-frames", default=None,
+                   help="comma-separated frame counts whose peak memory is measured with 2+2 steps "
+                        "(spatial-temporal and COVE; e.g. 64,128 on a GPU)")
     p.add_argument("--stores", default="host,recompute", help="PnP stores to compare (default: host,recompute)")
     p.add_argument("--parts", default="correspondence,merging,layer,edit", help="sections to run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -406,7 +481,9 @@ def main(args) -> int:
     result = run(arch=args.arch or ("sd21" if cuda else "small"), device=args.device, dtype=dtype,
                  frames=_ints(args.frames or ("10,32" if cuda else "2,3")), size=args.size or (512 if cuda else 128),
                  steps=_ints(args.steps or ("100,50" if cuda else "2,2")), stores=tuple(args.stores.split(",")),
-                 parts=tuple(args.parts.replace("attention_layer", "layer").split(",")))
+                 parts=tuple(args.parts.replace("attention_layer", "layer").split(",")),
+                 memory_frames=_ints(args.memory_frames) if args.memory_frames else (),
+                 out=args.output or f"docs/benchmarks_speed_{'cuda' if cuda else 'cpu'}.json")
     path = write(result, args.output or f"docs/benchmarks_speed_{'cuda' if cuda else 'cpu'}.json")
     for name, section in result["sections"].items():
         print(f"{name}: {section['note']}")

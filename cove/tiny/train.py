@@ -58,6 +58,9 @@ MID_T_RANGE = (250, 750)
 # The sixth did: its session went on from the fifth's export (--init, --start-at 19200), the
 # fifth's checkpoint having been lost with its machine.
 EMA_RESTARTS = (0, 0, 0, 0, 0, 1)
+# --fit-minutes: the rate of the steps between these two (counted from the first step of the run)
+# sets the last cycle's length; the first steps (compilation, cudnn's search) are left out.
+FIT_STRETCH = (20, 60)
 
 
 def _parse(argv=None):
@@ -95,6 +98,14 @@ def _parse(argv=None):
     p.add_argument("--workers", type=_count, default=0,
                    help="processes that render the batches (0: the training process itself); same batches")
     p.add_argument("--bf16", action="store_true", help="forward pass under bfloat16 autocast (for GPUs)")
+    p.add_argument("--echo", type=_positive_int, default=1,
+                   help="data echoing: each rendered batch serves this many steps, each with its own "
+                        "timesteps and noise (for a GPU that outruns the renderer); default 1")
+    p.add_argument("--fit-minutes", action="store_true",
+                   help="with --minutes: after a measured stretch of steps, set the last cycle's length "
+                        "so that its cosine ends when the minutes are spent (recorded in training.json)")
+    p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
+                   help="dtype of the exported weights (float16 halves the files; the loader upcasts)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", type=Path, default=None,
                    help="pipeline folder (unet/, text_encoder/) whose weights start a run that has no checkpoint")
@@ -112,6 +123,8 @@ def _parse(argv=None):
     if args.steps is not None:
         args.cycles = args.steps
     args.steps = sum(args.cycles)
+    if args.fit_minutes and args.minutes is None:
+        p.error("--fit-minutes: expected --minutes too (the time the schedule is fitted to)")
     if args.start_at and args.init is None:
         p.error(f"--start-at: expected --init too (the weights of step {args.start_at}), got no --init")
     if not 0 <= args.start_at < args.steps:
@@ -162,6 +175,10 @@ def _number(text: str, convert, ok, expected: str):
 
 def _count(text: str) -> int:
     return _number(text, int, lambda v: v >= 0, "a whole number >= 0")
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "a whole number >= 1")
 
 
 def _minutes(text: str) -> float:
@@ -260,38 +277,81 @@ def batches(steps: range, args, tokenizer):
     return iter(loader)
 
 
-def init_weights(unet, text, folder: Path) -> None:
+def echoed(steps: range, args, tokenizer):
+    """The batch of every step of ``steps``: step ``s`` trains on rendered batch ``s // echo``
+    (data echoing, Choi et al. 2019: a GPU that outruns the renderer reuses each batch ``echo``
+    times, each step with its own timesteps and noise); ``echo`` = 1 is ``batches(steps)``."""
+    echo = args.echo
+    indices = range(steps.start // echo, (steps.stop - 1) // echo + 1) if len(steps) else range(0)
+    rendered, held, held_index = batches(indices, args, tokenizer), None, None
+    for step in steps:
+        if step // echo != held_index:
+            held, held_index = next(rendered), step // echo
+        yield held
+
+
+def fit_last_cycle(args, step: int, rate: float, seconds_left: float) -> int:
+    """Set the last cycle's length so that the schedule ends after ``rate * seconds_left`` more
+    steps (at least one past ``step`` and past the last cycle's warm-up); returns the new
+    number of steps. ``args.cycles`` and ``args.steps`` are updated."""
+    *before, _ = args.cycles
+    first = sum(before)
+    end = max(step + 2, first + args.warmup + 1, step + 1 + int(rate * seconds_left))
+    args.cycles = (*before, end - first)
+    args.steps = end
+    return end
+
+
+def init_weights(unet, text, folder: Path) -> list[str]:
     """Copy the UNet and text encoder weights of a saved pipeline folder into ``unet`` and
-    ``text`` (the same architecture and vocabulary, or a one-line ValueError)."""
+    ``text``; returns the names of the UNet tensors the folder does not hold.
+
+    Every tensor of the folder must exist in the modules with the same shape (else a one-line
+    ValueError). A UNet of a larger design may hold more: the layers it adds (design ``a``'s
+    attention at 32x32 over the shipped weights) keep their seeded initialisation, except the
+    output projection of each new attention block, zeroed so that the block starts as the
+    identity (its residual) and the copied network's function is unchanged at the start.
+    """
     from safetensors.torch import load_file
 
+    new: list[str] = []
     for module, file in ((unet, folder / "unet" / "diffusion_pytorch_model.safetensors"),
                          (text, folder / "text_encoder" / "model.safetensors")):
         if not file.is_file():
             raise ValueError(f"--init: expected {file} (a cove-tiny pipeline folder), it is missing")
         state, own = load_file(file), module.state_dict()
-        bad = sorted(k for k in own.keys() | state.keys()
-                     if k not in state or k not in own or state[k].shape != own[k].shape)
-        if bad:
+        bad = sorted(k for k in state.keys() if k not in own or state[k].shape != own[k].shape)
+        missing = sorted(own.keys() - state.keys())
+        if bad or (missing and module is text):
+            first = bad[0] if bad else missing[0]
             raise ValueError(f"--init: {file} does not hold cove-tiny's architecture "
-                             f"({len(bad)} tensors differ, first {bad[0]!r})")
-        module.load_state_dict(state)
+                             f"({len(bad) + len(missing)} tensors differ, first {first!r})")
+        module.load_state_dict(state, strict=False)
+        new += missing
+    with torch.no_grad():  # new attention blocks start as the identity
+        for name, block in unet.named_modules():
+            if hasattr(block, "proj_out") and f"{name}.proj_out.weight" in new:
+                block.proj_out.weight.zero_()
+                if block.proj_out.bias is not None:
+                    block.proj_out.bias.zero_()
+    return new
 
 
 def draw_noise(gen: torch.Generator, shape: tuple, n_train: int, mid_t: float = 0.0,
                mid_range: tuple[int, int] = MID_T_RANGE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Timesteps (B,) and noise ``shape`` = (B, ...) for one step, from ``gen`` (on the CPU).
+    """Timesteps (B,) and noise ``shape`` = (B, ...) for one step, from ``gen``, on its device.
 
     t is uniform over 0..n_train-1, except that a share ``mid_t`` of the batch (each image with
     that probability) draws it from ``mid_range`` (LO <= t < HI) instead: the noise levels
     where a shape is decided. With ``mid_t`` = 0 nothing more is drawn, so the timesteps and the
     noise are exactly those of plain uniform sampling.
     """
-    t = torch.randint(0, n_train, shape[:1], generator=gen)
-    eps = torch.randn(shape, generator=gen)
+    device = gen.device
+    t = torch.randint(0, n_train, shape[:1], generator=gen, device=device)
+    eps = torch.randn(shape, generator=gen, device=device)
     if mid_t > 0:
-        mid = torch.randint(*mid_range, shape[:1], generator=gen)
-        t = torch.where(torch.rand(shape[:1], generator=gen) < mid_t, mid, t)
+        mid = torch.randint(*mid_range, shape[:1], generator=gen, device=device)
+        t = torch.where(torch.rand(shape[:1], generator=gen, device=device) < mid_t, mid, t)
     return t, eps
 
 
@@ -325,19 +385,23 @@ def train(argv=None) -> Path:
     if device.type == "cuda":  # TF32 matrix products: full speed on Ampere and later, fp32 range
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolutions once
     with tempfile.TemporaryDirectory() as folder:  # the tokenizer is saved with the pipeline
         tokenizer = build_clip_tokenizer(world.VOCABULARY, Path(folder), max_length=MAX_TOKENS)
     pipe = build_pipeline(tokenizer, seed=args.seed, design=args.design)
     start, ckpt = 0, args.work / "checkpoint.pt"
     if args.init is not None and not (args.resume and ckpt.exists()):
-        init_weights(pipe.unet, pipe.text_encoder, args.init)  # before anything is written
+        new = init_weights(pipe.unet, pipe.text_encoder, args.init)  # before anything is written
         start = args.start_at
-        print(f"initialised from {args.init} at step {start}", flush=True)
+        print(f"initialised from {args.init} at step {start}"
+              + (f" ({len(new)} new tensors, new attention blocks start as the identity)" if new else ""),
+              flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     unet, text = pipe.unet.to(device).train(), pipe.text_encoder.to(device).train()
     params = list(unet.parameters()) + list(text.parameters())
     ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01,
+                            fused=device.type == "cuda")  # one kernel per step on a GPU
     abar = pipe.scheduler.alphas_cumprod.to(device)  # (1000,)
     if args.resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device)
@@ -351,12 +415,13 @@ def train(argv=None) -> Path:
         opt.load_state_dict(state["opt"])
         start = state["step"]
         print(f"resumed at step {start}", flush=True)
-    gen = torch.Generator(device="cpu")
+    gen = torch.Generator(device=device)  # timesteps and noise drawn where they are used
     log = open(args.work / "log.jsonl", "a")
-    t0, seen = time.time(), 0
+    t0, seen, pending = time.time(), 0, []
     last = min(args.steps, args.stop_at or args.steps)
     steps = range(start, last)
-    for step, (x0, ids, objects) in zip(steps, batches(steps, args, tokenizer)):
+    fit_from, fit_at = (start + k for k in FIT_STRETCH)  # the steps whose rate fits the schedule
+    for step, (x0, ids, objects) in zip(steps, echoed(steps, args, tokenizer)):
         x0, ids, objects = (v.to(device, non_blocking=True) for v in (x0, ids, objects))
         cycle, first, _ = _cycle_at(step, args.cycles)
         if step == first and args.ema_restart[cycle]:  # from the EMA weights, as if --init from an export
@@ -366,7 +431,6 @@ def train(argv=None) -> Path:
             opt.state.clear()  # fresh moments: AdamW builds them again at its next step
         gen.manual_seed(args.seed * 7919 + step)
         t, eps = draw_noise(gen, tuple(x0.shape), len(abar), args.mid_t[cycle], args.mid_t_range)
-        t, eps = t.to(device), eps.to(device)
         z0 = pipe.vae.encode(x0).latent_dist.mean  # (B, 3 f^2, 64 / f, 64 / f): (B, 12, 32, 32) at f = 2
         eps = pipe.vae.encode(eps).latent_dist.mean  # same reshape of the noise
         a = abar[t].view(-1, 1, 1, 1)
@@ -386,20 +450,30 @@ def train(argv=None) -> Path:
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for e, p in zip(ema, params):
-                e.lerp_(p.detach(), 1 - decay)
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         seen += 1
-        if step % 10 == 0 or step == args.steps - 1:
-            rate = seen / (time.time() - t0)
-            eta = (args.steps - step - 1) / max(rate, 1e-9) / 60
-            print(f"step {step:5d}/{args.steps} loss {loss.item():.4f} lr {_lr(step, args):.2e} "
-                  f"{rate:.2f} it/s ({rate * args.batch:.0f} images/s) eta {eta:.0f} min", flush=True)
-        log.write(json.dumps({"step": step, "loss": loss.item(), "time": time.time()}) + "\n")  # every step
-        log.flush()
+        pending.append((step, loss.detach(), time.time()))
+        if step == fit_from:
+            mark = time.time()
+        if args.fit_minutes and step == fit_at and step < last - 1:
+            loss.item()  # wait for the device: the rate counts finished steps
+            rate = (fit_at - fit_from) / (time.time() - mark)
+            last = fit_last_cycle(args, step, rate, 60 * args.minutes - (time.time() - t0))
+            print(f"--fit-minutes: {rate:.2f} steps/s, the last cycle now ends at step {last} "
+                  f"(cycles {','.join(map(str, args.cycles))})", flush=True)
         out_of_time = args.minutes is not None and time.time() - t0 >= 60 * args.minutes
         if out_of_time and step < last - 1:
             print(f"--minutes {args.minutes:g} spent: stopping after step {step + 1}", flush=True)
             last = step + 1
+        if step % 10 == 0 or step == last - 1:  # one wait for the device every 10 steps
+            for s_, l_, t_ in pending:  # every step logged
+                log.write(json.dumps({"step": s_, "loss": l_.item(), "time": t_}) + "\n")
+            log.flush()
+            pending.clear()
+            rate = seen / (time.time() - t0)
+            eta = (last - step - 1) / max(rate, 1e-9) / 60
+            print(f"step {step:5d}/{last} loss {loss.item():.4f} lr {_lr(step, args):.2e} "
+                  f"{rate:.2f} it/s ({rate * args.batch:.0f} images/s) eta {eta:.0f} min", flush=True)
         if (step + 1) % args.save_every == 0 or step == last - 1:
             torch.save({"params": [p.detach() for p in params], "ema": ema, "opt": opt.state_dict(),
                         "step": step + 1, "design": args.design}, ckpt.with_suffix(".tmp"))
@@ -410,7 +484,13 @@ def train(argv=None) -> Path:
         for p, e in zip(params, ema):
             p.data.copy_(e)
     unet.eval(), text.eval()
-    pipe.to("cpu")
+    from diffusers.utils import logging as dlogging
+
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()  # casting notes that concern running a pipeline, not saving one
+    for module in (unet, text, pipe.vae):
+        module.to("cpu", dtype=getattr(torch, args.export_dtype))
+    dlogging.set_verbosity(verbosity)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out)
     elapsed = time.time() - t0
@@ -422,7 +502,8 @@ def train(argv=None) -> Path:
             "processor": platform.processor(), "torch": torch.__version__,
             "minutes": round(elapsed / 60, 1), "seconds": round(elapsed, 1),
             "images_per_second": round(seen * args.batch / max(elapsed, 1e-9), 1),
-            "workers": args.workers, "bf16": args.bf16}
+            "rendered_images_per_second": round(seen * args.batch / args.echo / max(elapsed, 1e-9), 1),
+            "workers": args.workers, "bf16": args.bf16, "echo": args.echo, "export_dtype": args.export_dtype}
     if args.init is not None:
         info["init"] = str(args.init)
         info["start_at"] = args.start_at

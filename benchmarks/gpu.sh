@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One call on a lent GPU (about 9 minutes): cove-tiny's training run, the CUDA tests, then
+# `cove bench speed` at SD 2.1's shapes. Everything it returns goes under $OUT (at most 8 files):
+#   export.tar                 the trained pipeline (fp16) with its training.json and log.jsonl
+#   train.log, cuda_tests.log, bench.log, machine.txt
+#   benchmarks_speed_cuda.json (rewritten after every section)
+# Run from the repository root: `bash benchmarks/gpu.sh`. Settings (environment):
+#   DEVICE=cuda  TRAIN_MINUTES=3.8  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=64,128
+#   SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
+# A dry run on a CPU at tiny sizes: DEVICE=cpu TRAIN_MINUTES=0.3 WORKERS=2 BATCH=4 FRAMES=2
+#   MEMORY_FRAMES=3 SIZE=64 STEPS=1,1 ARCH=small DTYPE=fp32 COVE_TEST_DEVICE=cpu bash benchmarks/gpu.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu-out}
+mkdir -p "$OUT"
+DEVICE=${DEVICE:-cuda}
+export PYTHONUNBUFFERED=1 COVE_TEST_DEVICE=${COVE_TEST_DEVICE:-$DEVICE}
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then  # packages the GPU machine lacks (diffusers)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # cove from this working tree
+{ date -u; nproc; nvidia-smi 2>&1 | head -15; python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)"; } >"$OUT/machine.txt" 2>&1
+
+# 1. cove-tiny: design a grown from the shipped weights, bf16, batch >= 256, data echoing x2
+#    (the GPU outruns 14 rendering processes), the cosine fitted to the minutes, an fp16 export.
+TRAIN_MINUTES=${TRAIN_MINUTES:-3.8}
+rm -rf runs/gpu runs/gpu-export
+timeout "$(python3 -c "print(int(${TRAIN_MINUTES} * 60 + 100))")" python3 -m cove.tiny.train \
+  --device "$DEVICE" --bf16 --design a --init cove/tiny/weights --batch "${BATCH:-256}" --echo 2 \
+  --workers "${WORKERS:-14}" --mid-t 0.5 --lr 4e-4 --warmup 100 --steps 1000000 \
+  --minutes "$TRAIN_MINUTES" --fit-minutes --export-dtype float16 --save-every 1000000 \
+  --work runs/gpu --out runs/gpu-export >"$OUT/train.log" 2>&1
+echo "train: exit $?" >>"$OUT/train.log"
+if [ -f runs/gpu-export/training.json ]; then
+  cp runs/gpu/log.jsonl runs/gpu-export/log.jsonl
+  tar cf "$OUT/export.tar" -C runs gpu-export
+fi
+
+# 2. the CUDA tests (correspondence, CGA and a two-step edit on the device against the CPU)
+timeout 75 python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider >"$OUT/cuda_tests.log" 2>&1
+echo "cuda tests: exit $?" >>"$OUT/cuda_tests.log"
+
+# 3. the speed benchmark: warm-up, timed edits at FRAMES, peak memory at MEMORY_FRAMES (2+2 steps)
+timeout "${BENCH_SECONDS:-180}" python3 -m cove.app.cli bench speed --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
+  --arch "${ARCH:-sd21}" --frames "${FRAMES:-8,16}" --memory-frames "${MEMORY_FRAMES:-64,128}" \
+  --size "${SIZE:-512}" --steps "${STEPS:-20,10}" --stores host \
+  -o "$OUT/benchmarks_speed_cuda.json" >"$OUT/bench.log" 2>&1
+echo "bench: exit $?" >>"$OUT/bench.log"
+tail -n 3 "$OUT/train.log" "$OUT/cuda_tests.log" "$OUT/bench.log"
