@@ -22,12 +22,12 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # cove from this working tree
 { date -u; nproc; nvidia-smi 2>&1 | head -15; python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)"; } >"$OUT/machine.txt" 2>&1
 
-# 1. cove-tiny: design a grown from the shipped weights, bf16, batch >= 256, data echoing x2
-#    (the GPU outruns 14 rendering processes), the cosine fitted to the minutes, an fp16 export.
+# 1. cove-tiny: design a, from INIT (the last lease's export; the shipped weights grow into it), bf16, batch >= 256, data echoing x2
+#    (each rendered batch trains two steps), the cosine fitted to the minutes, an fp16 export.
 TRAIN_MINUTES=${TRAIN_MINUTES:-3.8}
 rm -rf runs/gpu runs/gpu-export
 timeout "$(python3 -c "print(int(${TRAIN_MINUTES} * 60 + 100))")" python3 -m cove.tiny.train \
-  --device "$DEVICE" --bf16 --design a --init cove/tiny/weights --batch "${BATCH:-256}" --echo 2 \
+  --device "$DEVICE" --bf16 --design a --init "${INIT:-benchmarks/cove-tiny-a}" --batch "${BATCH:-256}" --echo 2 \
   --workers "${WORKERS:-14}" --mid-t 0.5 --lr 4e-4 --warmup 100 --steps 1000000 \
   --minutes "$TRAIN_MINUTES" --fit-minutes --export-dtype float16 --save-every 1000000 \
   --work runs/gpu --out runs/gpu-export >"$OUT/train.log" 2>&1

@@ -421,7 +421,11 @@ def train(argv=None) -> Path:
     last = min(args.steps, args.stop_at or args.steps)
     steps = range(start, last)
     fit_from, fit_at = (start + k for k in FIT_STRETCH)  # the steps whose rate fits the schedule
-    for step, (x0, ids, objects) in zip(steps, echoed(steps, args, tokenizer)):
+    stream, waited = echoed(steps, args, tokenizer), 0.0
+    for step in steps:
+        before = time.time()
+        x0, ids, objects = next(stream)
+        waited += time.time() - before  # the time the training loop waits for the renderer
         x0, ids, objects = (v.to(device, non_blocking=True) for v in (x0, ids, objects))
         cycle, first, _ = _cycle_at(step, args.cycles)
         if step == first and args.ema_restart[cycle]:  # from the EMA weights, as if --init from an export
@@ -473,7 +477,8 @@ def train(argv=None) -> Path:
             rate = seen / (time.time() - t0)
             eta = (last - step - 1) / max(rate, 1e-9) / 60
             print(f"step {step:5d}/{last} loss {loss.item():.4f} lr {_lr(step, args):.2e} "
-                  f"{rate:.2f} it/s ({rate * args.batch:.0f} images/s) eta {eta:.0f} min", flush=True)
+                  f"{rate:.2f} it/s ({rate * args.batch:.0f} images/s, {waited / (time.time() - t0):.0%} "
+                  f"waiting for data) eta {eta:.0f} min", flush=True)
         if (step + 1) % args.save_every == 0 or step == last - 1:
             torch.save({"params": [p.detach() for p in params], "ema": ema, "opt": opt.state_dict(),
                         "step": step + 1, "design": args.design}, ckpt.with_suffix(".tmp"))
@@ -502,6 +507,7 @@ def train(argv=None) -> Path:
             "processor": platform.processor(), "torch": torch.__version__,
             "minutes": round(elapsed / 60, 1), "seconds": round(elapsed, 1),
             "images_per_second": round(seen * args.batch / max(elapsed, 1e-9), 1),
+            "data_wait_share": round(waited / max(elapsed, 1e-9), 3),
             "rendered_images_per_second": round(seen * args.batch / args.echo / max(elapsed, 1e-9), 1),
             "workers": args.workers, "bf16": args.bf16, "echo": args.echo, "export_dtype": args.export_dtype}
     if args.init is not None:
