@@ -14,6 +14,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from IPython.core.displayhook import DisplayHook
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("cove_docs", ROOT / "docs" / "hooks" / "cove_docs.py")
@@ -32,7 +33,12 @@ def pytest_runtest_makereport(item, call):
     skipped = report.skipped and item.options["skip"]  # NBVAL_SKIP: runs nothing, fails nothing
     cells = _runs.setdefault(item.parent.path, {})
     if (report.passed and not hasattr(report, "wasxfail")) or skipped:
-        cells[item.cell_num] = None if skipped else list(item.test_outputs or [])
+        outputs = list(item.test_outputs or [])
+        if DisplayHook.semicolon_at_end_of_expression(item.cell.source):
+            # nbval runs cells outside the kernel's history, so IPython does not silence a last
+            # expression ending in ';': the copy leaves its result out, as Jupyter shows the cell
+            outputs = [o for o in outputs if o.output_type != "execute_result"]
+        cells[item.cell_num] = None if skipped else outputs
     code = sum(c.cell_type == "code" for c in notebook.cells)
     if item.cell_num == code - 1:  # the last cell: the notebook is done
         if len(_runs.pop(item.parent.path)) == code:

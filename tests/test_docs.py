@@ -166,11 +166,11 @@ def test_nbval_runs_the_notebooks_and_leaves_copies_the_docs_publish(tmp_path):
     result = run_notebooks_with_nbval(tmp_path, {
         "00_x.ipynb": [new_md("# x"), new_code("import numpy as np\nfrom cove.app import widgets\nprint(6 * 7)"),
                        new_code("widgets.frame_viewer({'a': np.zeros((2, 8, 8, 3), np.uint8)})"),
-                       new_code("6 * 7")],
+                       new_code("6 * 7"), new_code("print('shown'); 6 * 7;")],
         "01_bad.ipynb": [new_code("x = 1"), new_code("assert x == 2, 'x is not 2'"), new_code("x")],
     })
     log = result.stdout + result.stderr
-    assert result.returncode == 1 and "1 failed, 5 passed" in log, log[-3000:]
+    assert result.returncode == 1 and "1 failed, 6 passed" in log, log[-3000:]
     assert "01_bad.ipynb::Cell 1" in log and "x is not 2" in log
     hook = load_hook()
     executed = tmp_path / "artifacts" / "notebooks"
@@ -180,8 +180,9 @@ def test_nbval_runs_the_notebooks_and_leaves_copies_the_docs_publish(tmp_path):
     assert out is not None
     ran = nbformat.read(out, as_version=4)
     nbformat.validate(ran)
-    assert [c.execution_count for c in ran.cells[1:]] == [1, 2, 3]
+    assert [c.execution_count for c in ran.cells[1:]] == [1, 2, 3, 4]
     assert ran.cells[1].outputs[0]["text"] == "42\n" and ran.cells[3].outputs[0]["data"]["text/plain"] == "42"
+    assert [o["output_type"] for o in ran.cells[4].outputs] == ["stream"]  # ';' silences the result, as in Jupyter
     assert "widgets" not in ran.metadata
     html, _ = HTMLExporter(template_name="lab").from_notebook_node(ran)
     assert "data:image/png;base64," in html and "frame 0 of 1" in html
