@@ -10,6 +10,7 @@ run in part, leaves no copy.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -42,4 +43,5 @@ def pytest_runtest_makereport(item, call):
     code = sum(c.cell_type == "code" for c in notebook.cells)
     if item.cell_num == code - 1:  # the last cell: the notebook is done
         if len(_runs.pop(item.parent.path)) == code:
-            docs_hook.write_executed(item.parent.path, [cells[i] for i in range(code)])
+            docs_hook.write_executed(copy.deepcopy(notebook), item.parent.path.name,  # the cells that ran
+                                     [cells[i] for i in range(code)])

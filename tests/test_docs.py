@@ -200,9 +200,13 @@ def test_write_executed_numbers_the_cells_that_ran(tmp_path):
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1"), nbformat.v4.new_code_cell("2")]),
                    source)
     shown = {"output_type": "execute_result", "data": {"text/plain": "2"}, "metadata": {}, "execution_count": 7}
-    out = hook.write_executed(source, [None, [shown]], tmp_path / "executed")  # cell 0 skipped (NBVAL_SKIP)
+    nb = nbformat.read(source, as_version=4)
+    out = hook.write_executed(nb, source.name, [None, [shown]], tmp_path / "executed")  # cell 0: NBVAL_SKIP
     ran = nbformat.read(out, as_version=4)
     assert [c.execution_count for c in ran.cells] == [None, 1] and ran.cells[1].outputs[0].execution_count == 1
     assert hook.executed_copy(source, tmp_path / "executed") == out
     with pytest.raises(ValueError, match="2 code cells"):
-        hook.write_executed(source, [[]], tmp_path / "executed")
+        hook.write_executed(nb, source.name, [[]], tmp_path / "executed")
+    nb.cells.append(nbformat.v4.new_code_cell("3"))  # the notebook that ran is not the file any more
+    hook.write_executed(nb, source.name, [[], [], []], tmp_path / "executed")
+    assert hook.executed_copy(source, tmp_path / "executed") is None

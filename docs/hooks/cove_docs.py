@@ -52,7 +52,8 @@ MAX_CELL = 80  # characters per table cell
 
 
 def source_sha(nb: dict) -> str:
-    """Hash of a notebook's cells (type and source): an executed copy matches its source."""
+    """Hash of a notebook's cells (type and source; the JSON or an ``nbformat`` node): an
+    executed copy matches its source."""
     import hashlib
 
     cells = [(c["cell_type"], "".join(c["source"])) for c in nb["cells"]]
@@ -72,17 +73,17 @@ def executed_copy(path: Path, executed: Path = EXECUTED) -> Path | None:
     return copy if fresh else None
 
 
-def write_executed(path: Path, outputs: list, executed: Path = EXECUTED) -> Path:
-    """Write notebook ``path`` with the outputs of a run to ``executed``: ``outputs[i]`` is the
-    list of output dicts of its ``i``-th code cell (as nbval keeps them, ``IPyNbCell.test_outputs``)
-    or ``None`` for a cell that did not run. Execution counts follow the cells that ran; the
-    source hash goes to ``metadata.cove``, widget state is left out."""
+def write_executed(nb, name: str, outputs: list, executed: Path = EXECUTED) -> Path:
+    """Write notebook ``nb`` (an ``nbformat`` node, as the run read it) with the outputs of that
+    run to ``executed/name``: ``outputs[i]`` is the list of output dicts of its ``i``-th code cell
+    (as nbval keeps them, ``IPyNbCell.test_outputs``) or ``None`` for a cell that did not run.
+    Execution counts follow the cells that ran; the hash of the cells that ran goes to
+    ``metadata.cove`` (a notebook edited since is then stale), widget state is left out."""
     import nbformat
 
-    nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     if len(outputs) != len(code):
-        raise ValueError(f"{path.name} has {len(code)} code cells, got outputs for {len(outputs)}")
+        raise ValueError(f"{name} has {len(code)} code cells, got outputs for {len(outputs)}")
     count = 0
     for cell, outs in zip(code, outputs):
         count += outs is not None
@@ -92,9 +93,9 @@ def write_executed(path: Path, outputs: list, executed: Path = EXECUTED) -> Path
             if o.output_type == "execute_result":
                 o.execution_count = count
     nb.metadata.pop("widgets", None)
-    nb.metadata["cove"] = {"source_sha": source_sha(json.loads(path.read_text()))}
+    nb.metadata["cove"] = {"source_sha": source_sha(nb)}
     executed.mkdir(parents=True, exist_ok=True)
-    out = executed / path.name
+    out = executed / name
     nbformat.write(nb, out)
     return out
 
