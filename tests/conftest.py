@@ -68,7 +68,8 @@ def tiny_clip():
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The docs build runs after the notebooks: it publishes the executed copies they leave in
-    ``artifacts/notebooks/`` and checks that their pages show outputs."""
+    """The docs build runs last, after nbval has run the notebooks (``testpaths``): it publishes
+    the executed copies that ``notebooks/conftest.py`` writes to ``artifacts/notebooks/`` as each
+    notebook finishes, and checks that their pages show outputs."""
     last = [item for item in items if item.nodeid.endswith("test_docs.py::test_mkdocs_build_strict_offline")]
     items[:] = [item for item in items if item not in last] + last

@@ -1,5 +1,6 @@
-"""The docs site (its hook, and the whole site built strict and offline after the notebooks ran)
-and the notebooks' hygiene: committed without outputs, in the nav, importing from cove."""
+"""The docs site (its hook, and the whole site built strict and offline after the notebooks ran),
+the notebooks' hygiene (committed without outputs, in the nav, importing from cove) and the
+nbval run that leaves their executed copies for the site."""
 import importlib.util
 import json
 import os
@@ -46,7 +47,8 @@ def test_eight_notebooks_without_outputs_and_short_cells():
         assert code, path.name
         for c in code:
             source = "".join(c["source"])
-            assert c["outputs"] == [] and c["execution_count"] is None, f"{path.name} has outputs"
+            if "# NBVAL_CHECK_OUTPUT" not in source:  # only outputs that nbval checks are stored
+                assert c["outputs"] == [] and c["execution_count"] is None, f"{path.name} has outputs"
             assert len(source.splitlines()) <= 15, f"{path.name}: a cell is too long"
         text = "".join("".join(c["source"]) for c in code)
         assert "import cove" in text or "from cove" in text
@@ -126,7 +128,7 @@ def test_mkdocs_build_strict_offline(tmp_path):
     notebook = (site / "notebooks" / "03_correspondence" / "index.html").read_text()
     assert '"../../javascripts/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,local/cove"' in notebook
     hook = load_hook()
-    for path in NOTEBOOKS:  # a notebook with a fresh executed copy (the test run writes them) shows outputs
+    for path in NOTEBOOKS:  # a notebook with a fresh executed copy (nbval's run writes them) shows outputs
         html = (site / "notebooks" / path.stem / "index.html").read_text()
         outputs = html.count('<div class="jp-OutputArea-child')
         assert outputs > 0 if hook.executed_copy(path) else outputs == 0, (path.name, outputs)
@@ -137,29 +139,74 @@ def test_mkdocs_build_strict_offline(tmp_path):
     assert (site / "method" / "pipeline.svg").is_file()
 
 
-def test_executed_copies_give_notebook_pages_their_outputs(tmp_path):
-    """An executed copy with the same cells is published instead of the bare notebook; a panel's
-    output shows as its static copy (picture + status line) once the widget state is left out."""
+def run_notebooks_with_nbval(tmp_path, notebooks: dict) -> subprocess.CompletedProcess:
+    """``pytest --nbval-lax`` on ``{name: cells}`` in a copy of the repository's notebook
+    plumbing (``notebooks/conftest.py`` and the docs hook) under ``tmp_path``."""
+    import nbformat
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "docs" / "hooks").mkdir(parents=True)
+    (tmp_path / "notebooks" / "conftest.py").write_text((ROOT / "notebooks" / "conftest.py").read_text())
+    (tmp_path / "docs" / "hooks" / "cove_docs.py").write_text((ROOT / "docs" / "hooks" / "cove_docs.py").read_text())
+    for name, cells in notebooks.items():
+        nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "notebooks" / name)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--nbval-lax",
+                           "--nbval-current-env", "--nbval-cell-timeout=300", "notebooks"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+
+def test_nbval_runs_the_notebooks_and_leaves_copies_the_docs_publish(tmp_path):
+    """nbval reports each code cell as a test and names the failing one; a notebook whose cells
+    all passed is written with its outputs and its cells' hash (a panel's output as its static
+    copy: picture + status line); a failing one leaves no copy; a changed one's copy is stale."""
     import nbformat
     from nbconvert import HTMLExporter
 
+    new_code, new_md = nbformat.v4.new_code_cell, nbformat.v4.new_markdown_cell
+    result = run_notebooks_with_nbval(tmp_path, {
+        "00_x.ipynb": [new_md("# x"), new_code("import numpy as np\nfrom cove.app import widgets\nprint(6 * 7)"),
+                       new_code("widgets.frame_viewer({'a': np.zeros((2, 8, 8, 3), np.uint8)})"),
+                       new_code("6 * 7"), new_code("print('shown'); 6 * 7;")],
+        "01_bad.ipynb": [new_code("x = 1"), new_code("assert x == 2, 'x is not 2'"), new_code("x")],
+    })
+    log = result.stdout + result.stderr
+    assert result.returncode == 1 and "1 failed, 6 passed" in log, log[-3000:]
+    assert "01_bad.ipynb::Cell 1" in log and "x is not 2" in log
     hook = load_hook()
-    source = tmp_path / "nb" / "00_x.ipynb"
-    source.parent.mkdir()
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell("# x"),
-        nbformat.v4.new_code_cell("import numpy as np\nfrom cove.app import widgets\nprint(6 * 7)"),
-        nbformat.v4.new_code_cell("widgets.frame_viewer({'a': np.zeros((2, 8, 8, 3), np.uint8)})"),
-    ])
-    nbformat.write(nb, source)
-    executed = tmp_path / "executed"
-    assert hook.executed_copy(source, executed) is None
-    out = hook.execute(source, executed, timeout=300)
-    assert hook.executed_copy(source, executed) == out
+    executed = tmp_path / "artifacts" / "notebooks"
+    assert hook.executed_copy(tmp_path / "notebooks" / "01_bad.ipynb", executed) is None
+    source = tmp_path / "notebooks" / "00_x.ipynb"
+    out = hook.executed_copy(source, executed)
+    assert out is not None
     ran = nbformat.read(out, as_version=4)
-    assert ran.cells[1].outputs[0]["text"] == "42\n" and "widgets" not in ran.metadata
+    nbformat.validate(ran)
+    assert [c.execution_count for c in ran.cells[1:]] == [1, 2, 3, 4]
+    assert ran.cells[1].outputs[0]["text"] == "42\n" and ran.cells[3].outputs[0]["data"]["text/plain"] == "42"
+    assert [o["output_type"] for o in ran.cells[4].outputs] == ["stream"]  # ';' silences the result, as in Jupyter
+    assert "widgets" not in ran.metadata
     html, _ = HTMLExporter(template_name="lab").from_notebook_node(ran)
     assert "data:image/png;base64," in html and "frame 0 of 1" in html
+    nb = nbformat.read(source, as_version=4)
     nb.cells[1].source += "\nprint(1)"  # the source changed: the copy is stale
     nbformat.write(nb, source)
     assert hook.executed_copy(source, executed) is None
+
+
+def test_write_executed_numbers_the_cells_that_ran(tmp_path):
+    import nbformat
+
+    hook = load_hook()
+    source = tmp_path / "00_x.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1"), nbformat.v4.new_code_cell("2")]),
+                   source)
+    shown = {"output_type": "execute_result", "data": {"text/plain": "2"}, "metadata": {}, "execution_count": 7}
+    nb = nbformat.read(source, as_version=4)
+    out = hook.write_executed(nb, source.name, [None, [shown]], tmp_path / "executed")  # cell 0: NBVAL_SKIP
+    ran = nbformat.read(out, as_version=4)
+    assert [c.execution_count for c in ran.cells] == [None, 1] and ran.cells[1].outputs[0].execution_count == 1
+    assert hook.executed_copy(source, tmp_path / "executed") == out
+    with pytest.raises(ValueError, match="2 code cells"):
+        hook.write_executed(nb, source.name, [[]], tmp_path / "executed")
+    nb.cells.append(nbformat.v4.new_code_cell("3"))  # the notebook that ran is not the file any more
+    hook.write_executed(nb, source.name, [[], [], []], tmp_path / "executed")
+    assert hook.executed_copy(source, tmp_path / "executed") is None

@@ -197,3 +197,16 @@ def test_maps_figure_is_a_labelled_png():
     png = plots.maps_figure({"a": np.random.rand(2, 8, 8), "b": np.full((2, 8, 8), np.nan)},
                             label="flicker", title="t", columns=["0 → 1", "1 → 2"])
     assert png[:4] == b"\x89PNG"
+
+
+def test_window_figure_and_weights_figure_without_a_query_are_pngs():
+    from cove.app import plots
+
+    frames = np.zeros((2, 32, 32, 3), np.uint8)
+    window = np.full((8, 8), np.nan)
+    window[1:4, 2:5] = np.random.rand(3, 3)
+    png = plots.window_figure(frames, (8, 8), (3, 2), (2, 1), 3, window, np.random.rand(8, 8), [[3, 2], [4, 3]])
+    assert png[:4] == b"\x89PNG"
+    png, panels = plots.weights_figure(np.zeros((3, 32, 32, 3), np.uint8), (8, 8), None, np.random.rand(3, 8, 8),
+                                       label="d", title="t")
+    assert png[:4] == b"\x89PNG" and [p.frame for p in panels] == [0, 1, 2]

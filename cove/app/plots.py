@@ -15,8 +15,8 @@ import numpy as np
 
 from . import viz
 
-__all__ = ["FramePanel", "render", "pick", "PickerFigure", "weights_figure", "maps_figure", "merge_figure",
-           "MATCH_MARKERS"]
+__all__ = ["FramePanel", "render", "pick", "PickerFigure", "weights_figure", "window_figure", "maps_figure",
+           "merge_figure", "MATCH_MARKERS"]
 
 # match k (best first): colour from viz.PALETTE and a marker shape, so a match reads without colour
 MATCH_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h")
@@ -184,13 +184,15 @@ def weights_figure(frames, grid, query, maps, *, label: str, title: str, centre:
                    dpi: int = 80, panel_inches: float = 1.45):
     """One row of frames with a map over each (e.g. attention weights), a colour bar and a title.
 
-    ``centre``: draw on a diverging colour map centred there (e.g. 1 for "times the uniform
-    weight") with limits symmetric around it, so that above and below read apart.
+    ``query``: ``(i, x, y)``, drawn as a star on frame ``i``, or ``None`` (maps without a query,
+    e.g. an edit mask). ``centre``: draw on a diverging colour map centred there (e.g. 1 for
+    "times the uniform weight") with limits symmetric around it, so that above and below read
+    apart. NaN cells leave the frame uncovered.
     """
     frames = viz.to_numpy(frames)
-    maps = np.asarray(maps, dtype=np.float64)
+    maps = np.asarray(viz.to_numpy(maps), dtype=np.float64)
     F = len(frames)
-    i, qx, qy = query
+    i, qx, qy = query if query is not None else (None, None, None)
     fig = _figure(panel_inches * F + 1.3, panel_inches + 1.0, dpi)
     grid_spec = fig.add_gridspec(1, F + 1, width_ratios=[1] * F + [0.08], left=0.02, right=0.93,
                                  top=0.74, bottom=0.06, wspace=0.04)
@@ -214,6 +216,51 @@ def weights_figure(frames, grid, query, maps, *, label: str, title: str, centre:
     bar.set_label(label, fontsize=8), bar.ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
     return render(fig, clickable)
+
+
+def window_figure(frames, grid, query, corner, window: int, window_heat, full_heat, top, *, dpi: int = 80,
+                  panel_inches: float = 2.0) -> bytes:
+    """One query's sliding window (notebook 02), three pictures side by side: frame ``i`` with
+    the query; frame ``i+1`` with the similarity inside the ``l x l`` window and its best cells;
+    frame ``i+1`` with the similarity to every cell (what a full search compares). Each map has
+    its colour bar; the window is outlined on both. PNG bytes.
+
+    Args:
+        frames: uint8 ``(2, H_img, W_img, 3)``, frames ``i`` and ``i+1``. grid: ``(H, W)``.
+        query: ``(x, y)``, the query's cell in frame ``i``.
+        corner: ``(x, y)``, the window's top-left cell; window: its size ``l``.
+        window_heat: ``(H, W)``, NaN outside the window. full_heat: ``(H, W)``.
+        top: ``(K, 2)`` cells ``(x, y)`` of the best matches in the window, best first.
+    """
+    from matplotlib.patches import Rectangle
+
+    frames = viz.to_numpy(frames)
+    (H, W), (qx, qy), (cx, cy) = grid, query, corner
+    fig = _figure(3 * panel_inches + 0.3, panel_inches + 1.0, dpi)
+    height = fig.get_figheight()
+    spec = fig.add_gridspec(2, 3, height_ratios=[1, 0.07], left=0.02, right=0.98, top=1 - 0.3 / height,
+                            bottom=0.42 / height, wspace=0.08, hspace=0.1)
+    axes = [fig.add_subplot(spec[0, c]) for c in range(3)]
+    for ax, picture in zip(axes, (frames[0], frames[1], frames[1])):
+        _frame_axes(ax, picture, grid)
+    handles = [axes[0].plot(qx, qy, marker="*", ms=15, mfc="white", mec="black", mew=1.2, ls="")[0]]
+    titles = ("frame i: the query", f"frame i+1: the {window}×{window} window", "frame i+1: every cell")
+    for c, (ax, heat) in enumerate(zip(axes[1:], (window_heat, full_heat)), start=1):
+        image = ax.imshow(viz.to_numpy(heat), cmap="magma", alpha=0.8, interpolation="nearest",
+                          extent=(-0.5, W - 0.5, H - 0.5, -0.5))  # NaN cells stay transparent
+        ax.add_patch(Rectangle((cx - 0.5, cy - 0.5), window, window, fill=False, ec="white", lw=1.5))
+        bar = fig.colorbar(image, cax=fig.add_subplot(spec[1, c]), orientation="horizontal")
+        bar.set_label("cosine similarity to the query", fontsize=8), bar.ax.tick_params(labelsize=7)
+    for m, (x, y) in enumerate(viz.to_numpy(top)):
+        handles += axes[1].plot(x, y, marker=MATCH_MARKERS[m % len(MATCH_MARKERS)], ms=8 - min(m, 3),
+                                mfc=viz.PALETTE[m % len(viz.PALETTE)] / 255, mec="black", ls="")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=9)
+    legend_ax = fig.add_subplot(spec[1, 0])
+    legend_ax.axis("off")
+    labels = ["query"] + [f"match {m + 1}" for m in range(len(handles) - 1)]
+    legend_ax.legend(handles, labels, loc="center", ncol=2, fontsize=7, frameon=False)
+    return render(fig, {})[0]
 
 
 def maps_figure(rows: dict, *, label: str, title: str, columns=None, vmax: float | None = None,

@@ -139,11 +139,13 @@ def window_explorer(features, frames, *, window: int = 9, frame: int = 0, point=
                     k: int = 3, scale: int = 4) -> Panel:
     """Pick a token of frame ``i``; see its similarity inside the ``l x l`` window of frame ``i+1``.
 
-    Three pictures: frame ``i`` with the query; frame ``i+1`` with the window's similarities
-    (``cove.correspondence.window_similarity``) and its top-``K`` cells; the similarity with
-    *every* token of frame ``i+1``, i.e. what a full search would compare (window outlined).
+    One picture (``cove.app.plots.window_figure``): frame ``i`` with the query; frame ``i+1``
+    with the window's similarities (``cove.correspondence.window_similarity``) and its top-``K``
+    cells; the similarity with *every* token of frame ``i+1``, i.e. what a full search would
+    compare (window outlined); each map with its colour bar.
     """
     from ..correspondence import window_similarity
+    from . import plots
 
     features = torch.as_tensor(features)
     frames = viz.to_numpy(frames)
@@ -155,10 +157,8 @@ def window_explorer(features, frames, *, window: int = 9, frame: int = 0, point=
         "y": slider("y", y0, 0, H - 1),
         "window": slider("window l", window, 1, min(H, W) if min(H, W) % 2 else min(H, W) - 1, step=2),
     }
-    images = {"query": image(), "window": image(), "full": image()}
-    panel = Panel(controls, images)
-    size = frames.shape[1:3]
-    big = (size[0] * scale, size[1] * scale)
+    panel = Panel(controls, {"window": image()})
+    panel_inches = frames.shape[2] * scale / 80  # the figure is drawn at 80 dpi: frames x scale pixels
 
     def update():
         i, x, y, l = (controls[n].value for n in ("frame", "x", "y", "window"))
@@ -170,20 +170,12 @@ def window_explorer(features, frames, *, window: int = 9, frame: int = 0, point=
         best = index[0, top.indices]  # (K,) token indices, best first
         cells = torch.stack([best % W, best // W], -1)  # (K, 2) (x, y)
         start = int(index[0, 0])  # top-left cell of the (inward-shifted) window
-        corner = viz.cell_to_pixel(np.array([start % W, start // W]) - 0.5, (H, W), big)
-        box = (*corner, corner[0] + l * big[1] / W, corner[1] + l * big[0] / H)
-        thick = max(1, scale // 2)
-        query_px = viz.cell_to_pixel([[x, y]], (H, W), big)
-        panel.show("query", viz.draw_points(viz.enlarge(frames[i], scale), query_px, radius=scale))
         heat = viz.scatter_grid(sim[0], index[0], (H, W))  # (H, W), NaN outside the window
-        pic = viz.overlay(viz.enlarge(frames[i + 1], scale), heat, alpha=0.8)  # colours span the window
-        pic = viz.draw_points(viz.draw_box(pic, box, thickness=thick), viz.cell_to_pixel(cells, (H, W), big),
-                              radius=thick)
-        panel.show("window", pic)
         full = (query @ features[i + 1].flatten(1))[0]  # (N,) full search: every token of i+1
         full_best = int(full.argmax())
-        full_pic = viz.overlay(viz.enlarge(frames[i + 1], scale), full.view(H, W), alpha=0.8)
-        panel.show("full", viz.draw_box(full_pic, box, thickness=thick))
+        panel.images["window"].value = plots.window_figure(
+            frames[i:i + 2], (H, W), (x, y), (start % W, start // W), l, heat, full.view(H, W), cells,
+            panel_inches=panel_inches)
         panel.state = {"frame": i, "token": n, "window": l, "similarity": sim[0], "index": index[0],
                        "top": best, "full_best": full_best}
         panel.status.value = (

@@ -3,10 +3,12 @@
 1. ``on_files``: publishes the notebooks of ``notebooks/`` (outside ``docs/``) as pages at
    ``notebooks/<name>.ipynb``, so mkdocs-jupyter renders them (``execute: false``) without a
    copy or a symlink in ``docs/``. Where an executed copy of a notebook with the same cells
-   exists in ``artifacts/notebooks/`` (the test run writes them, ``tests/test_notebooks.py``;
-   one by hand: ``python docs/hooks/cove_docs.py --execute NN_name.ipynb``),
-   that copy is published instead, so the page shows the outputs. Widgets are saved without
-   their state: a page shows each panel's static copy (pictures and status line).
+   exists in ``artifacts/notebooks/``, that copy is published instead, so the page shows the
+   outputs. The test run writes those copies: nbval runs the notebooks and
+   ``notebooks/conftest.py`` writes each one whose cells all passed, with the outputs nbval
+   kept (:func:`write_executed`); one notebook: ``python -m pytest notebooks/00_quickstart.ipynb``.
+   Widgets are saved without their state: a page shows each panel's static copy (pictures and
+   status line).
 2. ``on_page_markdown``:
    - ``<!-- cove:api cove.module -->`` becomes ``::: cove.module`` (mkdocstrings) when the
      module exists in the checkout, and a note saying it is missing otherwise;
@@ -23,8 +25,11 @@ import math
 import re
 from pathlib import Path
 
-from mkdocs.plugins import event_priority
-from mkdocs.structure.files import File
+try:
+    from mkdocs.plugins import event_priority
+except ImportError:  # the notebooks' test plugin uses the notebook helpers without mkdocs
+    def event_priority(priority):
+        return lambda function: function
 
 ROOT = Path(__file__).resolve().parents[2]
 EXECUTED = ROOT / "artifacts" / "notebooks"  # executed copies (git-ignored)
@@ -47,7 +52,8 @@ MAX_CELL = 80  # characters per table cell
 
 
 def source_sha(nb: dict) -> str:
-    """Hash of a notebook's cells (type and source): an executed copy matches its source."""
+    """Hash of a notebook's cells (type and source; the JSON or an ``nbformat`` node): an
+    executed copy matches its source."""
     import hashlib
 
     cells = [(c["cell_type"], "".join(c["source"])) for c in nb["cells"]]
@@ -67,26 +73,37 @@ def executed_copy(path: Path, executed: Path = EXECUTED) -> Path | None:
     return copy if fresh else None
 
 
-def execute(path: Path, executed: Path = EXECUTED, timeout: int = 1800) -> Path:
-    """Run notebook ``path`` (kernel in its folder) and write the copy with outputs to
-    ``executed``, widget state left out, its source hash in ``metadata.cove``."""
+def write_executed(nb, name: str, outputs: list, executed: Path = EXECUTED) -> Path:
+    """Write notebook ``nb`` (an ``nbformat`` node, as the run read it) with the outputs of that
+    run to ``executed/name``: ``outputs[i]`` is the list of output dicts of its ``i``-th code cell
+    (as nbval keeps them, ``IPyNbCell.test_outputs``) or ``None`` for a cell that did not run.
+    Execution counts follow the cells that ran; the hash of the cells that ran goes to
+    ``metadata.cove`` (a notebook edited since is then stale), widget state is left out."""
     import nbformat
-    from nbclient import NotebookClient
 
-    nb = nbformat.read(path, as_version=4)
-    sha = source_sha(json.loads(path.read_text()))
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=False,
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    if len(outputs) != len(code):
+        raise ValueError(f"{name} has {len(code)} code cells, got outputs for {len(outputs)}")
+    count = 0
+    for cell, outs in zip(code, outputs):
+        count += outs is not None
+        cell.execution_count = count if outs is not None else None
+        cell.outputs = [nbformat.from_dict(dict(o)) for o in outs or []]
+        for o in cell.outputs:
+            if o.output_type == "execute_result":
+                o.execution_count = count
     nb.metadata.pop("widgets", None)
-    nb.metadata["cove"] = {"source_sha": sha}
+    nb.metadata["cove"] = {"source_sha": source_sha(nb)}
     executed.mkdir(parents=True, exist_ok=True)
-    out = executed / path.name
+    out = executed / name
     nbformat.write(nb, out)
     return out
 
 
 @event_priority(100)  # before mkdocs-jupyter turns .ipynb files into pages
 def on_files(files, config):
+    from mkdocs.structure.files import File
+
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         src = f"notebooks/{path.name}"
         if files.get_file_from_path(src) is None:
@@ -307,13 +324,3 @@ def on_page_markdown(markdown, page, config, files):
     if BENCH_MARK in markdown:
         markdown = markdown.replace(BENCH_MARK, benchmarks_markdown(Path(config["docs_dir"])))
     return markdown
-
-
-if __name__ == "__main__":  # python docs/hooks/cove_docs.py --execute [NN_name.ipynb ...]
-    import sys
-
-    if sys.argv[1:2] != ["--execute"]:
-        sys.exit("usage: python docs/hooks/cove_docs.py --execute [notebook.ipynb ...]")
-    names = sys.argv[2:] or sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
-    for name in names:
-        print("executed", execute(ROOT / "notebooks" / name).relative_to(ROOT), flush=True)
