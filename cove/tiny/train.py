@@ -78,7 +78,7 @@ def _parse(argv=None):
                         "default the shipped recipe's with the default cycles, else 1")
     p.add_argument("--mid-t", type=_shares, default=None,
                    help="share of each batch whose timesteps are drawn from --mid-t-range instead of "
-                        "all of them, one per cycle or one for all; default 0")
+                        "all of them, one per cycle or one for all; default the shipped recipe's with the default cycles, else 0")
     p.add_argument("--mid-t-range", type=_t_range, default=MID_T_RANGE,
                    help=f"timesteps LO,HI (LO <= t < HI) for --mid-t; default {MID_T_RANGE[0]},{MID_T_RANGE[1]}")
     p.add_argument("--ema-restart", type=_flags, default=None,
