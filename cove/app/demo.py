@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..config import CoveConfig
 from ..eval.bench import dumps, jsonable, machine_info
-from ..eval.scoring import score_clip, score_edit
+from ..eval.scoring import score_clip, score_correspondence, score_edit
 from ..tiny.presets import edit_config, edit_negative_prompt
 
 # cove-tiny's edit settings (``cove.tiny.presets.edit_config``: the last half of a 25-step
@@ -44,10 +44,7 @@ PCK_THRESHOLD = 1.0  # cells: a match within one cell of the truth counts as cor
 
 def correspondence_pck(correspondence, clip) -> float:
     """PCK of a correspondence's top-1 matches against the clip's true motion on its grid."""
-    from .. import metrics
-
-    positions, visible = clip.ground_truth(grid=tuple(correspondence.grid))  # (F, N, F, 2), (F, N, F)
-    return metrics.pck(correspondence, positions, visible, threshold=PCK_THRESHOLD)
+    return score_correspondence(correspondence, clip, PCK_THRESHOLD)["pck"]
 
 
 def write_json(path: Path, data: dict) -> None:
