@@ -13,8 +13,6 @@ score what the paper could only judge by eye:
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -47,19 +45,6 @@ def correspondence_pck(correspondence, clip) -> float:
     return score_correspondence(correspondence, clip, PCK_THRESHOLD)["pck"]
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as indented JSON, atomically (temporary file, then rename)."""
-    from .io import publish
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(dumps(data))
-        publish(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------------------- the demo
 
 
@@ -70,7 +55,7 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
     ``side_by_side.mp4`` (source | per-frame | COVE | ground truth, labelled, enlarged by
     ``DISPLAY_SCALE``) and
     ``metrics.json`` (the returned summary). Outputs are written only once everything is
-    computed, each atomically.
+    computed, all or none (``cove.app.io.write_all``).
 
     Args:
         out_dir: output folder (created).
@@ -146,8 +131,7 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
         pck["grid"] = list(grid)
     timings["metrics"] = time.perf_counter() - tick
 
-    # 5. videos and metrics.json, written last
-    tick = time.perf_counter()
+    # 5. videos and metrics.json, written last, all or none
     labels = ["source", "per-frame", "COVE", "ground truth"]
     big = [enlarge(c, DISPLAY_SCALE) for c in clips.values()]  # (F, s H, s W, 3) each
     panel = io.side_by_side(*big, labels=labels)  # (F, bar + s H, 4 s W, 3)
@@ -158,14 +142,6 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
         "side_by_side": out_dir / "side_by_side.mp4",
         "metrics": out_dir / "metrics.json",
     }
-    videos = {
-        files["source"]: clip.frames,
-        files["cove"]: cove_result.frames,
-        files["per_frame"]: per_frame.frames,
-        files["side_by_side"]: panel,
-    }
-    io.write_all(videos, fps=4)  # all or none
-    timings["write"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
     summary = jsonable(
         {
@@ -183,7 +159,13 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
             "files": {k: str(v) for k, v in files.items()},
         }
     )
-    write_json(files["metrics"], summary)
+    io.write_all({
+        files["source"]: clip.frames,
+        files["cove"]: cove_result.frames,
+        files["per_frame"]: per_frame.frames,
+        files["side_by_side"]: panel,
+        files["metrics"]: lambda path: Path(path).write_text(dumps(summary)),
+    }, fps=4)
     return summary
 
 
