@@ -37,7 +37,7 @@ def error_lines(capsys):
 def test_help_and_version(capsys):
     assert cli.main(["--help"]) == 0
     assert "edit" in capsys.readouterr().out
-    for command in ("edit", "correspond", "demo"):
+    for command in ("edit", "correspond", "demo", "batch"):
         assert cli.main([command, "--help"]) == 0
         assert f"usage: cove {command}" in capsys.readouterr().out
     assert cli.main(["--version"]) == 0
