@@ -316,9 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_arguments(batch)
     batch.set_defaults(run=cmd_batch)
 
+    from ..eval.paper import add_command as add_bench_paper
     from ..eval.speed import add_command as add_bench_speed
 
-    add_bench_speed(commands)
+    add_bench_paper(add_bench_speed(commands))
     return parser
 
 
