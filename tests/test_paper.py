@@ -86,6 +86,7 @@ def test_bench_paper_runs_on_a_tiny_model(tiny_folder, tmp_path, capsys, monkeyp
     assert "Table 2" in printed and f"wrote {out}" in printed
     result = json.loads(out.read_text())
     assert result["machine"]["commit"] and result["machine"]["devices"] == ["cpu"] and result["failed"] == 0
+    assert result["job_minutes"] > 0 and result["cpu_minutes"] > 0
     assert len(result["jobs"]) == 2 * 13 and all(r["status"] == "done" for r in result["jobs"])
     assert set(result["sections"]) == {"table2", "table4", "table5"}
     for section in result["sections"].values():

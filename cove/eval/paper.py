@@ -291,8 +291,11 @@ def run(*, suite: str = "small", model: str = "cove-tiny", work="runs/bench-pape
     return jsonable({
         "machine": {**machine_info(), "devices": devices, "processes": result.get("processes")},
         "suite": suite, "model": model, "frames": SUITES[suite]["frames"], "clips": listing["clips"],
-        "config": config.to_dict(), "work": str(work), "minutes": (time.perf_counter() - start) / 60,
-        "failed": result["failed"],
+        "config": config.to_dict(), "work": str(work), "failed": result["failed"],
+        # this run's wall time; the jobs' own (a resumed run reuses finished jobs), and their CPU time
+        "minutes": (time.perf_counter() - start) / 60,
+        "job_minutes": sum(row.get("seconds") or 0.0 for row in rows) / 60,
+        "cpu_minutes": sum(row.get("cpu_s") or 0.0 for row in rows) / 60,
         "sections": tables(rows, len(listing["clips"]), config.window, SUITES[suite]["frames"], feature_shape(model)),
         "jobs": rows,
     })
@@ -335,7 +338,9 @@ def main(args) -> int:
     io.write_atomic(path, lambda tmp: Path(tmp).write_text(dumps(result, digits=4)))
     for section in result["sections"].values():
         print(f"{section['title']}: {section['note']}")
-    print(f"{result['failed']} jobs failed" if result["failed"] else f"done in {result['minutes']:.1f} min")
+    print(f"{result['failed']} jobs failed" if result["failed"] else
+          f"done in {result['minutes']:.1f} min; the jobs took {result['job_minutes']:.1f} min "
+          f"({result['cpu_minutes']:.1f} CPU min)")
     print(f"wrote {path}")
     return 1 if result["failed"] else 0
 
