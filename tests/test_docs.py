@@ -118,7 +118,7 @@ def test_a_named_benchmark_is_drawn_in_place(tmp_path):
     assert "is not in this checkout" in hook.one_benchmark_markdown(tmp_path, "benchmarks_paper_cuda.json")
 
 
-@pytest.mark.parametrize("value, text", [(0.123456, "0.1235"), (True, "True"), ([1, 2], "1, 2"), ("a|b", "a\\|b")])
+@pytest.mark.parametrize("value, text", [(0.123456, "0.1235"), (True, "True"), (None, "–"), ([1, 2], "1, 2"), ("a|b", "a\\|b")])
 def test_benchmark_cells(value, text):
     assert load_hook().fmt(value) == text
 

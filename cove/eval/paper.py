@@ -31,7 +31,7 @@ import numpy as np
 
 from .bench import dumps, jsonable, machine_info
 
-# small: cove-tiny on two CPU cores in about 15 minutes; full: meant for GPUs.
+# small: cove-tiny on two CPU cores in about a quarter of an hour (20 CPU minutes); full: meant for GPUs.
 SUITES = {"small": {"clips": 3, "frames": 8}, "full": {"clips": 10, "frames": 32}}
 TABLE2 = (  # (setting, config overrides)
     ("per-frame", {"attention": "per-frame"}),
@@ -308,7 +308,7 @@ def add_command(bench_commands) -> None:
         description="Tables 2 (K), 4 (window) and 5 (correspondence accuracy) on ShapesWorld clips "
                     "with exact ground truth; writes JSON for the docs' benchmarks page.")
     p.add_argument("--suite", choices=tuple(SUITES), default="small",
-                   help="small: 3 clips of 8 frames (cove-tiny on a CPU, about 15 min); "
+                   help="small: 3 clips of 8 frames (cove-tiny on two CPU cores: about 15 min); "
                         "full: 10 clips of 32 frames (GPUs)")
     p.add_argument("--model", default="cove-tiny", help="cove-tiny, or any SD 1.x/2.x diffusers folder or hub id")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N on one process (default: accelerate's)")

@@ -143,8 +143,11 @@ def api_block(name: str, root: Path = ROOT) -> str:
 
 
 def fmt(value) -> str:
-    """One table cell: floats to 4 significant digits, everything else as text."""
-    if isinstance(value, bool) or value is None:
+    """One table cell: floats to 4 significant digits, a missing value (``None``) as a dash,
+    everything else as text."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
