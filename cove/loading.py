@@ -29,6 +29,28 @@ def _resolve_device(device, dtype):
     return device, dtype
 
 
+def check_model(model) -> str | Path:
+    """What :func:`load_pipeline` will load, checked without loading it: ``"cove-tiny"`` (its
+    folder), a folder with a ``model_index.json``, or a hub id ``"org/name"``; anything else is
+    a one-line ValueError (FileNotFoundError when cove-tiny's weights are missing)."""
+    if not isinstance(model, (str, Path)):
+        raise ValueError(f"model must be a string or a path, got {type(model).__name__}")
+    if str(model) == TINY:
+        if not (TINY_PATH / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"cove-tiny weights are missing at {TINY_PATH}; train them with `python -m cove.tiny.train`"
+            )
+        return TINY_PATH
+    path = Path(model)
+    if path.exists():
+        if not (path / "model_index.json").exists():
+            raise ValueError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        return model
+    if "/" not in str(model) or str(model).startswith((".", "/")):
+        raise ValueError(f"model must be 'cove-tiny', a diffusers folder or a hub id 'org/name', got {model!r}")
+    return model
+
+
 def load_pipeline(model: str | Path = DEFAULT_MODEL, *, device=None, dtype=None,
                   local_files_only: bool | None = None):
     """Load a diffusers ``StableDiffusionPipeline`` ready for :func:`cove.edit_video`.
@@ -49,22 +71,10 @@ def load_pipeline(model: str | Path = DEFAULT_MODEL, *, device=None, dtype=None,
 
     from .tiny import model as _tiny_model  # noqa: F401  diffusers loads its VAE class by name
 
-    if not isinstance(model, (str, Path)):
-        raise ValueError(f"model must be a string or a path, got {type(model).__name__}")
+    model = check_model(model)
     device, dtype = _resolve_device(device, dtype)
-    if str(model) == TINY:
-        if not (TINY_PATH / "model_index.json").exists():
-            raise FileNotFoundError(
-                f"cove-tiny weights are missing at {TINY_PATH}; train them with `python -m cove.tiny.train`"
-            )
-        model, local_files_only = TINY_PATH, True
-    path = Path(model)
-    if path.exists():
-        if not (path / "model_index.json").exists():
-            raise ValueError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+    if Path(model).exists():
         local_files_only = True
-    elif "/" not in str(model) or str(model).startswith((".", "/")):
-        raise ValueError(f"model must be 'cove-tiny', a diffusers folder or a hub id 'org/name', got {model!r}")
     kwargs = {} if local_files_only is None else {"local_files_only": local_files_only}
     from transformers.utils import logging as tlogging
 

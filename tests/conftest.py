@@ -58,6 +58,14 @@ def tiny_pipe(tmp_path_factory):
 
 
 @pytest.fixture
+def tiny_folder(tiny_pipe, tmp_path_factory):
+    """``tiny_pipe`` saved as a diffusers folder (what ``--model`` and job lists name)."""
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    tiny_pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
 def tiny_clip():
     """uint8 (4, 32, 32, 3): a smooth random texture translated by 2 pixels per frame."""
     rng = np.random.default_rng(0)

@@ -37,7 +37,7 @@ def error_lines(capsys):
 def test_help_and_version(capsys):
     assert cli.main(["--help"]) == 0
     assert "edit" in capsys.readouterr().out
-    for command in ("edit", "correspond", "demo"):
+    for command in ("edit", "correspond", "demo", "batch"):
         assert cli.main([command, "--help"]) == 0
         assert f"usage: cove {command}" in capsys.readouterr().out
     assert cli.main(["--version"]) == 0
@@ -199,13 +199,6 @@ def test_correspond_flow_tracks_a_pan(tmp_path, capsys):
 # ---------------------------------------------------------------------------- end to end on a tiny model
 
 
-@pytest.fixture
-def tiny_folder(tiny_pipe, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models") / "tiny"
-    tiny_pipe.save_pretrained(folder)
-    return folder
-
-
 def test_edit_end_to_end(tiny_pipe, tiny_folder, tmp_path, capsys):
     clip = textured_clip(F=5, size=48, shift=4)
     source = io.write_video(tmp_path / "in" / "walk.gif", clip)
@@ -245,14 +238,16 @@ def test_edit_passes_source_and_negative_prompts(tiny_folder, tmp_path, monkeypa
 
 def test_edit_failure_leaves_no_output(tiny_folder, tmp_path, capsys, monkeypatch):
     source = io.write_video(tmp_path / "walk.gif", textured_clip(F=3, size=32))
-    write = io.write_video
+    mediapy = io._mediapy()
+    write = mediapy.write_video
 
-    def full_disk(path, frames, fps=8):  # the edited clip is written, the side-by-side fails
+    def full_disk(path, images, **kwargs):  # the edited clip is written, ffmpeg fails on the side-by-side
         if "side_by_side" in str(path):
-            raise OSError("No space left on device\nsecond line")
-        return write(path, frames, fps)
+            raise RuntimeError(f"Error writing '{path}': [out#0/mp4 @ 0x1] Error writing trailer: "
+                               "No space left on device\nsecond line")
+        return write(path, images, **kwargs)
 
-    monkeypatch.setattr(io, "write_video", full_disk)
+    monkeypatch.setattr(mediapy, "write_video", full_disk)
     argv = ["edit", str(source), "-p", "x", "--model", str(tiny_folder), "--attention", "per-frame",
             "--inversion-steps", "2", "--denoise-steps", "2", "-o", str(tmp_path / "out" / "e.mp4")]
     assert cli.main(argv) == 2

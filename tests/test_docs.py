@@ -103,7 +103,24 @@ def test_benchmarks_markdown_renders_tables_or_says_absent(tmp_path):
     assert "Could not read `benchmarks_bad.json`" in hook.benchmarks_markdown(tmp_path)
 
 
-@pytest.mark.parametrize("value, text", [(0.123456, "0.1235"), (True, "True"), ([1, 2], "1, 2"), ("a|b", "a\\|b")])
+def test_a_named_benchmark_is_drawn_in_place(tmp_path):
+    hook = load_hook()
+    data = {"machine": {"cpu": "x"}, "sections": {"table5": {
+        "title": "Table 5: accuracy", "note": "**This model does not show the paper's effect.**",
+        "rows": [{"method": "optical flow", "PCK": 0.98, "paper PCK": 0.87},
+                 {"method": "diffusion features", "PCK": 0.73, "paper PCK": 0.92}], "plot": ["method", "PCK"]}}}
+    (tmp_path / "benchmarks_paper_cpu.json").write_text(json.dumps(data))
+    (tmp_path / "benchmarks_speed_cpu.json").write_text(json.dumps([{"frames": 8}]))
+    page = "A\n<!-- cove:benchmarks benchmarks_paper_cpu.json -->\nB\n<!-- cove:benchmarks -->"
+    md = hook.on_page_markdown(page, None, {"docs_dir": str(tmp_path)}, None)
+    drawn, rest = md.split("\nB\n")
+    assert "### Table 5: accuracy" in drawn and "| diffusion features | 0.73 | 0.92 |" in drawn
+    assert drawn.count("<svg") == 1 and "does not show" in drawn and "[raw JSON](benchmarks_paper_cpu.json)" in drawn
+    assert "benchmarks_paper_cpu.json" not in rest and "## `benchmarks_speed_cpu.json`" in rest
+    assert "is not in this checkout" in hook.one_benchmark_markdown(tmp_path, "benchmarks_paper_cuda.json")
+
+
+@pytest.mark.parametrize("value, text", [(0.123456, "0.1235"), (True, "True"), (None, "–"), ([1, 2], "1, 2"), ("a|b", "a\\|b")])
 def test_benchmark_cells(value, text):
     assert load_hook().fmt(value) == text
 

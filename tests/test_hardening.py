@@ -49,13 +49,6 @@ def no_work(monkeypatch):
     monkeypatch.setattr(io, "read_video", refuse)
 
 
-@pytest.fixture
-def tiny_folder(tiny_pipe, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models") / "tiny"
-    tiny_pipe.save_pretrained(folder)
-    return folder
-
-
 def refused(capsys, argv, folder, expect: str):
     """Run the CLI; it must exit 2 with one line containing ``expect`` and change no file."""
     before = snapshot(folder)

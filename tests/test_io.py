@@ -123,7 +123,7 @@ def test_failing_write_leaves_no_file(tmp_path, monkeypatch):
         raise Boom("disk full")
 
     monkeypatch.setattr(io._mediapy(), "write_video", explode)
-    with pytest.raises(Boom):
+    with pytest.raises(OSError, match=f"^cannot write {tmp_path / 'clip.mp4'}: disk full$"):
         io.write_video(tmp_path / "clip.mp4", frames)
     assert sorted(os.listdir(tmp_path)) == ["clip.mp4"]  # no temporary file left
     assert (tmp_path / "clip.mp4").read_bytes() == b"old"  # the previous file is intact

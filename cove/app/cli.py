@@ -3,6 +3,7 @@
     cove edit clip.mp4 -p "a green star and a blue circle on grass"
     cove correspond clip.mp4 -o matches.mp4
     cove demo -o cove-demo
+    cove batch jobs.yaml -o runs/batch      (accelerate launch -m cove.app.batch ... on several)
 
 Heavy libraries (torch, diffusers) load inside the commands so that ``cove --help`` is quick.
 Errors the user can fix (missing input, bad size, bad option value) print one line,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -305,15 +307,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     demo.set_defaults(run=cmd_demo)
 
+    from .batch import add_arguments as add_batch_arguments
+    from .batch import cmd_batch
+
+    batch = commands.add_parser("batch", help="run a list of edits or correspondences (YAML / JSONL)",
+                                description="Run every job of a list, skipping those already complete; "
+                                            "with `accelerate launch -m cove.app.batch` on several processes.")
+    add_batch_arguments(batch)
+    batch.set_defaults(run=cmd_batch)
+
+    from ..eval.paper import add_command as add_bench_paper
     from ..eval.speed import add_command as add_bench_speed
 
-    add_bench_speed(commands)
+    add_bench_paper(add_bench_speed(commands))
     return parser
 
 
 def _one_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
+
+
+def _say(text: str) -> None:
+    """An error line on stderr, once: under ``accelerate launch`` only the main process (rank 0)
+    prints it, the others exit with the same status silently."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,16 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, OSError) as error:  # FileNotFoundError is an OSError
-        print(f"cove: error: {_one_line(error)}", file=sys.stderr)
+        _say(f"cove: error: {_one_line(error)}")
         return 2
     except RuntimeError as error:  # the allocator's refusal, should the estimate be too low
         if "out of memory" not in str(error).lower():
             raise
-        print(f"cove: error: out of memory ({_one_line(error)}); reduce --size or --frames",
-              file=sys.stderr)
+        _say(f"cove: error: out of memory ({_one_line(error)}); reduce --size or --frames")
         return 2
     except KeyboardInterrupt:  # outputs are written atomically at the end: nothing partial
-        print("cove: interrupted", file=sys.stderr)
+        _say("cove: interrupted")
         return 130
 
 

@@ -63,23 +63,27 @@ def draw_correspondence(frames: np.ndarray, correspondence, *, points: int = 8,
     return np.stack(drawn)  # (F, H_img * s, W_img * s, 3)
 
 
-def save_tensors(path: Path, payload: dict) -> None:
-    """``torch.save`` atomically (temporary file in the same folder, then rename)."""
-    import os
-    import tempfile
-
+def write_tensors(path, payload: dict) -> None:
+    """``torch.save`` into ``path`` through a Python file, so that a failed write (a full disk)
+    is an OSError with the OS's reason."""
     import torch
 
-    from . import io
+    with open(path, "wb") as handle:
+        torch.save(payload, handle)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.pt", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        io.publish(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+def correspondence_payload(correspondence, frames, source: str, window: int | None) -> dict:
+    """What ``cove correspond`` saves: ``index`` / ``score`` (F, N, F, K) on the CPU, the grid,
+    the source ("diffusion" or "flow"), the frames' (F, H, W) and the window used."""
+    F, H, W, _ = frames.shape
+    return {
+        "index": correspondence.index.cpu(),  # (F, N, F, K)
+        "score": correspondence.score.cpu(),  # (F, N, F, K)
+        "grid": tuple(correspondence.grid),
+        "source": source,
+        "frame_shape": (F, H, W),
+        "window": window,
+    }
 
 
 def cmd_correspond(args) -> int:
@@ -126,20 +130,9 @@ def cmd_correspond(args) -> int:
 
     tick = time.perf_counter()
     picture = draw_correspondence(frames, correspondence)  # (F, H*s, W*s, 3)
-    payload = {
-        "index": correspondence.index.cpu(),  # (F, N, F, K)
-        "score": correspondence.score.cpu(),  # (F, N, F, K)
-        "grid": tuple(correspondence.grid),
-        "source": args.source,
-        "frame_shape": (F, H, W),
-        "window": fit_window(args.window, correspondence.grid) if args.source == "diffusion" else None,
-    }
-    save_tensors(tensors, payload)
-    try:
-        io.write_video(out, picture, fps=args.fps)
-    except BaseException:
-        tensors.unlink(missing_ok=True)
-        raise
+    window = fit_window(args.window, correspondence.grid) if args.source == "diffusion" else None
+    payload = correspondence_payload(correspondence, frames, args.source, window)
+    io.write_all({out: picture, tensors: lambda path: write_tensors(path, payload)}, fps=args.fps)
     timings["write"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
     print(f"wrote {out}\nwrote {tensors}")

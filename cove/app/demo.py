@@ -13,15 +13,13 @@ score what the paper could only judge by eye:
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from ..config import CoveConfig
 from ..eval.bench import dumps, jsonable, machine_info
-from ..eval.scoring import score_clip, score_edit
+from ..eval.scoring import score_clip, score_correspondence, score_edit
 from ..tiny.presets import edit_config, edit_negative_prompt
 
 # cove-tiny's edit settings (``cove.tiny.presets.edit_config``: the last half of a 25-step
@@ -44,23 +42,7 @@ PCK_THRESHOLD = 1.0  # cells: a match within one cell of the truth counts as cor
 
 def correspondence_pck(correspondence, clip) -> float:
     """PCK of a correspondence's top-1 matches against the clip's true motion on its grid."""
-    from .. import metrics
-
-    positions, visible = clip.ground_truth(grid=tuple(correspondence.grid))  # (F, N, F, 2), (F, N, F)
-    return metrics.pck(correspondence, positions, visible, threshold=PCK_THRESHOLD)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as indented JSON, atomically (temporary file, then rename)."""
-    from .io import publish
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(dumps(data))
-        publish(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    return score_correspondence(correspondence, clip, PCK_THRESHOLD)["pck"]
 
 
 # ---------------------------------------------------------------------------- the demo
@@ -73,7 +55,7 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
     ``side_by_side.mp4`` (source | per-frame | COVE | ground truth, labelled, enlarged by
     ``DISPLAY_SCALE``) and
     ``metrics.json`` (the returned summary). Outputs are written only once everything is
-    computed, each atomically.
+    computed, all or none (``cove.app.io.write_all``).
 
     Args:
         out_dir: output folder (created).
@@ -149,8 +131,7 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
         pck["grid"] = list(grid)
     timings["metrics"] = time.perf_counter() - tick
 
-    # 5. videos and metrics.json, written last
-    tick = time.perf_counter()
+    # 5. videos and metrics.json, written last, all or none
     labels = ["source", "per-frame", "COVE", "ground truth"]
     big = [enlarge(c, DISPLAY_SCALE) for c in clips.values()]  # (F, s H, s W, 3) each
     panel = io.side_by_side(*big, labels=labels)  # (F, bar + s H, 4 s W, 3)
@@ -161,14 +142,6 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
         "side_by_side": out_dir / "side_by_side.mp4",
         "metrics": out_dir / "metrics.json",
     }
-    videos = {
-        files["source"]: clip.frames,
-        files["cove"]: cove_result.frames,
-        files["per_frame"]: per_frame.frames,
-        files["side_by_side"]: panel,
-    }
-    io.write_all(videos, fps=4)  # all or none
-    timings["write"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
     summary = jsonable(
         {
@@ -186,7 +159,13 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
             "files": {k: str(v) for k, v in files.items()},
         }
     )
-    write_json(files["metrics"], summary)
+    io.write_all({
+        files["source"]: clip.frames,
+        files["cove"]: cove_result.frames,
+        files["per_frame"]: per_frame.frames,
+        files["side_by_side"]: panel,
+        files["metrics"]: lambda path: Path(path).write_text(dumps(summary)),
+    }, fps=4)
     return summary
 
 

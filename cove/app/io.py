@@ -4,7 +4,9 @@
   ``.png`` / ``.jpg`` frames.
 * :func:`prepare_frames` centre-crops, resizes and subsamples a clip for a diffusion model
   (sides a multiple of 8 for Stable Diffusion's VAE).
-* :func:`write_video` writes ``.mp4`` or ``.gif`` atomically: a failed write leaves no file.
+* :func:`write_video` writes ``.mp4`` or ``.gif`` atomically, :func:`write_atomic` any file,
+  :func:`write_all` several files all or none: a failed write (a full disk) leaves no file and
+  is one ``OSError``, ``cannot write <path>: <reason>``.
 * :func:`side_by_side` puts clips next to each other, optionally under small labels.
 
 ffmpeg: the ``ffmpeg`` on ``PATH`` if there is one, else the binary shipped in the
@@ -13,6 +15,7 @@ ffmpeg: the ``ffmpeg`` on ``PATH`` if there is one, else the binary shipped in t
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -279,6 +282,9 @@ def prepare_frames(frames, size=512, num_frames: int | None = None, *, multiple:
 
 # ---------------------------------------------------------------------------- writing
 
+# The OS's reasons a write fails for lack of room or rights, as ffmpeg also reports them.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO)
+
 
 def publish(tmp, path) -> None:
     """Rename a finished temporary file onto ``path`` with ordinary permissions.
@@ -292,6 +298,43 @@ def publish(tmp, path) -> None:
     os.replace(tmp, path)
 
 
+def write_reason(error: BaseException) -> tuple[int | None, str]:
+    """``(errno, reason)`` of a failed write: the OS's reason ("No space left on device") where
+    the error carries or quotes one, else the error's last line (ffmpeg's ``[out#0/mp4 @ 0x...]``
+    prefixes removed)."""
+    code, reason, text = getattr(error, "errno", None), getattr(error, "strerror", None), str(error)
+    if reason:
+        return code, reason
+    for known in WRITE_ERRNOS:
+        if os.strerror(known) in text:
+            return known, os.strerror(known)
+    text = re.sub(r"^Error writing '.*?':\s*", "", text)  # mediapy's preamble names the temporary file
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return code, re.sub(r"^(\[[^\]]*\]\s*)+", "", lines[-1]) if lines else f"{type(error).__name__}, no reason given"
+
+
+def _probe_write(path: Path) -> tuple[int, str] | None:
+    """Why writing more into the file ``path`` fails, found by appending 1 MiB to it (``None``:
+    it does not fail). ffmpeg does not always say why it could not write."""
+    try:
+        with open(path, "ab") as handle:
+            handle.write(bytes(1 << 20))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        return error.errno, error.strerror or str(error)
+    return None
+
+
+def write_failure(path, error: BaseException) -> OSError:
+    """The one-line OSError ``cannot write <path>: <reason>`` (:func:`write_reason`) of a failed
+    write; its ``errno`` is the OS's code where known."""
+    code, reason = write_reason(error)
+    failure = OSError(f"cannot write {path}: {reason}")
+    failure.errno = code
+    return failure
+
+
 def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
     images = [Image.fromarray(f) for f in frames]
     duration = max(20, round(1000 / fps))  # ms per frame; browsers clamp faster gifs
@@ -300,63 +343,109 @@ def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
     )
 
 
-def write_video(path, frames, fps: float = 8) -> Path:
-    """Write uint8 ``(F, H, W, 3)`` frames to ``path`` (``.mp4`` or ``.gif``), atomically.
+def _write_clip(path: Path, frames: np.ndarray, fps: float) -> None:
+    """Encode checked uint8 (F, H, W, 3) frames into ``path`` by its suffix (.gif or .mp4)."""
+    if path.suffix.lower() == ".gif":
+        _write_gif(path, frames, fps)
+        return
+    try:
+        _mediapy().write_video(path, frames, fps=fps)
+    except RuntimeError as error:  # ffmpeg's report of a failed write (a full disk, ...)
+        code, reason = write_reason(error)
+        if code is None:
+            code, reason = _probe_write(path) or (None, reason)
+        raise (OSError(code, reason) if code else OSError(reason)) from None
 
-    The clip goes to a temporary file in the target folder, renamed over ``path`` only once
-    complete: a failing write leaves neither a partial file nor a stale temporary one.
-    Missing parent folders are created. Returns ``path``.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in WRITE_SUFFIXES:
+
+def _check_clip(path: Path, frames, fps) -> np.ndarray:
+    if path.suffix.lower() not in WRITE_SUFFIXES:
         raise ValueError(f"cannot write {path.name!r}: expected a path ending in .mp4 or .gif")
-    frames = check_frames(frames)
     if not (isinstance(fps, (int, float)) and 0 < fps < float("inf")):
         raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    return check_frames(frames)
+
+
+def write_atomic(path, write) -> Path:
+    """Create the file ``path`` atomically: ``write(tmp)`` fills a temporary file in the same
+    folder, which is renamed onto ``path`` once complete.
+
+    Any failure of the write (a full disk, a quota, a read-only folder) is one OSError,
+    ``cannot write <path>: <reason>`` (:func:`write_failure`), and leaves neither a partial nor
+    a temporary file; an earlier file at ``path`` is kept. Missing parent folders are created.
+    Returns ``path``.
+    """
+    path = Path(path)
+    tmp = None
     try:
-        if suffix == ".gif":
-            _write_gif(tmp, frames, fps)
-        else:
-            _mediapy().write_video(tmp, frames, fps=fps)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        write(tmp)
         publish(tmp, path)
+    except OSError as error:
+        raise write_failure(path, error) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
     return path
 
 
-# ---------------------------------------------------------------------------- side by side
-
-
-def write_all(clips: dict, fps: float) -> None:
-    """Write every ``{path: frames}`` clip, all or none.
-
-    Each clip first goes to a hidden ``.pending`` file next to its target; only when every one
-    is written are they renamed into place. On failure the pending files are removed and any
-    earlier files at the target paths are left as they were.
+def write_video(path, frames, fps: float = 8) -> Path:
+    """Write uint8 ``(F, H, W, 3)`` frames to ``path`` (``.mp4`` or ``.gif``), atomically
+    (:func:`write_atomic`): a failing write leaves neither a partial file nor a stale temporary
+    one. Missing parent folders are created. Returns ``path``.
     """
-    if not (isinstance(fps, (int, float)) and 0 < fps < float("inf")):
-        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
+    path = Path(path)
+    frames = _check_clip(path, frames, fps)
+    return write_atomic(path, lambda tmp: _write_clip(tmp, frames, fps))
+
+
+def write_all(outputs: dict, fps: float = 8) -> None:
+    """Write every output, all or none.
+
+    Args:
+        outputs: ``{path: what}``; ``what`` is uint8 (F, H, W, 3) frames, written as a clip by
+            the path's suffix (.mp4 or .gif), or a function ``write(path)`` that writes any
+            other file (JSON, tensors).
+        fps: frame rate of the clips.
+
+    Each output first goes to a hidden ``.pending`` file next to its target; only when every
+    one is written are they renamed into place. On failure the pending files are removed,
+    earlier files at the target paths are left as they were, and the error is one OSError
+    naming the user's path (``cannot write <path>: <reason>``).
+    """
+    writers = {}
+    for path, what in outputs.items():  # every clip checked before anything is written
+        path = Path(path)
+        if callable(what):
+            writers[path] = what
+        else:
+            frames = _check_clip(path, what, fps)
+            writers[path] = lambda tmp, frames=frames: _write_clip(tmp, frames, fps)
     pending = []
     try:
-        for path, frames in clips.items():
-            path = Path(path)
+        for path, write in writers.items():
             tmp = path.with_name(f".{path.stem}.pending-{os.getpid()}{path.suffix}")
             pending.append((tmp, path))
             try:
-                write_video(tmp, frames, fps=fps)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write(tmp)
             except OSError as error:  # name the user's path, not the pending file
-                raise OSError(f"cannot write {path}: {error.strerror or _first_line(error)}") from None
+                raise write_failure(path, error) from None
         for tmp, path in pending:
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as error:
+                raise write_failure(path, error) from None
     finally:
         for tmp, _ in pending:
             with contextlib.suppress(OSError):  # e.g. the folder is a file: nothing was written
                 tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- side by side
 
 
 def _font(size: int):

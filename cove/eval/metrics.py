@@ -72,7 +72,7 @@ def _top1_positions(correspondence, grid=None) -> np.ndarray:
     return np.stack([index % W, index // W], axis=-1).astype(np.float64)  # (F, N, F, 2)
 
 
-def _hits(correspondence, gt_positions, gt_visible, threshold, exclude_self, grid):
+def _hits(correspondence, gt_positions, gt_visible, threshold, exclude_self, grid, tokens=None):
     """Correct (F, N, F) and counted (F, N, F) masks of the top-1 matches."""
     predicted = _top1_positions(correspondence, grid)  # (F, N, F, 2)
     gt_positions = as_numpy(gt_positions).astype(np.float64)
@@ -87,6 +87,11 @@ def _hits(correspondence, gt_positions, gt_visible, threshold, exclude_self, gri
         )
     distance = np.linalg.norm(predicted - gt_positions, axis=-1)  # (F, N, F)
     counted = gt_visible.copy()
+    if tokens is not None:
+        tokens = as_numpy(tokens).astype(bool)
+        if tokens.shape != counted.shape[:2]:
+            raise ValueError(f"expected tokens of shape {counted.shape[:2]} (F, N), got {tokens.shape}")
+        counted &= tokens[:, :, None]  # (F, N, F) only the chosen query tokens
     if exclude_self:
         F = counted.shape[0]
         counted[np.arange(F), :, np.arange(F)] = False  # (F, N) diagonal pairs i == j
@@ -101,6 +106,7 @@ def pck(
     *,
     exclude_self: bool = True,
     grid: tuple[int, int] | None = None,
+    tokens=None,
 ) -> float:
     """Percentage of correct keypoints of a correspondence's top-1 matches.
 
@@ -115,11 +121,13 @@ def pck(
             ``Clip.ground_truth(grid)``.
         gt_visible: (F, N, F) bool.
         threshold: in cells; 1.0 accepts the 4-neighbours, 1.5 the 8-neighbours.
+        tokens: optional bool (F, N): only these query tokens of each frame i count (e.g. the
+            cells on an object, ``cove.eval.scoring.object_tokens``).
 
     Returns:
         PCK in [0, 1]; ``nan`` when no point is counted.
     """
-    correct, counted = _hits(correspondence, gt_positions, gt_visible, threshold, exclude_self, grid)
+    correct, counted = _hits(correspondence, gt_positions, gt_visible, threshold, exclude_self, grid, tokens)
     total = counted.sum()
     return float(correct.sum() / total) if total else math.nan
 

@@ -7,6 +7,7 @@ notebooks score an edit::
     result, scores = score_edit(pipe, clip.frames, truth.caption, source_prompt=clip.caption,
                                 config=config, motion=clip, truth=truth, target_phrase="green star")
     scores  # {"warp_error", "psnr", "background_psnr", "object_psnr", "attribute_accuracy"}
+    score_correspondence(result.correspondence, clip)  # {"pck", "pck_objects", "pck_background"}
 """
 from __future__ import annotations
 
@@ -55,6 +56,29 @@ def score_clip(frames: np.ndarray, *, motion=None, truth=None, target_phrase: st
     if truth is not None:
         scores.update(fidelity(frames, truth, target_phrase))
     return scores
+
+
+def object_tokens(clip, grid: tuple[int, int]) -> np.ndarray:
+    """Which cells of a ``(H, W)`` token grid lie on an object, per frame: bool (F, N), a cell
+    counting as on an object when objects cover at least half of its pixels (area average of
+    ``clip.masks``; a photo clip has no objects)."""
+    import cv2
+
+    H, W = grid
+    objects = clip.masks.any(axis=1).astype(np.float32)  # (F, H_img, W_img) any object
+    cover = np.stack([cv2.resize(m, (W, H), interpolation=cv2.INTER_AREA) for m in objects])  # (F, H, W)
+    return (cover >= 0.5).reshape(len(objects), H * W)  # (F, N)
+
+
+def score_correspondence(correspondence, clip, threshold: float = 1.0) -> dict:
+    """PCK@``threshold`` cells of a correspondence's top-1 matches against ``clip``'s true motion
+    on the correspondence's grid: over every token (``pck``), over the tokens on objects
+    (``pck_objects``) and over the rest (``pck_background``); ``nan`` where none counts."""
+    grid = tuple(correspondence.grid)
+    positions, visible = clip.ground_truth(grid=grid)  # (F, N, F, 2), (F, N, F)
+    on_object = object_tokens(clip, grid)  # (F, N)
+    return {name: metrics.pck(correspondence, positions, visible, threshold, tokens=tokens)
+            for name, tokens in (("pck", None), ("pck_objects", on_object), ("pck_background", ~on_object))}
 
 
 def score_edit(pipe, frames, prompt: str, *, source_prompt: str = "", negative_prompt: str = "",

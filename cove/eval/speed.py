@@ -445,8 +445,8 @@ def write(result: dict, path) -> Path:
     return path
 
 
-def add_command(commands) -> None:
-    """Register ``bench speed`` on the ``cove`` CLI's subparsers."""
+def add_command(commands):
+    """Register ``bench speed`` on the ``cove`` CLI's subparsers; returns the ``bench`` subparsers."""
     bench = commands.add_parser("bench", help="measure cove", description="Benchmarks of cove.")
     sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     p = sub.add_parser("speed", help="time and peak memory at Stable Diffusion's shapes",
@@ -469,6 +469,7 @@ def add_command(commands) -> None:
     p.add_argument("-o", "--output", default=None,
                    help="JSON path (default: docs/benchmarks_speed_<cpu|cuda>.json)")
     p.set_defaults(run=main)
+    return sub
 
 
 def _ints(text: str) -> tuple[int, ...]:

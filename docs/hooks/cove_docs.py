@@ -14,7 +14,8 @@
      module exists in the checkout, and a note saying it is missing otherwise;
    - ``<!-- cove:benchmarks -->`` becomes tables (and figures) generated from
      ``docs/quality.json`` and ``docs/benchmarks*.json`` as written by the benchmark scripts,
-     or a note saying that they have not been run yet.
+     or a note saying that they have not been run yet; ``<!-- cove:benchmarks NAME.json -->``
+     draws that one file in its place (and the plain marker leaves it out).
 
 The rendering functions are pure (JSON in, Markdown out) and unit-tested in ``tests/test_docs.py``.
 """
@@ -44,6 +45,7 @@ MathJax.Ajax.loadComplete("[MathJax]/config/local/cove.js");
 """
 API_MARK = re.compile(r"<!--\s*cove:api\s+([\w.]+)\s*-->")
 BENCH_MARK = "<!-- cove:benchmarks -->"
+BENCH_FILE_MARK = re.compile(r"<!--\s*cove:benchmarks\s+([\w.-]+\.json)\s*-->")
 MAX_ROWS = 12  # longer lists are cut (the raw JSON is linked)
 MAX_CELL = 80  # characters per table cell
 
@@ -158,8 +160,11 @@ def api_block(name: str, root: Path = ROOT) -> str:
 
 
 def fmt(value) -> str:
-    """One table cell: floats to 4 significant digits, everything else as text."""
-    if isinstance(value, bool) or value is None:
+    """One table cell: floats to 4 significant digits, a missing value (``None``) as a dash,
+    everything else as text."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
@@ -274,11 +279,12 @@ def bar_plot(rows: list[dict], label: str, value: str, width: int = 420) -> str:
 
 def sections_markdown(data: dict, level: int = 3) -> str:
     """``{"machine": {...}, "sections": {name: {"note", "rows", "plot": [label, value]}}}``
-    (``cove bench speed``): per section its note, a table and a bar plot."""
+    (``cove bench speed``, ``cove bench paper``): per section its title (or name), note, a
+    table and a bar plot."""
     parts = [render_json({"machine": data.get("machine", {})}, level)]
     for name, sec in data["sections"].items():
         rows = [flatten(r) for r in sec.get("rows", [])]
-        body = [f"{'#' * level} {name}", sec.get("note", "")]
+        body = [f"{'#' * level} {sec.get('title', name)}", sec.get("note", "")]
         if rows:
             body.append(table(rows))
         plot = sec.get("plot")
@@ -288,10 +294,29 @@ def sections_markdown(data: dict, level: int = 3) -> str:
     return "\n\n".join(parts)
 
 
-def benchmarks_markdown(docs_dir: Path) -> str:
-    """The generated part of the benchmarks page: one section per JSON file and figure."""
+def json_markdown(path: Path, heading: bool = True) -> str:
+    """One benchmark JSON file as a section (under a heading naming it): its tables, or a note
+    that it cannot be read."""
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and isinstance(data.get("gates"), dict):  # the verdict first
+            data = {"gates": data["gates"], **{k: v for k, v in data.items() if k != "gates"}}
+        if isinstance(data, dict) and isinstance(data.get("sections"), dict):
+            body = sections_markdown(data)
+        else:
+            body = render_json(data)
+    except (OSError, ValueError) as exc:
+        body = f'!!! failure "Could not read `{path.name}`"\n    {exc}\n'
+    title = f"## `{path.name}`\n\n" if heading else ""
+    return f"{title}{body}\n\n[raw JSON]({path.name})"
+
+
+def benchmarks_markdown(docs_dir: Path, exclude=()) -> str:
+    """The generated part of the benchmarks page: one section per JSON file and figure
+    (``exclude``: file names drawn elsewhere on the page)."""
     sources = [p for p in [docs_dir / "quality.json"] if p.is_file()]
     sources += sorted(docs_dir.glob("benchmarks*.json"))
+    sources = [p for p in sources if p.name not in exclude]
     figures = sorted(
         p for p in docs_dir.iterdir() if p.suffix in (".png", ".svg") and p.stem.startswith(("quality", "benchmarks"))
     ) if docs_dir.is_dir() else []  # fmt: skip
@@ -301,26 +326,26 @@ def benchmarks_markdown(docs_dir: Path) -> str:
             "    `docs/quality.json` and `docs/benchmarks*.json` are absent: the benchmark "
             "scripts have not been run in this checkout. Run them (see below) and rebuild.\n"
         )
-    parts = []
-    for path in sources:
-        try:
-            data = json.loads(path.read_text())
-            if isinstance(data, dict) and isinstance(data.get("gates"), dict):  # the verdict first
-                data = {"gates": data["gates"], **{k: v for k, v in data.items() if k != "gates"}}
-            if isinstance(data, dict) and isinstance(data.get("sections"), dict):
-                body = sections_markdown(data)
-            else:
-                body = render_json(data)
-        except (OSError, ValueError) as exc:
-            body = f'!!! failure "Could not read `{path.name}`"\n    {exc}\n'
-        parts.append(f"## `{path.name}`\n\n{body}\n\n[raw JSON]({path.name})")
+    parts = [json_markdown(path) for path in sources]
     for path in figures:
         parts.append(f"![{path.stem}]({path.name})")
     return "\n\n".join(parts)
 
 
+def one_benchmark_markdown(docs_dir: Path, name: str) -> str:
+    """``docs/<name>`` drawn in place, or a note that it has not been measured in this checkout."""
+    path = docs_dir / name
+    if not path.is_file():
+        return (f'!!! note "`{name}` is not in this checkout"\n'
+                "    The benchmark that writes it has not been run; this section fills itself once it has.\n")
+    return json_markdown(path, heading=False)
+
+
 def on_page_markdown(markdown, page, config, files):
     markdown = API_MARK.sub(lambda m: api_block(m.group(1)), markdown)
+    docs_dir = Path(config["docs_dir"])
+    named = BENCH_FILE_MARK.findall(markdown)
+    markdown = BENCH_FILE_MARK.sub(lambda m: one_benchmark_markdown(docs_dir, m.group(1)), markdown)
     if BENCH_MARK in markdown:
-        markdown = markdown.replace(BENCH_MARK, benchmarks_markdown(Path(config["docs_dir"])))
+        markdown = markdown.replace(BENCH_MARK, benchmarks_markdown(docs_dir, exclude=named))
     return markdown
