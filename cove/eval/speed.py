@@ -486,13 +486,14 @@ def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"float16": torch.float16, "fp16": torch.float16}.get(args.dtype or ("fp16" if cuda else "fp32"), torch.float32)
+    path = Path(args.output or f"docs/benchmarks_speed_{'cuda' if cuda else 'cpu'}.json")
     result = run(arch=args.arch or ("sd21" if cuda else "small"), device=args.device, dtype=dtype,
                  frames=_ints(args.frames or ("10,32" if cuda else "2,3")), size=args.size or (512 if cuda else 128),
                  steps=_ints(args.steps or ("100,50" if cuda else "2,2")), stores=tuple(args.stores.split(",")),
                  parts=tuple(args.parts.replace("attention_layer", "layer").split(",")),
                  memory_frames=_ints(args.memory_frames) if args.memory_frames else (),
-                 out=args.output or f"docs/benchmarks_speed_{'cuda' if cuda else 'cpu'}.json")
-    path = write(result, args.output or f"docs/benchmarks_speed_{'cuda' if cuda else 'cpu'}.json")
+                 out=path)  # written after every section
+    write(result, path)  # also when no section ran
     for name, section in result["sections"].items():
         print(f"{name}: {section['note']}")
     print(f"wrote {path}")
