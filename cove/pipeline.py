@@ -327,9 +327,24 @@ def compute_correspondence(pipe, frames, config: CoveConfig, generator=None) -> 
     return corr, timings
 
 
+def check_correspondence(pipe, frames: np.ndarray, correspondence) -> None:
+    """Raise a one-line ValueError unless ``correspondence`` is a :class:`Correspondence` of
+    ``frames`` (F frames) on the pipeline's feature grid for their size."""
+    if not isinstance(correspondence, Correspondence):
+        raise ValueError(f"correspondence must be a cove.Correspondence, got {type(correspondence).__name__}")
+    F = len(frames)
+    grid = tuple(feature_grid(pipe, frames.shape[1:3]))
+    H, W = grid
+    shape = tuple(correspondence.index.shape)
+    if tuple(correspondence.grid) != grid or len(shape) != 4 or shape[:3] != (F, H * W, F):
+        raise ValueError(f"correspondence: expected index (F, N, F, K) = ({F}, {H * W}, {F}, K) on the "
+                         f"feature grid {H}x{W}, got {shape} on {tuple(correspondence.grid)}")
+
+
 def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_prompt: str = "",
                config: CoveConfig = CoveConfig(), callback=None,
-               generator: torch.Generator | None = None, cache=None) -> EditResult:
+               generator: torch.Generator | None = None, cache=None,
+               correspondence: Correspondence | None = None) -> EditResult:
     """Edit a clip with a text prompt, consistently across frames (COVE).
 
     Important args:
@@ -353,6 +368,10 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
         cache: a :class:`cove.cache.Cache`: the correspondence and the inversion are loaded
             from it when this clip, model and settings were seen before, else computed and
             stored (``None``: always computed, nothing stored).
+        correspondence: a precomputed :class:`Correspondence` on the feature grid
+            (``cove.features.feature_grid``) used in place of stages 1-3 with
+            ``attention="cove"``, e.g. the true motion of a ShapesWorld clip
+            (``cove.tiny.measures.true_correspondence``): COVE with perfect matches.
 
     Returns:
         :class:`EditResult` with the edited frames, the correspondence, the inverted latents
@@ -367,11 +386,15 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
     check_prompts(prompt, source_prompt, negative_prompt, mask=extras.mask_threshold is not None,
                   p2p=extras.p2p_steps > 0)
     check_fits(pipe, *frames.shape[:3], config)  # pixel budget and peak memory, before any work
+    if correspondence is not None:
+        check_correspondence(pipe, frames, correspondence)
     timings, t_start = {}, time.perf_counter()
     f = len(frames)
     # 2. correspondence (once)
     corr = None
-    if config.attention == "cove" and f > 1:
+    if config.attention == "cove" and f > 1 and correspondence is not None:
+        corr = correspondence
+    elif config.attention == "cove" and f > 1:
         stages = lambda: compute_correspondence(pipe, frames, config, generator)  # noqa: E731
         corr, t = stages() if cache is None else cache.correspondence(pipe, frames, config, generator, stages)
         timings.update(t)

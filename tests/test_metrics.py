@@ -1,4 +1,5 @@
 """Tests of cove.metrics: PCK, warp error, PSNR, edit fidelity and the ShapesWorld judge."""
+import json
 import math
 
 import numpy as np
@@ -289,14 +290,36 @@ def test_quality_prompts_gates_and_table():
     assert sample == measures.single_object_prompts(12, seed=0)
     results = {"prompt_following": {"colour": 1.0, "shape": 0.95, "background": 0.5, "all": 0.5},
                "reconstruction": {"psnr": 31.0}}
+    results["edits"] = {"cove": {"warp_to_truth": 1.6, "static_edits": 0, "landed_edits": 0.95},
+                        "cove_to_spatiotemporal": 0.7, "spatiotemporal_to_per_frame": 1.01}
     gates = quality.check_gates(results)
     assert gates["reconstruction.psnr"]["passed"] and not gates["prompt_following.background"]["passed"]
-    assert "edit.cove.psnr" not in gates
+    assert "correspondence.diffusion" not in gates  # not measured
+    passed = {name: gate["passed"] for name, gate in gates.items() if name.startswith("edits.")}
+    assert passed == {"edits.cove.landed_edits": True, "edits.cove.warp_to_truth": False,  # <= 1.5
+                      "edits.cove.static_edits": True, "edits.cove_to_spatiotemporal": True,
+                      "edits.spatiotemporal_to_per_frame": False}
     results["gates"] = gates
     table = quality.format_table(results)
     assert "prompt_following.background" in table and "NO" in table
     assert jsonable({"a": math.nan, "b": np.float32(1.5), "c": (math.inf,)}) == {
         "a": None, "b": 1.5, "c": ["inf"]}
+
+
+def test_quality_update_keeps_the_parts_not_measured_again(tmp_path):
+    previous = {"model": "cove-tiny", "seed": 0, "quick": False,
+                "prompt_following": {"colour": 1.0, "shape": 0.5, "background": 1.0, "all": 0.5, "total_seconds": 9},
+                "edit": {"cove": {}, "total_seconds": 5},  # a part that no longer exists
+                "reconstruction": {"psnr": 20.0, "total_seconds": 3}, "gates": {}}
+    merged = quality.merge(previous, {"reconstruction": {"psnr": 35.0, "total_seconds": 1}, "gates": {}})
+    assert "edit" not in merged and merged["prompt_following"] == previous["prompt_following"]
+    assert merged["gates"]["reconstruction.psnr"]["passed"] and not merged["gates"]["prompt_following.shape"]["passed"]
+    out = tmp_path / "q.json"
+    out.write_text(json.dumps({**previous, "seed": 3}))
+    with pytest.raises(SystemExit, match="measured with"):
+        quality.main(["--out", str(out), "--update", "--only", "reconstruction"])
+    with pytest.raises(SystemExit, match="cannot read"):
+        quality.main(["--out", str(tmp_path / "missing.json"), "--update"])
 
 
 def test_quality_moving_clips_move():
@@ -311,14 +334,7 @@ def test_quality_moving_clips_move():
 
 
 def _truth_correspondence(clip, grid):
-    """The ground-truth correspondence of a ShapesWorld clip on ``grid``, K = 1 (nearest cell)."""
-    from cove.correspondence import Correspondence
-
-    H, W = grid
-    positions, _ = clip.ground_truth(grid=grid)  # (F, N, F, 2)
-    cells = np.clip(np.rint(positions), 0, [W - 1, H - 1]).astype(np.int64)
-    index = torch.from_numpy(cells[..., 1] * W + cells[..., 0])[..., None]  # (F, N, F, 1)
-    return Correspondence(index=index, score=torch.ones(index.shape), grid=grid)
+    return measures.true_correspondence(clip, grid)
 
 
 def test_quality_prompt_following_counts_the_judges_verdicts(tiny_pipe, monkeypatch):
@@ -354,8 +370,8 @@ def test_quality_correspondence_pck_of_known_correspondences(tiny_pipe, monkeypa
     corr = measures.measure_correspondence(tiny_pipe, 1, seed=0, frames=3)
     assert corr["grid"] == [16, 16] and [row["clip"] for row in corr["per_clip"]] == ["shapes/0", "photo/chelsea"]
     assert corr["diffusion"] == 1.0 and corr["photo_diffusion"] == 1.0
-    flow = [metrics.pck(flow_correspondence(clip.frames, grid), *clip.ground_truth(grid=grid), 1.0)
-            for clip in clips]
+    flow = [metrics.pck(flow_correspondence(clip.frames, grid), *clip.ground_truth(grid=grid), 2.0)
+            for clip in clips]  # 4 px of a 32-pixel frame: 2 cells of 16x16
     assert (corr["flow"], corr["photo_flow"]) == pytest.approx(flow)
     assert corr["per_clip"][0]["diffusion_by_offset"] == {1: 1.0, 2: 1.0}
     assert sorted(corr["per_clip"][0]["flow_by_offset"]) == [1, 2]
@@ -399,19 +415,128 @@ def test_quality_shape_retention_counts_the_judged_shapes(tiny_pipe, monkeypatch
     assert "shape_retention.shape.0.5" in table and "shape_retention.shape.1" in table
 
 
-def test_quality_reconstruction_and_edit_run_on_a_tiny_pipeline(tiny_pipe):
+def test_quality_reconstruction_and_edits_run_on_a_tiny_pipeline(tiny_pipe):
     from cove import CoveConfig
 
     fast = CoveConfig(inversion_steps=2, denoise_steps=2, pnp_steps=1, window=5)
     rec = measures.measure_reconstruction(tiny_pipe, 1, seed=0, frames=2, config=fast)
     assert len(rec["per_clip"]) == 1 and rec["psnr"] == rec["per_clip"][0] and rec["steps"] == 2
-    edit = measures.measure_edit(tiny_pipe, 1, seed=0, frames=2, config=fast, return_frames=True)
-    for attention in ("cove", "per-frame"):
-        row = edit[attention]
-        assert set(row) >= {"psnr", "background_psnr", "object_psnr", "attribute_accuracy", "warp_error"}
-        assert edit["frames"][attention][0].shape == (2, 32, 32, 3)
-    assert edit["truth_warp_error"] < edit["cove"]["warp_error"]  # an untrained model flickers
-    assert edit["config"] == fast.to_dict()  # the settings are recorded with the figures
+    tasks = measures.edit_tasks(2, seed=0, frames=2, size=32)
+    edits = measures.measure_edits(tiny_pipe, tasks, config=fast, modes=measures.EDIT_MODES, return_frames=True)
+    for mode in measures.EDIT_MODES:
+        row = edits[mode]
+        assert set(row) >= {"landed_edits", "landed", "warp_error", "warp_to_truth", "static_edits", "psnr"}
+        assert len(row["per_edit"]) == 2 and edits["frames"][mode][0].shape == (2, 32, 32, 3)
+        assert row["warp_error"] > edits["truth_warp_error"]  # an untrained model flickers
+    assert edits["config"] == fast.to_dict()  # the settings are recorded with the figures
+    assert edits["edits"][0].startswith("background: on ") and edits["edits"][1].startswith("colour: ")
+    assert edits["cove_to_spatiotemporal"] == edits["cove"]["warp_error"] / edits["spatiotemporal"]["warp_error"]
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        measures.measure_edits(tiny_pipe, tasks, config=fast, modes=("cove-flow",))
+
+
+def test_edit_tasks_alternate_kinds_pan_in_pairs_and_the_judge_reads_the_truth():
+    tasks = measures.edit_tasks(12, seed=1000)
+    assert [t["kind"] for t in tasks] == ["background", "colour"] * 6
+    assert [t["pan"] > 0 for t in tasks] == [True, True, False, False] * 3
+    assert measures.edit_tasks(12, seed=1000)[5]["target"] == tasks[5]["target"]  # deterministic
+    assert {t["target"] for t in tasks} != {t["target"] for t in measures.edit_tasks(12, seed=0)}
+    for task in tasks[:4]:
+        if task["kind"] == "colour":  # a colour no object of the source has
+            assert task["target"].split()[0] not in {o.colour for o in task["clip"].scene.objects}
+        assert measures.landed_frames(task["truth"].frames, task).all()
+        assert not measures.landed_frames(task["clip"].frames, task).any()
+        row = measures.score_task(task["truth"].frames, task)
+        assert row["landed"] == 1.0 and row["warp_to_truth"] == 1.0 and not row["static"]
+
+
+def test_motion_following_tells_a_frozen_pattern_from_a_moving_one():
+    task = measures.edit_tasks(1, seed=1000)[0]  # a background swap under a camera pan
+    truth, clip = task["truth"].frames, task["clip"]
+    moving = metrics.motion_following(truth, clip, truth)
+    frozen = metrics.motion_following(np.repeat(truth[:1], len(truth), 0), clip, truth)
+    assert not moving["static"] and moving["ratio"] > 2 and moving["pixels"] > 1000
+    assert frozen["static"] and frozen["still"] == 0.0 and frozen["along"] > 1.0
+    still_scene = measures.edit_tasks(4, seed=1000)[2]["clip"]  # no pan: only the objects move
+    flat = np.full_like(still_scene.frames, 128)
+    nothing = metrics.motion_following(flat, still_scene, flat)  # nothing visibly moves
+    assert nothing["pixels"] == 0 and not nothing["static"] and math.isnan(nothing["ratio"])
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.motion_following(truth[:2], clip, truth)
+
+
+def test_true_correspondence_is_the_clips_motion():
+    clip = measures.edit_tasks(1, seed=1000)[0]["clip"]
+    positions, visible = clip.ground_truth(grid=(16, 16))
+    one, three = measures.true_correspondence(clip, (16, 16)), measures.true_correspondence(clip, (16, 16), k=3)
+    assert one.index.shape == (8, 256, 8, 1) and three.index.shape == (8, 256, 8, 3)
+    assert metrics.pck(one, positions, visible, 0.75) == 1.0  # the nearest cell: within sqrt(2)/2
+    assert torch.equal(three.index[..., :1], one.index)  # nearest first
+    off = ~torch.eye(8, dtype=torch.bool)[:, None, :].expand(8, 256, 8)
+    idx = three.index.long()
+    assert bool((idx[..., 0] != idx[..., 1])[off].all() and (idx[..., 1] != idx[..., 2])[off].all())
+    assert bool((idx[:, :, :, 0][~off] == torch.arange(256).repeat(8)).all())
+    assert torch.equal(one.score[..., 0][off], torch.from_numpy(visible).float()[off])
+    with pytest.raises(ValueError, match="k must lie"):
+        measures.true_correspondence(clip, (16, 16), k=0)
+
+
+def test_edit_video_takes_a_precomputed_correspondence(tiny_pipe):
+    from cove import CoveConfig
+    from cove.pipeline import edit_video
+
+    clip = world.render(world.random_scene(0, frames=2, size=32))
+    fast = CoveConfig(inversion_steps=2, denoise_steps=2, pnp_steps=1)
+    truth = measures.true_correspondence(clip, (16, 16))
+    result = edit_video(tiny_pipe, clip.frames, clip.caption, config=fast, correspondence=truth)
+    assert result.correspondence is truth and "features" not in result.timings
+    with pytest.raises(ValueError, match=r"correspondence: expected index \(F, N, F, K\) = \(2, 256, 2, K\)"):
+        edit_video(tiny_pipe, clip.frames, clip.caption, config=fast,
+                   correspondence=measures.true_correspondence(clip, (8, 8)))
+    with pytest.raises(ValueError, match="must be a cove.Correspondence"):
+        edit_video(tiny_pipe, clip.frames, clip.caption, config=fast, correspondence=truth.index)
+
+
+def test_edit_settings_reject_static_artifacts_then_rank_by_landing():
+    from cove.tiny import settings
+
+    figures = {"a": {"static_edits": 1, "landed": 1.0, "warp_to_truth": 1.0},
+               "b": {"static_edits": 0, "landed": 0.5, "warp_to_truth": 1.2},
+               "c": {"static_edits": 0, "landed": 0.5, "warp_to_truth": 1.1},
+               "d": {"static_edits": 0, "landed": 0.4, "warp_to_truth": 0.5}}
+    verdict = settings.choose(figures)
+    assert verdict["chosen"] == "c" and verdict["ranking"] == ["c", "b", "d"] and list(verdict["rejected"]) == ["a"]
+    config = settings.candidate_config({"guidance_scale": 5.0, "extras": {"p2p_steps": 0}})
+    assert config.guidance_scale == 5.0 and config.extras.p2p_steps == 0
+    assert config.extras.mask_threshold == settings.edit_config().extras.mask_threshold
+    with pytest.raises(SystemExit):
+        settings.main(["--edits", "4"])  # fewer than 12 validation edits
+
+
+def test_probes_pck_per_block_and_attention_entropy(tiny_pipe):
+    pck = measures.measure_feature_pck(tiny_pipe, 1, frames=2, ts=(261,))
+    blocks = measures.decoder_blocks(tiny_pipe.unet)
+    assert list(pck["pck"]) == blocks and all(0 <= v["261"] <= 1 for v in pck["pck"].values())
+    assert pck["best"][0] in blocks and pck["grid"][blocks[-1]][0] >= pck["grid"][blocks[0]][0]
+    entropy = measures.measure_attention_entropy(tiny_pipe, 1, frames=2, ts=(261,))
+    values = entropy["entropy"]["261"]
+    assert values and all(0 < v <= 1 + 1e-6 for v in values.values())
+    for heads, dim in entropy["heads"].values():
+        assert heads >= 1 and dim >= 1
+    attn = [m for name, m in tiny_pipe.unet.named_modules() if name.endswith("attn1")]
+    saved = [m.to_q.weight.detach().clone() for m in attn]
+    try:
+        with torch.no_grad():
+            for m in attn:
+                m.to_q.weight.zero_()  # q = bias only: the same logit for every key -> uniform
+                if m.to_q.bias is not None:
+                    m.to_q.bias.zero_()
+        uniform = measures.measure_attention_entropy(tiny_pipe, 1, frames=2, ts=(261,))
+    finally:
+        with torch.no_grad():
+            for m, w in zip(attn, saved):
+                m.to_q.weight.copy_(w)
+    assert all(v == pytest.approx(1.0, abs=1e-5) for v in uniform["entropy"]["261"].values())
 
 
 # ---------------------------------------------------------------------------------------------

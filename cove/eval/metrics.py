@@ -22,6 +22,7 @@ __all__ = [
     "pck",
     "pck_by_offset",
     "warp_error",
+    "motion_following",
     "psnr",
     "edit_fidelity",
     "nearest_colour",
@@ -220,6 +221,49 @@ def warp_error(frames, motion, gt_visible=None, *, reduce: bool = True):
     if not total:
         return math.nan
     return float(sum(e * c for e, c in zip(errors, counts) if c) / total)
+
+
+def motion_following(frames, motion, reference, *, threshold: float = 10.0) -> dict:
+    """Does a clip move with the scene, or stand still in the image? (A "static artifact".)
+
+    Over the pixels where ``reference`` (the true edited clip) changes between consecutive
+    frames at the same place by more than ``threshold`` (mean over channels, [0, 255]), that
+    is where the scene visibly moves, compare two errors of ``frames``: along the true motion
+    (``warp_error``'s: frame i against frame i + 1 sampled where each pixel moves to) and
+    standing still (frame i against frame i + 1 at the same pixel). A clip that follows the
+    motion scores far less along it; a pattern fixed to the image, while the scene pans,
+    scores less standing still.
+
+    Args:
+        frames: uint8 (F, H, W, 3); motion: the ShapesWorld ``Clip`` with the true motion;
+        reference: uint8 (F, H, W, 3) that moves with it (the true edit).
+
+    Returns:
+        {"along": error along the motion, "still": error standing still, "ratio": still /
+         along, "static": ``still < along``, "pixels": pixels counted}; with no such pixel
+        (nothing visibly moves) ``nan`` errors and ``static`` False.
+    """
+    frames, reference = as_numpy(frames), as_numpy(reference)
+    if frames.ndim != 4 or frames.shape != reference.shape or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames and reference of the same shape (F, H, W, 3), got "
+                         f"{frames.shape} and {reference.shape}")
+    F, H, W, _ = frames.shape
+    frames, reference = frames.astype(np.float64), reference.astype(np.float64)
+    along = still = 0.0
+    count = 0
+    for i, (positions, visible) in enumerate(_consecutive_motion(motion, None, F, H, W)):
+        moving = visible & (np.abs(reference[i + 1] - reference[i]).mean(-1) > threshold)  # (H, W)
+        if not moving.any():
+            continue
+        warped = bilinear(frames[i + 1], positions[..., 0], positions[..., 1])  # (H, W, 3)
+        along += float(np.abs(warped - frames[i]).mean(-1)[moving].sum())
+        still += float(np.abs(frames[i + 1] - frames[i]).mean(-1)[moving].sum())
+        count += int(moving.sum())
+    if not count:
+        return {"along": math.nan, "still": math.nan, "ratio": math.nan, "static": False, "pixels": 0}
+    along, still = along / count, still / count
+    return {"along": along, "still": still, "ratio": still / along if along else math.inf,
+            "static": bool(still < along), "pixels": count}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Edit then score: a COVE edit of a ShapesWorld clip, measured against the exact ground truth.
 
-The one way the demo (``cove.app.demo``), cove-tiny's quality gate
-(``cove.tiny.measures.measure_edit``), the edit panel (``cove.app.widgets.edit_panel``) and the
+The one way the demo (``cove.app.demo``), the edit panel (``cove.app.widgets.edit_panel``) and the
 notebooks score an edit::
 
     result, scores = score_edit(pipe, clip.frames, truth.caption, source_prompt=clip.caption,

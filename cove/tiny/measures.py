@@ -5,9 +5,12 @@ a. ``measure_prompt_following``  text-to-image: colour, shape and background fol
    (judge: ``cove.eval.judge.judge_image``); ``measure_shape_retention``: the shape judged after
    SDEdit of true renders at several strengths.
 b. ``measure_reconstruction``    DDIM inversion then reconstruction of 8-frame clips (PSNR).
-c. ``measure_edit``              colour edit of a moving object, COVE vs per-frame, against the
-   ground-truth edited clip (``cove.eval.scoring``).
-d. ``measure_correspondence``    PCK@1 cell of diffusion features vs OpenCV optical flow.
+c. ``measure_edits``             the gate's edits (``edit_tasks``: background swaps and recolours,
+   camera pans included), judged frame by frame and scored against the true edits
+   (``score_task``), per attention mode, including COVE on the true correspondence
+   (``true_correspondence``).
+d. ``measure_correspondence``    PCK within 4 px of diffusion features vs OpenCV optical flow.
+e. probes: ``measure_feature_pck`` (per decoder block and t), ``measure_attention_entropy``.
 """
 from __future__ import annotations
 
@@ -273,59 +276,24 @@ def moving_clips(n_clips: int, seed: int = 0, *, frames: int = 8, size: int = 64
     raise ValueError(f"found {len(clips)} of {n_clips} clips moving >= {min_speed} px/frame in {max_tries} seeds")
 
 
-def measure_edit(pipe, n_clips: int = 3, seed: int = 0, *, frames: int = 8, config=None,
-                 attentions=("cove", "per-frame"), return_frames: bool = False) -> dict:
-    """Colour edit of a moving object with ``cove.edit_video``, scored against the ground truth.
-
-    For each attention mode: mean over clips of ``cove.eval.scoring.score_edit``'s scores
-    (psnr, background_psnr, object_psnr, attribute_accuracy, and warp_error along the source
-    clip's motion: flicker, [0, 255]); the ground-truth edit's own warp error is reported as
-    the floor.
-    """
-    from ..eval.scoring import score_edit
-
-    config = config or edit_config()
-    size = _image_size(pipe)
-    clips = moving_clips(n_clips, seed, frames=frames, size=size)
-    tasks = [colour_edit_task(clip, seed + c) for c, clip in enumerate(clips)]
-    result: dict = {"edits": [f"{t['source']} -> {t['target']}" for t in tasks],
-                    "negative_prompt": "the source prompt", "config": config.to_dict()}
-    result["truth_warp_error"] = _mean([metrics.warp_error(t["truth"], clip) for t, clip in zip(tasks, clips)])
-    outputs = {}
-    for attention in attentions:
-        rows, outputs[attention] = [], []
-        variant = dataclasses.replace(config, attention=attention)
-        for clip, task in zip(clips, tasks):
-            edit, row = score_edit(pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
-                                   negative_prompt=edit_negative_prompt(task["source_prompt"]), config=variant,
-                                   seed=seed, motion=clip, truth=task["truth_clip"], target_phrase=task["target"])
-            row["seconds"] = round(edit.timings["total"], 2)
-            rows.append(row)
-            outputs[attention].append(edit.frames)
-        result[attention] = {key: _mean([r[key] for r in rows]) for key in rows[0]}
-        result[attention]["per_clip"] = rows
-    if return_frames:
-        result["frames"] = outputs
-        result["truth"] = [t["truth"] for t in tasks]
-    return result
-
-
 # ---------------------------------------------------------------------------------------------
 # d. correspondence accuracy
 # ---------------------------------------------------------------------------------------------
 
 
 def measure_correspondence(pipe, n_clips: int = 3, seed: int = 0, *, frames: int = 8, config=None,
-                           photo: str | None = "chelsea", threshold: float = 1.0) -> dict:
-    """PCK@``threshold`` cells of diffusion-feature vs optical-flow correspondence, same grid.
+                           photo: str | None = "chelsea", pixels: float = 4.0) -> dict:
+    """PCK within ``pixels`` of the frame of diffusion-feature vs optical-flow correspondence,
+    on the grid of the config's feature layer (features at its ``feature_t``).
 
     Returns:
         {"diffusion": mean PCK, "flow": mean PCK, "per_clip": [{"clip", "diffusion", "flow",
-         "diffusion_by_offset", "flow_by_offset"}], "grid": (H, W), "threshold"}.
+         "diffusion_by_offset", "flow_by_offset"}], "grid": (H, W), "pixels", "threshold" (in
+         cells of the grid), "layer", "t"}.
     """
     from ..config import CoveConfig
     from ..correspondence import correspond, flow_correspondence
-    from ..features import extract_features
+    from ..features import default_feature_layer, extract_features
 
     config = config or CoveConfig()
     size = _image_size(pipe)
@@ -338,6 +306,7 @@ def measure_correspondence(pipe, n_clips: int = 3, seed: int = 0, *, frames: int
                                     prompt=config.feature_prompt, ensemble=config.feature_ensemble,
                                     generator=torch.Generator("cpu").manual_seed(seed))  # (F, C, H, W)
         grid = tuple(features.shape[-2:])
+        threshold = pixels * grid[1] / size
         diffusion = correspond(features, window=config.window, k=config.k)
         flow = flow_correspondence(clip.frames, grid=grid)
         positions, visible = clip.ground_truth(grid=grid)  # (F, N, F, 2), (F, N, F)
@@ -356,5 +325,331 @@ def measure_correspondence(pipe, n_clips: int = 3, seed: int = 0, *, frames: int
         "photo_flow": _mean([r["flow"] for r in rows if r["clip"].startswith("photo/")]),
         "per_clip": rows,
         "grid": list(grid) if grid else None,
-        "threshold": threshold,
+        "pixels": pixels,
+        "threshold": pixels * grid[1] / size if grid else None,
+        "layer": config.feature_layer or default_feature_layer(pipe.unet),
+        "t": config.feature_t,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# e. the gate's edits: background swaps and recolours, judged frame by frame
+# ---------------------------------------------------------------------------------------------
+
+EDIT_KINDS = ("background", "colour")
+PAN_SPEED = (1.0, 2.5)  # pixels per frame at 64 x 64 of the clips with a camera pan
+
+
+def true_correspondence(clip, grid: tuple[int, int], k: int = 1):
+    """The exact correspondence of a ShapesWorld clip on a ``(H, W)`` token grid: COVE with
+    perfect matches.
+
+    For every token ``n`` of frame ``i`` and every frame ``j``, the ``k`` cells nearest to
+    where the point under that token's centre is in frame ``j`` (``Clip.ground_truth``), nearest
+    first; a point hidden in frame ``j`` (behind an object, or out of the frame) keeps its
+    predicted position, clamped inside the grid, with score 0. Pass it to
+    ``cove.edit_video(..., correspondence=...)``: the flicker left is what the model's
+    attention leaves, not the correspondence.
+
+    Returns:
+        ``cove.Correspondence`` with index ``(F, N, F, k)`` (``index[i, n, i, 0] = n``) and
+        score ``(F, N, F, k)``: 1 where the point is visible in frame ``j``, else 0.
+    """
+    from ..correspondence import Correspondence, index_dtype
+
+    H, W = grid
+    if k < 1 or k > H * W:
+        raise ValueError(f"k must lie in 1..{H * W}, got {k}")
+    positions, visible = clip.ground_truth(grid=(H, W))  # (F, N, F, 2) cell coordinates, (F, N, F)
+    positions = np.clip(positions, 0, [W - 1, H - 1])
+    if k == 1:
+        nearest = np.rint(positions).astype(np.int64)
+        index = (nearest[..., 1] * W + nearest[..., 0])[..., None]  # (F, N, F, 1)
+    else:  # the k nearest cells of each position, ties by the lower index
+        r = int(np.ceil(np.sqrt(k))) + 1  # candidates in a (2r+1)^2 neighbourhood
+        offsets = np.stack(np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1)), -1).reshape(-1, 2)
+        base = np.rint(positions).astype(np.int64)[..., None, :] + offsets  # (F, N, F, M, 2)
+        base = np.clip(base, 0, [W - 1, H - 1])
+        flat = base[..., 1] * W + base[..., 0]  # (F, N, F, M)
+        distance = np.linalg.norm(base - positions[..., None, :], axis=-1) + flat * 1e-9
+        distance = np.where(_repeated(flat), np.inf, distance)  # a clamped cell counts once
+        order = np.argsort(distance, axis=-1, kind="stable")[..., :k]
+        index = np.take_along_axis(flat, order, -1)  # (F, N, F, k)
+    F, N = positions.shape[:2]
+    own = np.arange(F)
+    index[own, :, own, :] = np.arange(N)[:, None]  # itself in its own frame
+    score = np.repeat(visible[..., None].astype(np.float32), k, -1)
+    score[own, :, own, :] = 1.0
+    return Correspondence(index=torch.from_numpy(index).to(index_dtype(N)), score=torch.from_numpy(score),
+                          grid=(H, W))
+
+
+def _repeated(flat: np.ndarray) -> np.ndarray:
+    """True where a value repeats an earlier one along the last axis."""
+    order = np.argsort(flat, axis=-1, kind="stable")
+    ranked = np.take_along_axis(flat, order, -1)
+    dup = np.zeros(flat.shape, bool)
+    dup_sorted = np.concatenate([np.zeros(flat.shape[:-1] + (1,), bool), ranked[..., 1:] == ranked[..., :-1]], -1)
+    np.put_along_axis(dup, order, dup_sorted, -1)
+    return dup
+
+
+def edit_tasks(n: int, seed: int = 0, *, frames: int = 8, size: int = 64) -> list[dict]:
+    """``n`` edits of ShapesWorld clips: background swaps and recolours in turn, every other
+    pair of them under a camera pan (``PAN_SPEED`` pixels per frame, random direction).
+
+    Clips come from seeds ``seed, seed + 1, ...``; the gate uses seed 0, the validation of
+    ``cove.tiny.presets.edit_config`` seed 1000. A background swap picks another background;
+    a recolour picks the object that moves most and a colour no object of the scene has, so
+    the judge reading that colour means the edit landed.
+
+    Returns:
+        [{"kind": "background" | "colour", "source", "target" (phrases), "source_prompt",
+          "target_prompt", "clip" (the source ``Clip``), "truth" (the true edited ``Clip``),
+          "object": the edited object's index or None, "pan": pixels per frame}].
+    """
+    tasks = []
+    for e in range(n):
+        rng = np.random.default_rng(seed * 7919 + e)
+        kind = EDIT_KINDS[e % 2]
+        panned = (e // 2) % 2 == 0
+        speed = rng.uniform(*PAN_SPEED) * size / 64 if panned else 0.0
+        angle = rng.uniform(0, 2 * np.pi)
+        pan = (speed * np.cos(angle), speed * np.sin(angle))
+        scene = world.random_scene(seed * 1000 + e, frames=frames, size=size, pan=pan)
+        if kind == "background":
+            choices = [b for b in world.BACKGROUNDS if b != scene.background]
+            source, target = f"on {scene.background}", f"on {choices[rng.integers(len(choices))]}"
+            o = None
+        else:
+            o = int(np.argmax([_travel(obj) for obj in scene.objects]))
+            obj = scene.objects[o]
+            used = {other.colour for other in scene.objects}
+            choices = [c for c in world.COLOURS if c not in used]
+            source, target = obj.phrase, f"{choices[rng.integers(len(choices))]} {obj.shape}"
+        truth = world.render(world.edit(scene, source, target))
+        tasks.append({"kind": kind, "source": source, "target": target, "source_prompt": scene.caption,
+                      "target_prompt": truth.caption, "clip": world.render(scene), "truth": truth,
+                      "object": o, "pan": float(np.hypot(*pan))})
+    return tasks
+
+
+def landed_frames(frames: np.ndarray, task: dict) -> np.ndarray:
+    """Per frame, does the judge (``cove.eval.judge.judge_image``) read the edit's target? bool (F,).
+
+    A background swap lands where the judged background is the target's; a recolour where
+    some judged object has the target colour (a colour no object of the source clip has)."""
+    verdicts = []
+    for frame in frames:
+        judged = judge.judge_image(frame)
+        if task["kind"] == "background":
+            verdicts.append(judged["background"] == task["target"].split()[-1])
+        else:
+            colour = task["target"].split()[0]
+            verdicts.append(any(c == colour for c, _ in judged["objects"]))
+    return np.array(verdicts, bool)
+
+
+EDIT_MODES = ("per-frame", "spatiotemporal", "cove", "cove-true")
+
+
+def score_task(frames: np.ndarray, task: dict) -> dict:
+    """The gate's figures of one edited clip (uint8 (F, H, W, 3)) against its task.
+
+    Returns:
+        {"landed": share of frames whose target the judge reads, "warp_error" (flicker along
+         the true motion), "truth_warp_error" (the true edit's), "warp_to_truth" (their ratio),
+         "static" and "still_to_motion" (``cove.eval.metrics.motion_following``), "psnr"
+         against the true edit}.
+    """
+    clip, truth = task["clip"], task["truth"]
+    warp = metrics.warp_error(frames, clip)
+    truth_warp = metrics.warp_error(truth.frames, clip)
+    following = metrics.motion_following(frames, clip, truth.frames)
+    return {"landed": float(landed_frames(frames, task).mean()), "warp_error": warp,
+            "truth_warp_error": truth_warp, "warp_to_truth": warp / truth_warp if truth_warp > 0 else math.nan,
+            "static": following["static"], "still_to_motion": following["ratio"],
+            "psnr": metrics.psnr(frames, truth.frames)}
+
+
+def summarise_edits(rows: list[dict], landed: float = 0.9) -> dict:
+    """Figures over edits (``score_task`` rows): "landed_edits" (share of edits landing on at
+    least ``landed`` of their frames), "landed" (mean share of frames), "warp_error" and "psnr"
+    (means), "warp_to_truth" (median) and "worst_warp_to_truth", "static_edits" (count)."""
+    ratios = [r["warp_to_truth"] for r in rows]
+    return {"landed_edits": float(np.mean([r["landed"] >= landed for r in rows])),
+            "landed": _mean([r["landed"] for r in rows]),
+            "warp_error": _mean([r["warp_error"] for r in rows]),
+            "warp_to_truth": float(np.nanmedian(ratios)) if rows else math.nan,
+            "worst_warp_to_truth": float(np.nanmax(ratios)) if rows else math.nan,
+            "static_edits": int(sum(bool(r["static"]) for r in rows)),
+            "psnr": _mean([r["psnr"] for r in rows]),
+            "worst_landed": float(min(r["landed"] for r in rows)) if rows else math.nan}
+
+
+def measure_edits(pipe, tasks: list[dict], *, config=None, modes=("per-frame", "spatiotemporal", "cove"),
+                  seed: int = 0, log=None, return_frames: bool = False) -> dict:
+    """Edit every task with ``cove.edit_video`` in each mode and score it (``score_task``).
+
+    Modes: the attentions ``"per-frame"``, ``"spatiotemporal"``, ``"cove"``, and ``"cove-true"``
+    (COVE on the clip's exact correspondence, ``true_correspondence`` with the config's K: the
+    ceiling of what correspondence can give this model).
+
+    Returns:
+        {"edits": ["kind: source -> target"], "config", mode: {``summarise_edits``,
+         "per_edit": [rows], "seconds": mean per edit}, "truth_warp_error": mean,
+         "cove_to_spatiotemporal" / "spatiotemporal_to_per_frame" / "true_to_per_frame":
+         ratios of mean warp errors where both modes ran} (+ "frames": {mode: [uint8 clips]}).
+    """
+    from ..features import feature_grid
+    from ..pipeline import edit_video
+
+    config = config or edit_config()
+    result: dict = {"edits": [f"{t['kind']}: {t['source']} -> {t['target']}" for t in tasks],
+                    "pans": [t["pan"] for t in tasks], "negative_prompt": "the source prompt",
+                    "config": config.to_dict()}
+    frames_out = {}
+    for mode in modes:
+        if mode not in EDIT_MODES:
+            raise ValueError(f"mode: expected one of {', '.join(EDIT_MODES)}, got {mode!r}")
+        variant = dataclasses.replace(config, attention="cove" if mode == "cove-true" else mode)
+        rows, seconds, frames_out[mode] = [], [], []
+        for task in tasks:
+            clip = task["clip"]
+            corr = None
+            if mode == "cove-true":
+                corr = true_correspondence(clip, feature_grid(pipe, clip.frames.shape[1:3]), k=config.k)
+            edit = edit_video(pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
+                              negative_prompt=edit_negative_prompt(task["source_prompt"]), config=variant,
+                              generator=torch.Generator("cpu").manual_seed(seed), correspondence=corr)
+            seconds.append(edit.timings["total"])
+            rows.append(score_task(edit.frames, task))
+            frames_out[mode].append(edit.frames)
+            if log:
+                log(f"[edits] {mode} {result['edits'][len(rows) - 1]}: landed {rows[-1]['landed']:.2f}, "
+                    f"warp {rows[-1]['warp_error']:.2f} ({rows[-1]['warp_to_truth']:.2f}x truth)"
+                    f"{', STATIC' if rows[-1]['static'] else ''} ({seconds[-1]:.0f} s)")
+        result[mode] = {**summarise_edits(rows), "seconds": _mean(seconds), "per_edit": rows}
+    result["truth_warp_error"] = _mean([metrics.warp_error(t["truth"].frames, t["clip"]) for t in tasks])
+    for name, a, b in (("cove_to_spatiotemporal", "cove", "spatiotemporal"),
+                       ("spatiotemporal_to_per_frame", "spatiotemporal", "per-frame"),
+                       ("cove_to_per_frame", "cove", "per-frame"),
+                       ("true_to_per_frame", "cove-true", "per-frame")):
+        if a in result and b in result:
+            result[name] = result[a]["warp_error"] / result[b]["warp_error"]
+    if return_frames:
+        result["frames"] = frames_out
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# f. probes: where the model's features and attention stand
+# ---------------------------------------------------------------------------------------------
+
+
+def decoder_blocks(unet) -> list[str]:
+    """The UNet's decoder blocks, coarsest first: ``["up_blocks.0", ...]``."""
+    return [f"up_blocks.{b}" for b in range(len(unet.up_blocks))]
+
+
+def measure_feature_pck(pipe, n_clips: int = 3, seed: int = 0, *, frames: int = 8,
+                        layers: list[str] | None = None, ts=(50, 261, 500), pixels: float = 4.0,
+                        window: int = 9, k: int = 3) -> dict:
+    """PCK within ``pixels`` of the frame of diffusion-feature correspondence, per decoder block
+    and timestep: where the model's features carry correspondence.
+
+    Each block's output (``cove.features.extract_features(layer=...)``) is matched with
+    ``cove.correspondence.correspond`` on its own grid (window fitted to it) and scored against
+    the clips' true motion; ``pixels`` is converted to cells of that grid, so blocks of
+    different resolutions are judged by the same distance in the frame.
+
+    Returns:
+        {"pck": {layer: {t: PCK}}, "grid": {layer: [H, W]}, "pixels", "best": [layer, t, PCK]}
+        (t as text keys).
+    """
+    from ..correspondence import correspond
+    from ..features import extract_features
+    from ..window import fit_window
+
+    size = _image_size(pipe)
+    layers = layers or decoder_blocks(pipe.unet)
+    clips = _clips(n_clips, seed, frames, size)
+    table: dict = {layer: {} for layer in layers}
+    grids: dict = {}
+    for layer in layers:
+        for t in ts:
+            scores = []
+            for clip in clips:
+                features = extract_features(pipe, clip.frames, t=t, layer=layer,
+                                            generator=torch.Generator("cpu").manual_seed(seed))  # (F, C, H, W)
+                grid = tuple(features.shape[-2:])
+                corr = correspond(features, window=fit_window(window, grid), k=k)
+                positions, visible = clip.ground_truth(grid=grid)
+                scores.append(metrics.pck(corr, positions, visible, pixels * grid[1] / size))
+            grids[layer] = list(grid)
+            table[layer][str(t)] = _mean(scores)
+    best = max(((layer, int(t), v) for layer, row in table.items() for t, v in row.items()),
+               key=lambda item: item[2])
+    return {"pck": table, "grid": grids, "pixels": pixels, "best": list(best)}
+
+
+def measure_attention_entropy(pipe, n_clips: int = 2, seed: int = 0, *, frames: int = 4, ts=(261, 500)) -> dict:
+    """How sharply the model's self-attention looks: entropy of the attention weights over
+    the keys, divided by log(keys) (1 = uniform, 0 = one key), per attention grid and t.
+
+    One UNet call per t on the clips' frames noised to t (the clips' captions as the text);
+    forward pre-hooks on every self-attention module (``attn1``) read its input, and the
+    weights ``softmax(q k^T * scale)`` per head are recomputed from the module's own ``to_q``,
+    ``to_k``, ``heads`` and ``scale``. Averaged over heads, queries, frames and the modules of
+    a grid.
+
+    Returns:
+        {"entropy": {t: {"HxW": normalised entropy}}, "heads": {"HxW": [heads, head dim]}}.
+    """
+    from ..sd import encode_frames, encode_text
+
+    unet = pipe.unet
+    modules = {name: m for name, m in unet.named_modules() if name.endswith("attn1")}
+    captured: dict = {}
+
+    def hook(name):
+        def pre(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured.setdefault(name, []).append(hidden.detach())
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
+    size = _image_size(pipe)
+    clips = _clips(n_clips, seed, frames, size)
+    result: dict = {"entropy": {}, "heads": {}}
+    try:
+        with torch.no_grad():
+            for t in ts:
+                sums: dict = {}
+                for c, clip in enumerate(clips):
+                    latents = encode_frames(pipe, clip.frames)  # (F, c, h, w)
+                    noise = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed + c))
+                    noisy = pipe.scheduler.add_noise(latents, noise.to(latents), torch.tensor([t]))
+                    text = encode_text(pipe, [clip.caption]).expand(len(latents), -1, -1)
+                    captured.clear()
+                    unet(noisy, t, text)
+                    for name, inputs in captured.items():
+                        attn = modules[name]
+                        for hidden in inputs:  # (F, N, C)
+                            n = hidden.shape[1]
+                            side = int(round(math.sqrt(n)))
+                            q, k = attn.to_q(hidden), attn.to_k(hidden)  # (F, N, C)
+                            d = q.shape[-1] // attn.heads
+                            q = q.view(len(q), n, attn.heads, d).transpose(1, 2)  # (F, h, N, d)
+                            k = k.view(len(k), n, attn.heads, d).transpose(1, 2)
+                            probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)  # (F, h, N, N)
+                            entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1) / math.log(n)
+                            key = f"{side}x{side}"
+                            total, count = sums.get(key, (0.0, 0))
+                            sums[key] = (total + float(entropy.mean()), count + 1)
+                            result["heads"][key] = [attn.heads, d]
+                result["entropy"][str(t)] = {key: total / count for key, (total, count) in sorted(sums.items())}
+    finally:
+        for handle in handles:
+            handle.remove()
+    return result

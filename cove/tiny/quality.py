@@ -1,10 +1,20 @@
 """Quality gate of the embedded model ``cove-tiny`` on ShapesWorld.
 
-Run ``python -m cove.tiny.quality [--out docs/quality.json] [--quick]``: it runs the
-measurements of ``cove.tiny.measures``, prints a table and writes the figures, the gates and
-the machine they were measured on as JSON. Gates: prompt following (colour, shape, background,
-all) >= 0.90; reconstruction PSNR >= 30 dB; the colour edit (COVE) recolours >= 90% of the
-object at PSNR >= 25 dB. Shape retention and correspondence PCK are reported without a gate.
+Run ``python -m cove.tiny.quality [--model DIR] [--out docs/quality.json] [--quick]``: it runs
+the measurements of ``cove.tiny.measures``, prints a table and writes the figures, the gates,
+the probes and the machine they were measured on as JSON. The gates (``GATES``):
+
+1. edits land: on the gate's background swaps and recolours (``measures.edit_tasks``, seed 0,
+   half under a camera pan), COVE's target is read on >= 90% of the frames of >= 90% of the
+   edits; text-to-image draws the asked colour, shape and background >= 90% of the time;
+2. edits are steady: COVE's warp error <= 1.5x the true edited clip's (median over edits),
+   and no edit is a static artifact (``cove.metrics.motion_following``);
+3. COVE's claims: diffusion PCK within 4 px >= 0.85 at the model's feature layer and t;
+   COVE's warp error <= 0.8x spatial-temporal attention's, which is <= per-frame editing's;
+4. no regression: DDIM inversion + reconstruction >= 30 dB.
+
+Probes without a gate: shape retention under SDEdit, PCK per decoder block and t, attention
+entropy per grid, and the edits under COVE on the true correspondence (``cove-true``).
 """
 from __future__ import annotations
 
@@ -18,21 +28,31 @@ from pathlib import Path
 
 from ..eval.bench import jsonable, machine_info
 from .measures import (
+    EDIT_MODES,
+    edit_tasks,
+    measure_attention_entropy,
     measure_correspondence,
-    measure_edit,
+    measure_edits,
+    measure_feature_pck,
     measure_prompt_following,
     measure_reconstruction,
     measure_shape_retention,
 )
+from .presets import edit_config
 
+# gate -> (">=" or "<=", threshold)
 GATES = {
-    "prompt_following.colour": 0.90,
-    "prompt_following.shape": 0.90,
-    "prompt_following.background": 0.90,
-    "prompt_following.all": 0.90,
-    "reconstruction.psnr": 30.0,
-    "edit.cove.attribute_accuracy": 0.90,
-    "edit.cove.psnr": 25.0,
+    "prompt_following.colour": (">=", 0.90),
+    "prompt_following.shape": (">=", 0.90),
+    "prompt_following.background": (">=", 0.90),
+    "prompt_following.all": (">=", 0.90),
+    "edits.cove.landed_edits": (">=", 0.90),
+    "edits.cove.warp_to_truth": ("<=", 1.5),
+    "edits.cove.static_edits": ("<=", 0),
+    "correspondence.diffusion": (">=", 0.85),
+    "edits.cove_to_spatiotemporal": ("<=", 0.8),
+    "edits.spatiotemporal_to_per_frame": ("<=", 1.0),
+    "reconstruction.psnr": (">=", 30.0),
 }
 
 
@@ -53,12 +73,13 @@ def _lookup(results: dict, dotted: str):
 def check_gates(results: dict) -> dict:
     """{gate: {"value", "threshold", "passed"}} for every gate whose figure was measured."""
     gates = {}
-    for name, threshold in GATES.items():
+    for name, (op, threshold) in GATES.items():
         value = _lookup(results, name)
         if value is None:
             continue
-        gates[name] = {"value": value, "threshold": threshold,
-                       "passed": bool(not math.isnan(value) and value >= threshold)}
+        met = value >= threshold if op == ">=" else value <= threshold
+        gates[name] = {"value": value, "op": op, "threshold": threshold,
+                       "passed": bool(not math.isnan(value) and met)}
     return gates
 
 
@@ -71,7 +92,7 @@ def format_table(results: dict) -> str:
         gate = gates.get(name)
         missing = value is None or (isinstance(value, float) and math.isnan(value))
         shown = "nan" if missing else f"{value:.{digits}f}"
-        threshold = f"{gate['threshold']:g}" if gate else ""
+        threshold = f"{gate['op']}{gate['threshold']:g}" if gate else ""
         passed = ("yes" if gate["passed"] else "NO") if gate else ""
         lines.append(f"{name:<44}{shown:>10}{threshold:>8}  {passed}")
 
@@ -82,15 +103,20 @@ def format_table(results: dict) -> str:
     rec = results.get("reconstruction")
     if rec:
         row("reconstruction.psnr", rec["psnr"], 2)
-    edit = results.get("edit")
-    if edit:
-        for attention in ("cove", "per-frame", "spatiotemporal"):
-            if attention in edit:
-                for key in ("psnr", "background_psnr", "object_psnr"):
-                    row(f"edit.{attention}.{key}", edit[attention][key], 2)
-                row(f"edit.{attention}.attribute_accuracy", edit[attention]["attribute_accuracy"])
-                row(f"edit.{attention}.warp_error", edit[attention]["warp_error"], 2)
-        row("edit.truth_warp_error", edit["truth_warp_error"], 2)
+    edits = results.get("edits")
+    if edits:
+        for mode in EDIT_MODES:
+            if mode in edits:
+                for key, digits in (("landed_edits", 3), ("landed", 3), ("warp_error", 2), ("warp_to_truth", 2),
+                                    ("worst_warp_to_truth", 2), ("static_edits", 0), ("psnr", 2)):
+                    if key in edits[mode]:
+                        row(f"edits.{mode}.{key}", edits[mode][key], digits)
+        if "truth_warp_error" in edits:
+            row("edits.truth_warp_error", edits["truth_warp_error"], 2)
+        for key in ("cove_to_spatiotemporal", "spatiotemporal_to_per_frame", "cove_to_per_frame",
+                    "true_to_per_frame"):
+            if key in edits:
+                row(f"edits.{key}", edits[key])
     retention = results.get("shape_retention")
     if retention:
         for strength, value in retention["shape"].items():
@@ -98,16 +124,25 @@ def format_table(results: dict) -> str:
     corr = results.get("correspondence")
     if corr:
         for key in ("diffusion", "flow", "photo_diffusion", "photo_flow"):
-            row(f"correspondence.pck.{key}", corr[key])
+            row(f"correspondence.{key}", corr[key])
+    probes = results.get("probes")
+    if probes:
+        for layer, by_t in probes["feature_pck"]["pck"].items():
+            for t, value in by_t.items():
+                row(f"probes.feature_pck.{layer}.t{t}", value)
+        for t, by_grid in probes["attention_entropy"]["entropy"].items():
+            for grid, value in by_grid.items():
+                row(f"probes.attention_entropy.t{t}.{grid}", value)
     return "\n".join(lines)
 
 
-def load_tiny(device=None):
-    """``cove.load_pipeline("cove-tiny")`` with a clear error when the weights are missing."""
+def load_tiny(device=None, model: str = "cove-tiny"):
+    """``cove.load_pipeline(model)`` (cove-tiny or a training export's folder) with a clear
+    error when the weights are missing."""
     from ..loading import load_pipeline
 
     try:
-        return load_pipeline("cove-tiny", device=device)
+        return load_pipeline(model, device=device)
     except (FileNotFoundError, OSError) as error:
         raise SystemExit(
             f"cove-tiny weights could not be loaded ({error}); train them with "
@@ -119,8 +154,9 @@ def _headline(figures: dict) -> str:
     """The top-level numbers of one part, e.g. "colour 0.958, shape 0.917"."""
     shown = []
     for key, value in figures.items():
-        if isinstance(value, dict) and "psnr" in value:  # an attention mode of the edit
-            shown.append(f"{key} psnr {value['psnr']:.2f} attr {value['attribute_accuracy']:.3f}")
+        if isinstance(value, dict) and "landed_edits" in value:  # an attention mode of the edits
+            shown.append(f"{key} landed {value['landed']:.2f} warp {value['warp_error']:.2f} "
+                         f"({value['warp_to_truth']:.2f}x truth) static {value['static_edits']}")
         elif key == "shape" and isinstance(value, dict):  # shape retention per strength
             shown.append("shape " + " ".join(f"{s}: {v:.2f}" for s, v in value.items()))
         elif isinstance(value, float) and key not in ("total_seconds", "seconds", "guidance_scale", "threshold"):
@@ -128,21 +164,31 @@ def _headline(figures: dict) -> str:
     return ", ".join(shown)
 
 
-PARTS = ("prompt", "shape_retention", "reconstruction", "edit", "correspondence")
+PARTS = ("prompt", "shape_retention", "reconstruction", "edits", "correspondence", "probes")
+PART_KEYS = {"prompt": "prompt_following"}  # a part's key in the results, where it differs from its name
 
 
-def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=None,
-        log=functools.partial(print, flush=True)) -> dict:
-    """Measure every part on cove-tiny; returns the results with "machine" and "gates"."""
-    pipe = pipe if pipe is not None else load_tiny(device)
-    n_prompts, n_clips = (12, 1) if quick else (96, 3)
-    results: dict = {"quick": quick, "seed": seed, "machine": machine_info(pipe)}
+def _probes(pipe, n_clips: int, seed: int) -> dict:
+    return {"feature_pck": measure_feature_pck(pipe, n_clips, seed),
+            "attention_entropy": measure_attention_entropy(pipe, min(n_clips, 2), seed)}
+
+
+def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=None, model: str = "cove-tiny",
+        modes=EDIT_MODES, log=functools.partial(print, flush=True)) -> dict:
+    """Measure every part on cove-tiny (or the export ``model``); returns the results with
+    "machine" and "gates". ``quick``: 12 prompts, 1 clip, 2 edits."""
+    pipe = pipe if pipe is not None else load_tiny(device, model)
+    n_prompts, n_clips, n_edits = (12, 1, 2) if quick else (96, 3, 12)
+    config = edit_config()
+    results: dict = {"quick": quick, "seed": seed, "model": str(model), "machine": machine_info(pipe)}
     steps = {
         "prompt": ("prompt_following", lambda: measure_prompt_following(pipe, n_prompts, seed)),
         "shape_retention": ("shape_retention", lambda: measure_shape_retention(pipe, n_prompts // 3, seed)),
         "reconstruction": ("reconstruction", lambda: measure_reconstruction(pipe, n_clips, seed)),
-        "edit": ("edit", lambda: measure_edit(pipe, n_clips, seed)),
-        "correspondence": ("correspondence", lambda: measure_correspondence(pipe, n_clips, seed)),
+        "edits": ("edits", lambda: measure_edits(pipe, edit_tasks(n_edits, seed), config=config, modes=modes,
+                                                  seed=seed, log=log)),
+        "correspondence": ("correspondence", lambda: measure_correspondence(pipe, n_clips, seed, config=config)),
+        "probes": ("probes", lambda: _probes(pipe, n_clips, seed)),
     }
     for part in parts:
         key, measure = steps[part]
@@ -150,9 +196,35 @@ def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=No
         log(f"[quality] {key} ...")
         results[key] = measure()
         results[key]["total_seconds"] = round(time.perf_counter() - start, 2)
+        results[key]["measured"] = {k: results["machine"][k] for k in ("date", "commit")}
         log(f"[quality] {key}: {_headline(results[key])} ({results[key]['total_seconds']:.0f} s)")
     results["gates"] = check_gates(results)
     return results
+
+
+def merge(previous: dict, results: dict) -> dict:
+    """``previous`` figures with the parts measured in ``results`` replaced; the gates are
+    checked again over the whole. Each part keeps its "measured" date and commit."""
+    current = {PART_KEYS.get(part, part) for part in PARTS}
+    kept = {k: v for k, v in previous.items()  # a part that no longer exists is dropped
+            if k in current or not (isinstance(v, dict) and "total_seconds" in v)}
+    merged = {**kept, **{k: v for k, v in results.items() if k != "gates"}}
+    merged["gates"] = check_gates(merged)
+    return merged
+
+
+def _previous(out: Path, args) -> dict:
+    """The figures of ``out`` that ``--update`` keeps, or a one-line exit when they cannot be
+    merged (missing, unreadable, or measured on another model, seed or size)."""
+    try:
+        previous = json.loads(out.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--update: cannot read {out} ({error}); run without --update first") from None
+    mine = {"model": str(args.model), "seed": args.seed, "quick": args.quick}
+    theirs = {key: previous.get(key, "cove-tiny" if key == "model" else None) for key in mine}
+    if theirs != mine:
+        raise SystemExit(f"--update: {out} was measured with {theirs}, not {mine}; run without --update")
+    return previous
 
 
 def main(argv=None) -> int:
@@ -161,11 +233,20 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="12 prompts (4 renders) and 1 clip per measure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: the loader's choice)")
+    parser.add_argument("--model", default="cove-tiny", help="cove-tiny or the folder of a training export")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--modes", nargs="+", choices=EDIT_MODES, default=list(EDIT_MODES),
+                        help="the edits' attention modes (cove-true: COVE on the true correspondence)")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the parts of --out that --only does not measure (same model, seed, size)")
     args = parser.parse_args(argv)
-    results = run(quick=args.quick, seed=args.seed, device=args.device, parts=tuple(args.only))
-    print(format_table(results))
     out = Path(args.out)
+    previous = _previous(out, args) if args.update else {}
+    results = run(quick=args.quick, seed=args.seed, device=args.device, parts=tuple(args.only), model=args.model,
+                  modes=tuple(args.modes))
+    if previous:
+        results = merge(previous, results)
+    print(format_table(results))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(jsonable(results, 4), indent=2) + "\n")
     print(f"wrote {out}")
