@@ -328,6 +328,31 @@ def correspond_reference(features: Tensor, window: int = 9, k: int = 3) -> Corre
     return Correspondence(index=index, score=score, grid=(H, W))
 
 
+def match_agreement(a: Correspondence, b: Correspondence) -> dict:
+    """How far two correspondences of the same clip agree, entry by entry.
+
+    Args:
+        a, b: ``Correspondence`` with ``index`` and ``score`` of the same shape ``(F, N, F, K)``
+            (e.g. ``correspond`` and ``correspond_reference`` of the same features).
+
+    Returns:
+        ``{"matches": F*N*F*K entries, "differing": entries whose index differs, "share":
+        differing / matches, "max_score_gap": the largest |score difference| among the
+        differing entries (0.0 if none)}``. Once a chain's top-1 differs, its later frames
+        usually differ too: a near-tie counts once per entry it moves.
+    """
+    for name, c in (("a", a), ("b", b)):
+        if not isinstance(c, Correspondence):
+            raise ValueError(f"{name}: expected a Correspondence, got {type(c).__name__}")
+    if a.index.shape != b.index.shape:
+        raise ValueError(f"b: expected index of shape {tuple(a.index.shape)} (a's), got {tuple(b.index.shape)}")
+    differ = a.index.cpu().long() != b.index.cpu().long()  # (F, N, F, K)
+    matches, differing = differ.numel(), int(differ.sum())
+    gap = (a.score.cpu().double() - b.score.cpu().double()).abs()[differ]  # (differing,)
+    return {"matches": matches, "differing": differing, "share": differing / max(matches, 1),
+            "max_score_gap": gap.max().item() if differing else 0.0}
+
+
 def __getattr__(name):  # the paper's baseline lives beside the method: cove.extras.flow
     if name == "flow_correspondence":
         from .extras.flow import flow_correspondence

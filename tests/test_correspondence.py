@@ -9,6 +9,7 @@ from cove.correspondence import (
     correspond,
     correspond_reference,
     index_dtype,
+    match_agreement,
 )
 from cove.extras.flow import flow_correspondence
 from cove.window import grid_cells, local_similarity, top_k, window_indices, window_similarity
@@ -312,3 +313,34 @@ def test_half_features_get_the_matches_of_their_float32_upcast(dtype, search):
 def test_bad_search_is_refused():
     with pytest.raises(ValueError, match="search must be one of"):
         correspond(random_features(2, 4, 5, 5), window=3, k=2, search="gpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# match_agreement: how far two correspondences agree
+# ---------------------------------------------------------------------------------------------
+
+
+def test_search_agrees_with_the_reference_on_random_features():
+    features = random_features(3, 8, 7, 9, seed=21)
+    agreement = match_agreement(correspond(features, 5, 3), correspond_reference(features, 5, 3))
+    assert agreement == {"matches": 3 * 63 * 3 * 3, "differing": 0, "share": 0.0, "max_score_gap": 0.0}
+
+
+def test_match_agreement_counts_an_altered_index():
+    c = correspond(random_features(3, 8, 7, 9, seed=22), 5, 3)
+    altered = Correspondence(c.index.clone(), c.score.clone(), c.grid)
+    altered.index[1, 10, 2, 0] = (altered.index[1, 10, 2, 0] + 1) % 63
+    altered.index[0, 5, 1, 2] = (altered.index[0, 5, 1, 2] + 1) % 63
+    altered.score[0, 5, 1, 2] -= 0.25  # the second altered entry's score, 0.25 off
+    agreement = match_agreement(c, altered)
+    assert agreement["differing"] == 2 and agreement["share"] == 2 / c.index.numel()
+    assert agreement["max_score_gap"] == pytest.approx(0.25)
+
+
+def test_match_agreement_refuses_other_shapes():
+    a = correspond(random_features(3, 8, 7, 9, seed=23), 5, 3)
+    b = correspond(random_features(3, 8, 7, 9, seed=23), 5, 2)
+    with pytest.raises(ValueError, match=r"^b: expected index of shape \(3, 63, 3, 3\) \(a's\), got \(3, 63, 3, 2\)$"):
+        match_agreement(a, b)
+    with pytest.raises(ValueError, match="^a: expected a Correspondence, got Tensor$"):
+        match_agreement(a.index, b)

@@ -21,6 +21,11 @@ def test_bench_speed_writes_valid_json(tmp_path):
     assert data["machine"]["device"] == "cpu" and data["machine"]["matmul TFLOP/s"] > 0
     corr = data["sections"]["correspondence"]["rows"]
     assert corr[3]["identical matches"] is True and len(corr) == 4
+    agree = data["sections"]["correspondence_agreement"]
+    assert {(r["features"], r["dtype"]) for r in agree["rows"]} == {("random", "float32"), ("smooth", "float32")}
+    assert len(agree["rows"]) == 6 and all(r["matches"] == 3 * 100 * 3 * 3 for r in agree["rows"])
+    assert all(r["differing"] == 0 for r in agree["rows"] if r["features"] == "random")
+    assert "naive reference" in agree["note"]
     edits = data["sections"]["edit"]["rows"]
     assert {(r["mode"], r["pnp_store"]) for r in edits} == {(m, s) for m in ("spatiotemporal", "cove")
                                                             for s in ("host", "recompute")}
@@ -35,6 +40,26 @@ def test_naive_correspond_is_the_same_computation():
     c = correspond(feats, 5, 2)
     assert torch.equal(c.index.long(), index)
     torch.testing.assert_close(c.score, score)
+
+
+def test_naive_correspond_sends_ties_to_the_lower_index():
+    """Features from 4 vectors of +-1/2 entries: similarities are exact multiples of 1/4 and
+    nearly every window holds ties, which must go as in ``correspond``."""
+    from cove.correspondence import correspond
+    g = torch.Generator().manual_seed(12)
+    palette = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0], [1, -1, 0, 0, 1, 1, 0, 0],
+                            [0, 0, 1, -1, 0, 1, 1, 0], [-1, 0, 0, 1, 0, 0, 1, 1]]) / 2  # (4, C)
+    features = palette[torch.randint(0, 4, (4, 7, 9), generator=g)].permute(0, 3, 1, 2)  # (F, C, H, W)
+    index, _ = speed.naive_correspond(features, 5, 4)
+    assert torch.equal(correspond(features, 5, 4).index.long(), index)
+
+
+def test_smooth_features_are_unit_and_smooth():
+    x = speed.smooth_features(2, 16, (16, 16), "cpu", torch.float32)
+    torch.testing.assert_close(x.norm(dim=1), torch.ones(2, 16, 16))
+    neighbour = (x[..., 1:] * x[..., :-1]).sum(1).mean()  # cosine of horizontal neighbours
+    assert neighbour > 0.9 > (speed._features(2, 16, (16, 16), "cpu", torch.float32)[..., 1:]
+                              * speed._features(2, 16, (16, 16), "cpu", torch.float32)[..., :-1]).sum(1).abs().mean()
 
 
 def test_sd21_architecture_from_config():

@@ -6,6 +6,9 @@ them):
 - ``correspondence``: ``correspond`` vs the naive all-pairs search (every token against every
   token of the next frame, then the same windows, top-K and chaining) on the same random
   features, and whether the matches are identical;
+- ``correspondence_agreement``: how many matches of the tiled search, the all-pairs product
+  and the naive reference differ (``cove.correspondence.match_agreement``), on random and on
+  spatially smooth features, in float32 and in the run's dtype;
 - ``merging``: ``guided_attention`` with merge ratio 0 and 0.5;
 - ``attention_layer``: one SD self-attention layer of the 64x64 level (320 channels, 5 heads)
   in each attention mode, and CGA's blocks against the whole-layer gather;
@@ -139,7 +142,8 @@ def _features(frames, channels, grid, device, dtype, seed=0):
 
 def naive_correspond(features, window: int, k: int):
     """All-pairs baseline: every token against every token of the next (previous) frame, then
-    the same windows, top-K and chaining as ``correspond``. Returns ``(index, score)``."""
+    the same windows, top-K and chaining as ``correspond``, ties to the lower token index (a
+    stable sort of each row-major window). Returns ``(index, score)``, each ``(F, N, F, K)``."""
     from ..correspondence import correspond
 
     F, C, H, W = features.shape
@@ -152,7 +156,8 @@ def naive_correspond(features, window: int, k: int):
     steps = {}
     for a, b in [(i, i + 1) for i in range(F - 1)] + [(i + 1, i) for i in range(F - 1)]:
         sim = features[a].flatten(1).T @ features[b].flatten(1)  # (N, N) every pair of tokens
-        top, pick = sim.gather(1, cells).topk(k, dim=-1)  # (N, K) within the window
+        top, pick = sim.gather(1, cells).sort(dim=-1, descending=True, stable=True)  # (N, l*l) window
+        top, pick = top[:, :k], pick[:, :k]  # (N, K): equal scores keep the lower index first
         steps[a, b] = (cells.gather(1, pick), top)
     for i in range(F):  # the chains, one frame at a time
         for step in (1, -1):
@@ -197,6 +202,44 @@ def bench_correspondence(device, dtype, frames=10, grid=(64, 64), channels=320, 
             {"method": f"speed-up (auto = {auto})", "s": best["naive"]["s"] / best[auto]["s"],
              "identical matches": same,
              "shape": f"F={frames}, {grid[0]}x{grid[1]}, C={channels}, l={window}, K={k}, {str(dtype).replace('torch.', '')}"}]
+
+
+def smooth_features(frames, channels, grid, device, dtype, seed=0, factor=8):
+    """Unit ``(F, C, H, W)`` features that vary slowly in space: random ``(F, C, H/factor,
+    W/factor)`` upsampled bilinearly, so that neighbouring cells are nearly equal (and those
+    the upsampling replicates at the borders exactly equal), as in diffusion features."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(frames, channels, max(2, grid[0] // factor), max(2, grid[1] // factor), generator=g)
+    x = torch.nn.functional.interpolate(low, size=grid, mode="bilinear", align_corners=False)  # (F, C, H, W)
+    return (x / x.norm(dim=1, keepdim=True)).to(device, dtype)
+
+
+def bench_agreement(device, dtype, frames=10, grid=(64, 64), channels=320, window=9, k=3):
+    """``match_agreement`` of the tiled search, the all-pairs product and ``naive_correspond``
+    (the reference), pair by pair, on random and on spatially smooth unit features, in float32
+    and in ``dtype``. All three compare in float32 and send ties to the lower index, so what
+    differs are near-ties within float32 rounding of the dot products."""
+    from ..correspondence import Correspondence, correspond, match_agreement
+
+    rows = []
+    for kind, make in (("random", _features), ("smooth", smooth_features)):
+        for dt in dict.fromkeys((torch.float32, dtype)):  # float32, then the run's dtype if other
+            feats = make(frames, channels, grid, device, dt)
+            found = {search: correspond(feats, window, k, search=search) for search in ("tiled", "allpairs")}
+            found["naive"] = Correspondence(*naive_correspond(feats.float(), window, k), grid)
+            for a, b in (("tiled", "naive"), ("allpairs", "naive"), ("tiled", "allpairs")):
+                rows.append({"features": kind, "dtype": str(dt).replace("torch.", ""), "pair": f"{a} vs {b}",
+                             **match_agreement(found[a], found[b])})
+    return rows
+
+
+def agreement_note(rows) -> str:
+    """One line on ``bench_agreement``'s rows: the differing matches of each search against
+    the reference."""
+    parts = [f"{r['pair'].split(' vs ')[0]} {r['features']} {r['dtype']}: {r['differing']}"
+             for r in rows if r["pair"].endswith("naive")]
+    return (f"Matches differing from the naive reference (of {rows[0]['matches']} each; only ties "
+            "within float32 rounding can differ): " + ", ".join(parts) + ".")
 
 
 def bench_merging(device, dtype, frames=10, grid=(64, 64), channels=320, heads=5, k=3):
@@ -399,6 +442,9 @@ def run(*, arch="small", device="cpu", dtype=torch.float32, frames=(2, 3), size=
             f"{rows[3]['s']:.1f}x faster than the naive all-pairs search on the same features; "
             f"tiled {rows[0]['s'] * 1e3:.1f} ms, all-pairs product {rows[1]['s'] * 1e3:.1f} ms; "
             f"identical matches: {rows[3]['identical matches']}.")}
+        done()
+        rows = bench_agreement(device, dtype, s["frames"], s["grid"], s["channels"])
+        sec["correspondence_agreement"] = {"rows": rows, "note": agreement_note(rows)}
         done()
     if "merging" in parts:
         rows = bench_merging(device, dtype, s["frames"], s["grid"], s["channels"], s["heads"])
