@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One call on a lent GPU (about 9 minutes): cove-tiny's training run, the CUDA tests, then
-# `cove bench speed` at SD 2.1's shapes. Everything it returns goes under $OUT (at most 8 files):
+# One call on a lent GPU (about 10 minutes): cove-tiny's training run, the CUDA tests,
+# `cove bench speed` at SD 2.1's shapes, then `cove bench profile` of one denoising step.
+# Everything it returns goes under $OUT, these 8 files:
 #   export.tar                 the trained pipeline (fp16) with its training.json and log.jsonl
-#   train.log, cuda_tests.log, bench.log, machine.txt
+#   train.log, cuda_tests.log, machine.txt
+#   bench.log                  the speed benchmark's and the profile's output
 #   benchmarks_speed_cuda.json (rewritten after every section)
+#   profile.json, profile.txt  one UNet call per mode under torch.profiler (F = FRAMES' first)
 # Run from the repository root: `bash benchmarks/gpu.sh`. Settings (environment):
 #   DEVICE=cuda  TRAIN_MINUTES=3.8  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=64,128
 #   SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
@@ -47,4 +50,13 @@ timeout "${BENCH_SECONDS:-180}" python3 -m cove.app.cli bench speed --device "$D
   --size "${SIZE:-512}" --steps "${STEPS:-20,10}" --stores host \
   -o "$OUT/benchmarks_speed_cuda.json" >"$OUT/bench.log" 2>&1
 echo "bench: exit $?" >>"$OUT/bench.log"
-tail -n 3 "$OUT/train.log" "$OUT/cuda_tests.log" "$OUT/bench.log"
+
+# 4. one denoising step of a COVE and of a spatial-temporal edit under torch.profiler (cove:: ranges)
+PROFILE_FRAMES=${FRAMES:-8,16}
+PROFILE_FRAMES=${PROFILE_FRAMES%%,*}  # the first of FRAMES
+timeout 60 python3 -m cove.app.cli bench profile --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
+  --arch "${ARCH:-sd21}" --frames "$PROFILE_FRAMES" --size "${SIZE:-512}" \
+  -o "$OUT/profile.json" >>"$OUT/bench.log" 2>&1
+echo "profile: exit $?" >>"$OUT/bench.log"
+tail -n 3 "$OUT/train.log" "$OUT/cuda_tests.log"
+tail -n 6 "$OUT/bench.log"

@@ -107,19 +107,21 @@ def spatiotemporal_attention(q, k, v, frames: int, *, frame_chunk: int | None = 
         frame_chunk: query frames per SDPA call (bounds memory; same result).
 
     Returns:
-        (B, heads, N, d).
+        (B, heads, N, d). Profiles (``torch.profiler``) show it as the range
+        ``cove::spatiotemporal_attention``.
     """
     b, h, n, d = q.shape
     g = b // frames
-    k = k.view(g, frames, h, n, d).transpose(1, 2).reshape(g, h, frames * n, d)  # (G, h, F*N, d)
-    v = v.view(g, frames, h, n, d).transpose(1, 2).reshape(g, h, frames * n, d)  # (G, h, F*N, d)
-    q = q.view(g, frames, h, n, d)  # (G, F, h, N, d)
-    step = frame_chunk or frames
-    out = []
-    for f0 in range(0, frames, step):
-        qc = q[:, f0:f0 + step].transpose(1, 2).reshape(g, h, -1, d)  # (G, h, f*N, d)
-        out.append(nnf.scaled_dot_product_attention(qc, k, v).view(g, h, -1, n, d))  # (G, h, f, N, d)
-    return torch.cat(out, 2).transpose(1, 2).reshape(b, h, n, d)  # (B, h, N, d)
+    with torch.profiler.record_function("cove::spatiotemporal_attention"):  # a range in profiles
+        k = k.view(g, frames, h, n, d).transpose(1, 2).reshape(g, h, frames * n, d)  # (G, h, F*N, d)
+        v = v.view(g, frames, h, n, d).transpose(1, 2).reshape(g, h, frames * n, d)  # (G, h, F*N, d)
+        q = q.view(g, frames, h, n, d)  # (G, F, h, N, d)
+        step = frame_chunk or frames
+        out = []
+        for f0 in range(0, frames, step):
+            qc = q[:, f0:f0 + step].transpose(1, 2).reshape(g, h, -1, d)  # (G, h, f*N, d)
+            out.append(nnf.scaled_dot_product_attention(qc, k, v).view(g, h, -1, n, d))  # (G, h, f, N, d)
+        return torch.cat(out, 2).transpose(1, 2).reshape(b, h, n, d)  # (B, h, N, d)
 
 
 def _tokens(attn, hidden_states, temb):

@@ -317,9 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.set_defaults(run=cmd_batch)
 
     from ..eval.paper import add_command as add_bench_paper
+    from ..eval.profile import add_command as add_bench_profile
     from ..eval.speed import add_command as add_bench_speed
 
-    add_bench_paper(add_bench_speed(commands))
+    bench = add_bench_speed(commands)  # `cove bench speed`, and the `bench` subcommands
+    add_bench_paper(bench)
+    add_bench_profile(bench)
     return parser
 
 
