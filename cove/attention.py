@@ -9,18 +9,23 @@ Memory is bounded by default: the queries are processed in blocks of (frames, to
 by ``block_rows`` from the device: on CUDA as many as fit in a quarter of its free memory
 (``torch.cuda.mem_get_info``; one block on a large GPU), on the CPU blocks whose gathered keys
 and values are about the size of ``k`` itself, so a CGA call needs a few times its inputs
-whatever ``F`` is; ``token_chunk`` / ``frame_chunk`` override the block shape. Merging
-(stage 5) is ``cove.merging.bipartite_merge``, called once per block on the keys and values
-together.
+whatever ``F`` is; ``token_chunk`` / ``frame_chunk`` override the block shape. Without
+merging, a block's heads are computed together by ``scaled_dot_product_attention`` (each query
+a batch entry against its gathered keys); merging (stage 5) is
+``cove.merging.bipartite_merge``, called once per block on the keys and values together, and
+the heads' products and softmax are then written out.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as nnf
 from torch import Tensor
 
 from .merging import bipartite_merge
+
+SDPA_ROWS = 2**15  # queries per scaled_dot_product_attention call of the fused path
 
 
 def other_frames(frames: int, device: torch.device | str | None = None) -> Tensor:
@@ -141,6 +146,32 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int, merge_ra
     return out.view(Fq, n, C), weights.transpose(1, 2).reshape(Fq, n, heads, T)
 
 
+def _attend_fused(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int,
+                  frames: slice | None = None) -> Tensor:
+    """Guided attention for a block of queries without merging, all heads at once.
+
+    ``q`` ``(F', n, C)`` block of queries (frames ``frames``), ``k``, ``v`` ``(F, N, C)`` all
+    tokens, ``index`` ``(F', n, F, K)``; returns ``(F', n, C)``. Each of the ``R = F'*n``
+    queries is one batch entry of ``scaled_dot_product_attention``: its ``(heads, 1, d)``
+    query against its ``(heads, T, d)`` gathered keys and values, strided views of the
+    ``(R, T, C)`` gather (no copy), at most ``SDPA_ROWS`` queries per call. The same
+    ``softmax(q K^T / sqrt(d)) V`` per head as ``_attend`` with no merging.
+    """
+    Fq, n, C = q.shape
+    R, d = Fq * n, C // heads
+    keys = gather_correspondents(k, index, frames).view(R, -1, C)  # (R, T, C), T = (F-1)*K
+    values = keys if v is k else gather_correspondents(v, index, frames).view(R, -1, C)
+    T = keys.shape[1]
+    queries = q.reshape(R, heads, 1, d)  # (R, heads, 1, d)
+    keys = keys.view(R, T, heads, d).transpose(1, 2)  # (R, heads, T, d), a strided view
+    values = values.view(R, T, heads, d).transpose(1, 2)  # (R, heads, T, d)
+    out = torch.empty(R, heads, 1, d, dtype=q.dtype, device=q.device)  # (R, heads, 1, d)
+    for r in range(0, R, SDPA_ROWS):
+        rows = slice(r, r + SDPA_ROWS)
+        out[rows] = nnf.scaled_dot_product_attention(queries[rows], keys[rows], values[rows])
+    return out.view(Fq, n, C)  # heads packed back in C
+
+
 def _blocks(frames: int, tokens: int, gathered: int, frame_chunk: int | None,
             token_chunk: int | None, free: int | None = None,
             row_bytes: int | None = None) -> list[tuple[slice, slice]]:
@@ -167,6 +198,7 @@ def guided_attention(
     merge_ratio: float = 0.0,
     token_chunk: int | None = None,
     frame_chunk: int | None = None,
+    fused: bool = True,
 ) -> Tensor:
     """Correspondence-guided attention (Eqs. 11-14).
 
@@ -192,12 +224,19 @@ def guided_attention(
             blocks of ``block_rows`` queries, chosen from the memory free on ``q``'s device
             (on CUDA a quarter of ``torch.cuda.mem_get_info``, often one block; on the CPU
             blocks about the size of ``k``). The result does not depend on them.
+        fused: without merging (``merge_ratio == 0``), compute all heads at once with
+            ``torch.nn.functional.scaled_dot_product_attention`` on strided views of the
+            gathered keys and values (one call per ``SDPA_ROWS`` queries of a block);
+            ``False``: the per-head products and softmax that ``attention_weights`` reads
+            (merging always uses them). The same result up to float rounding.
 
     Returns:
         ``(F, N, C)`` attention output, heads packed back in ``C``. Profiles
         (``torch.profiler``) show the computation as the range ``cove::guided_attention``.
     """
     _check(q, k, v, index, heads, merge_ratio)
+    if not isinstance(fused, bool):
+        raise ValueError(f"fused: expected True or False, got {fused!r}")
     F, N, C = q.shape
     T = (F - 1) * index.shape[-1]
     free = free_memory(q.device) if frame_chunk is None and token_chunk is None else None
@@ -205,8 +244,11 @@ def guided_attention(
     out = torch.empty_like(q)  # (F, N, C)
     with torch.profiler.record_function("cove::guided_attention"):  # a range in profiles
         for frames, tokens in _blocks(F, N, T, frame_chunk, token_chunk, free, per_row):
-            out[frames, tokens] = _attend(q[frames, tokens], k, v, index[frames, tokens], heads,
-                                          merge_ratio, frames)[0]  # (F', n, C)
+            qb, ib = q[frames, tokens], index[frames, tokens]  # (F', n, C), (F', n, F, K)
+            if fused and merge_ratio == 0:
+                out[frames, tokens] = _attend_fused(qb, k, v, ib, heads, frames)  # (F', n, C)
+            else:
+                out[frames, tokens] = _attend(qb, k, v, ib, heads, merge_ratio, frames)[0]
     return out
 
 

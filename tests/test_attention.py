@@ -289,3 +289,27 @@ def test_heads_take_only_their_own_channels():
         for c in (slice(h * d, (h + 1) * d) for h in range(heads))
     ], dim=-1).squeeze(-2)  # (F, N, C)
     torch.testing.assert_close(guided_attention(q, k, v, index, heads), out)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4, 8])
+@pytest.mark.parametrize("shared", [False, True])
+def test_fused_equals_per_head(monkeypatch, heads, shared):
+    """All heads in one scaled_dot_product_attention against the per-head computation, in
+    float32; across the SDPA_ROWS chunks too."""
+    import cove.attention as attention
+
+    q, k, v, index = (x.float() if x.is_floating_point() else x for x in example(F=4, N=30, C=16, K=3, seed=9))
+    v = k if shared else v  # COVE's Q = K = V gathers once
+    per_head = guided_attention(q, k, v, index, heads, fused=False)
+    torch.testing.assert_close(guided_attention(q, k, v, index, heads), per_head, rtol=0, atol=1e-5)
+    monkeypatch.setattr(attention, "SDPA_ROWS", 7)  # 120 queries in chunks of 7
+    torch.testing.assert_close(guided_attention(q, k, v, index, heads), per_head, rtol=0, atol=1e-5)
+    assert not torch.allclose(guided_attention(q, k, v, index.roll(1, 1), heads), per_head, atol=1e-2)
+
+
+def test_merging_keeps_the_per_head_path():
+    q, k, v, index = example(F=4, N=12, C=8, K=3, seed=10)
+    merged = guided_attention(q, k, v, index, 2, merge_ratio=0.5)
+    assert torch.equal(merged, guided_attention(q, k, v, index, 2, merge_ratio=0.5, fused=False))
+    with pytest.raises(ValueError, match="^fused: expected True or False, got 1$"):
+        guided_attention(q, k, v, index, 2, fused=1)
