@@ -457,6 +457,10 @@ def test_motion_following_tells_a_frozen_pattern_from_a_moving_one():
     frozen = metrics.motion_following(np.repeat(truth[:1], len(truth), 0), clip, truth)
     assert not moving["static"] and moving["ratio"] > 2 and moving["pixels"] > 1000
     assert frozen["static"] and frozen["still"] == 0.0 and frozen["along"] > 1.0
+    black = metrics.motion_following(np.zeros_like(truth), clip, truth)  # a saturated edit: 0 both ways
+    assert black["static"] and black["along"] == black["still"] == 0.0 and black["reference_still"] > 10
+    faint = metrics.motion_following((truth * 0.1).astype(np.uint8), clip, truth)  # moves, but barely changes
+    assert faint["static"] and faint["ratio"] > 2
     still_scene = measures.edit_tasks(4, seed=1000)[2]["clip"]  # no pan: only the objects move
     flat = np.full_like(still_scene.frames, 128)
     nothing = metrics.motion_following(flat, still_scene, flat)  # nothing visibly moves

@@ -223,7 +223,7 @@ def warp_error(frames, motion, gt_visible=None, *, reduce: bool = True):
     return float(sum(e * c for e, c in zip(errors, counts) if c) / total)
 
 
-def motion_following(frames, motion, reference, *, threshold: float = 10.0) -> dict:
+def motion_following(frames, motion, reference, *, threshold: float = 10.0, frozen: float = 0.25) -> dict:
     """Does a clip move with the scene, or stand still in the image? (A "static artifact".)
 
     Over the pixels where ``reference`` (the true edited clip) changes between consecutive
@@ -240,8 +240,9 @@ def motion_following(frames, motion, reference, *, threshold: float = 10.0) -> d
 
     Returns:
         {"along": error along the motion, "still": error standing still, "ratio": still /
-         along, "static": ``still < along``, "pixels": pixels counted}; with no such pixel
-        (nothing visibly moves) ``nan`` errors and ``static`` False.
+         along, "reference_still": the reference's error standing still, "static": ``still <=
+         along`` or ``still < frozen * reference_still``, "pixels": pixels counted}; with no
+        such pixel (nothing visibly moves) ``nan`` errors and ``static`` False.
     """
     frames, reference = as_numpy(frames), as_numpy(reference)
     if frames.ndim != 4 or frames.shape != reference.shape or frames.shape[-1] != 3:
@@ -249,7 +250,7 @@ def motion_following(frames, motion, reference, *, threshold: float = 10.0) -> d
                          f"{frames.shape} and {reference.shape}")
     F, H, W, _ = frames.shape
     frames, reference = frames.astype(np.float64), reference.astype(np.float64)
-    along = still = 0.0
+    along = still = reference_still = 0.0
     count = 0
     for i, (positions, visible) in enumerate(_consecutive_motion(motion, None, F, H, W)):
         moving = visible & (np.abs(reference[i + 1] - reference[i]).mean(-1) > threshold)  # (H, W)
@@ -258,12 +259,15 @@ def motion_following(frames, motion, reference, *, threshold: float = 10.0) -> d
         warped = bilinear(frames[i + 1], positions[..., 0], positions[..., 1])  # (H, W, 3)
         along += float(np.abs(warped - frames[i]).mean(-1)[moving].sum())
         still += float(np.abs(frames[i + 1] - frames[i]).mean(-1)[moving].sum())
+        reference_still += float(np.abs(reference[i + 1] - reference[i]).mean(-1)[moving].sum())
         count += int(moving.sum())
     if not count:
-        return {"along": math.nan, "still": math.nan, "ratio": math.nan, "static": False, "pixels": 0}
-    along, still = along / count, still / count
+        return {"along": math.nan, "still": math.nan, "ratio": math.nan, "reference_still": math.nan,
+                "static": False, "pixels": 0}
+    along, still, reference_still = along / count, still / count, reference_still / count
     return {"along": along, "still": still, "ratio": still / along if along else math.inf,
-            "static": bool(still < along), "pixels": count}
+            "reference_still": reference_still,
+            "static": bool(still <= along or still < frozen * reference_still), "pixels": count}
 
 
 # ---------------------------------------------------------------------------------------------
