@@ -17,6 +17,15 @@ from cove.loading import TINY_PATH
 from cove.pipeline import edit_video, reconstruct
 from cove.tiny import measures, presets
 
+
+def masked_config(**overrides) -> CoveConfig:
+    """The edit settings the mask, word-swap and ResNet-injection figures below were measured
+    with: ``presets.edit_config()``'s schedule at guidance 12, with the edit mask at threshold
+    0.4, not grown, holes filled."""
+    base = presets.edit_config(guidance_scale=12.0)
+    extras = dataclasses.replace(base.extras, mask_threshold=0.4, mask_dilate=0, mask_fill_holes=True)
+    return dataclasses.replace(base, extras=extras, **overrides)
+
 # Floors a little under what cove-tiny measured on this machine (docs/quality.json has the
 # full figures); a broken model, loader or inversion falls far below them.
 RECONSTRUCTION_PSNR = 24.0  # 25 steps: measured 28.8 dB (100 steps, the gate: 37.8 dB)
@@ -89,12 +98,12 @@ def test_generation_follows_the_background(pipe):
 
 
 def test_source_caption_as_negative_prompt_keeps_the_background(pipe):
-    """The edit setting of the demo and the quality gate: guidance away from the source caption
+    """An edit setting of the demo and the quality gate: guidance away from the source caption
     changes the background less than guidance away from "" (measured on these two edits, 10
     steps, no mask: background PSNR 23.9 dB against 19.6 dB; with the 12000-step model, on the 6
     validation clips at strength 0.7, guidance 7.5, 50/25 steps: 25.2 against 21.2 dB, with 65%
     against 40% of the object recoloured)."""
-    base = presets.edit_config()
+    base = masked_config()
     config = dataclasses.replace(base, attention="per-frame", inversion_steps=20, denoise_steps=10,
                                  extras=dataclasses.replace(base.extras, mask_threshold=None))
     background = {"": [], "source": []}
@@ -111,17 +120,16 @@ def test_source_caption_as_negative_prompt_keeps_the_background(pipe):
 
 
 def test_edit_mask_finds_the_object_and_keeps_the_background(pipe):
-    """DiffEdit's mask (cove.extras.masking) on the demo clip, red star -> yellow star, as the gate makes
-    it (not grown, holes filled): it covers the latent cells inside the star (measured: 96% of
-    them; 77% of all the cells the star touches, its outline being partly background), marking
+    """DiffEdit's mask (cove.extras.masking) on the demo clip, red star -> yellow star, as
+    ``masked_config`` makes it (not grown, holes filled): it covers the latent cells inside the
+    star (measured: 96% of them; 77% of all the cells the star touches, its outline being partly background), marking
     4.7% of all cells, and blending outside it keeps the background (measured on 4 frames, 10
     steps: 30.1 dB against 22.9 dB)."""
     clip = world.render(world.demo_scene(frames=4))
     source, target = world.DEMO_EDIT
     truth = world.render(world.edit(clip.scene, source, target))
     star = next(o for o, obj in enumerate(truth.scene.objects) if obj.phrase == target)
-    config = dataclasses.replace(presets.edit_config(), attention="per-frame", inversion_steps=20,
-                                 denoise_steps=10)
+    config = masked_config(attention="per-frame", inversion_steps=20, denoise_steps=10)
     background = {}
     for threshold in (None, config.extras.mask_threshold):
         edit = edit_video(pipe, clip.frames, truth.caption, source_prompt=clip.caption,
@@ -139,12 +147,11 @@ def test_edit_mask_finds_the_object_and_keeps_the_background(pipe):
 
 
 def test_word_swap_recolours_more_of_the_object(pipe):
-    """Prompt-to-prompt's word swap (cove.extras.p2p), the gate's edit settings otherwise: the new colour
+    """Prompt-to-prompt's word swap (cove.extras.p2p), ``masked_config`` otherwise: the new colour
     lands on more of the named object (measured on these four 4-frame edits, 10 steps: 98%, 9%,
     59% and 87% of the object recoloured, against 91%, 4%, 10% and 86% without it; on the 18
     validation clips at the gate's 50/25 steps, 69% against 51% at 19200 training steps)."""
-    config = dataclasses.replace(presets.edit_config(), attention="per-frame", inversion_steps=20,
-                                 denoise_steps=10)
+    config = masked_config(attention="per-frame", inversion_steps=20, denoise_steps=10)
     recoloured = {0: [], config.extras.p2p_steps: []}
     for seed in range(4):
         clip = measures.moving_clips(1, seed, frames=4)[0]
@@ -163,13 +170,13 @@ def test_word_swap_recolours_more_of_the_object(pipe):
 
 
 def test_late_resnet_injection_lets_a_far_colour_change_land(pipe):
-    """PnP's ResNet features carry colour in this pixel-space model: injected at every step (the
-    gate's settings) they hold a green triangle half-way to blue; injected only below t = 250
+    """PnP's ResNet features carry colour in this pixel-space model: injected at every step
+    (``masked_config``) they hold a green triangle half-way to blue; injected only below t = 250
     (``pnp_resnet_max_t``) the blue lands (a validation clip, 4 frames, the gate's 50/25 steps:
     measured 58% against 76% of the object blue, PSNR 25.4 against 26.1 dB; 59% against 82% with
-    the mask grown by a cell, as the gate had it before). Not the default: near changes overshoot
+    the mask grown by a cell, as the gate had it before). Not a default: near changes overshoot
     (docs/method/tiny.md)."""
-    config = dataclasses.replace(presets.edit_config(), attention="per-frame")
+    config = masked_config(attention="per-frame")
     clip = measures.moving_clips(6, 200, frames=4)[1]
     task = measures.colour_edit_task(clip, 201)
     assert (task["source"], task["target"]) == ("green triangle", "blue triangle")

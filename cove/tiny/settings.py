@@ -26,13 +26,18 @@ from .presets import edit_config
 VALIDATION_SEED = 1000  # the gate's edits come from seed 0
 
 # name -> overrides of edit_config(): top-level fields, and "extras" as a dict of Extras fields
+MASK = {"mask_threshold": 0.4, "mask_dilate": 0, "mask_fill_holes": True}
 CANDIDATES: dict[str, dict] = {
-    "preset": {},
-    "no word swap": {"extras": {"p2p_steps": 0}},
-    "no mask": {"extras": {"mask_threshold": None}},
-    "no swap, no mask, guidance 7.5": {"guidance_scale": 7.5, "extras": {"p2p_steps": 0, "mask_threshold": None}},
-    "no swap, strength 0.7, guidance 7.5": {"guidance_scale": 7.5, "extras": {"p2p_steps": 0, "strength": 0.7}},
-    "strength 0.3": {"extras": {"strength": 0.3}},
+    "edit_config": {},
+    "guidance 12, mask": {"guidance_scale": 12.0, "extras": MASK},
+    "guidance 12, mask, no word swap": {"guidance_scale": 12.0, "extras": {**MASK, "p2p_steps": 0}},
+    "guidance 12, mask, strength 0.3": {"guidance_scale": 12.0, "extras": {**MASK, "strength": 0.3}},
+    "guidance 12": {"guidance_scale": 12.0},
+    "guidance 9": {"guidance_scale": 9.0},
+    "guidance 7.5, no word swap": {"guidance_scale": 7.5, "extras": {"p2p_steps": 0}},
+    "guidance 7.5, mask, strength 0.7, no word swap": {"guidance_scale": 7.5,
+                                                        "extras": {**MASK, "strength": 0.7, "p2p_steps": 0}},
+    "guidance 5, no word swap": {"guidance_scale": 5.0, "extras": {"p2p_steps": 0}},
 }
 
 
