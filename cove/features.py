@@ -71,6 +71,17 @@ def default_feature_layer(unet) -> str:
     return names[-1]
 
 
+def feature_module(unet, layer: str | None = None):
+    """The UNet module whose output is read as features: ``layer`` (e.g. ``"up_blocks.0"``),
+    or :func:`default_feature_layer`'s when None. A one-line ValueError names the blocks when
+    the UNet has no such module."""
+    try:
+        return unet.get_submodule(layer or default_feature_layer(unet))
+    except AttributeError:
+        blocks = [n for n, _ in unet.named_children() if re.match(r"(up|down|mid)_block", n)]
+        raise ValueError(f"layer {layer!r} is not a UNet module (e.g. 'up_blocks.3'; {blocks})") from None
+
+
 def feature_grid(pipe, size: tuple[int, int]) -> tuple[int, int]:
     """(H, W) of the default feature map (= the highest-resolution attention grid) for frames
     of ``size`` (H_img, W_img): 64x64 for SD 2.1 at 512x512, 16x16 for cove-tiny at 64x64."""
@@ -107,12 +118,7 @@ def extract_features(pipe, frames, *, t: int = 261, layer: str | None = None, pr
     if ensemble < 1:
         raise ValueError(f"ensemble must be >= 1, got {ensemble}")
     unet = pipe.unet
-    layer = layer or default_feature_layer(unet)
-    try:
-        module = unet.get_submodule(layer)
-    except AttributeError:
-        blocks = [n for n, _ in unet.named_children() if re.match(r"(up|down|mid)_block", n)]
-        raise ValueError(f"layer {layer!r} is not a UNet module (e.g. 'up_blocks.3'; {blocks})") from None
+    module = feature_module(unet, layer)
     device, dtype = device_dtype(pipe)
     latents = encode_frames(pipe, frames)  # (F, c, h, w)
     cond = encode_text(pipe, [prompt])  # (1, L, D)

@@ -269,6 +269,33 @@ def test_correspond_diffusion_end_to_end(tiny_folder, tmp_path):
     assert io.read_video(out).shape[0] == 3
 
 
+def test_feature_options_reach_the_correspondence(tiny_pipe, tiny_folder, tmp_path):
+    """--feature-t and --feature-layer: the saved matches are those of the library's stages 1-3
+    at that t and block, and differ from the defaults' on this clip."""
+    from cove.correspondence import correspond as correspond_features
+    from cove.features import extract_features
+    from cove.loading import load_pipeline
+
+    frames = textured_clip(F=3, size=32)
+    source = io.write_video(tmp_path / "walk.gif", frames)
+    saved = {}
+    for name, extra in {"default": [], "t50": ["--feature-t", "50", "--feature-layer", "up_blocks.0"]}.items():
+        out = tmp_path / f"{name}.mp4"
+        argv = ["correspond", str(source), "-o", str(out), "--model", str(tiny_folder), "--k", "2", "--window", "3"]
+        assert cli.main(argv + extra) == 0
+        saved[name] = torch.load(out.with_suffix(".pt"))
+    pipe = load_pipeline(str(tiny_folder))
+    clip = io.read_video(source)  # (F, H, W, 3) as the command read it
+    features = extract_features(pipe, clip, t=50, layer="up_blocks.0", generator=torch.Generator().manual_seed(0))
+    expected = correspond_features(features, window=3, k=2)
+    assert torch.equal(saved["t50"]["index"], expected.index.cpu())
+    assert not torch.equal(saved["t50"]["index"], saved["default"]["index"])
+    args = cli.build_parser().parse_args(["edit", "in.mp4", "-p", "x", "--feature-t", "50", "--feature-layer", "up_blocks.0"])
+    config = cli.config_from_args(args)
+    assert (config.feature_t, config.feature_layer) == (50, "up_blocks.0")
+    assert cli.config_from_args(cli.build_parser().parse_args(["edit", "in.mp4", "-p", "x"])).feature_t == 261
+
+
 # ---------------------------------------------------------------------------- demo
 
 
@@ -402,12 +429,16 @@ def test_fuzz_malformed_files_and_arguments(tiny_folder, tmp_path, capsys, monke
         ["--model", "./nowhere"], ["--model", "nothing"], ["-o", str(good)], ["-o", "./good.gif"],
         ["-o", "out.avi"], ["-o", "existing.mp4"], ["--mask-threshold", "0.4"], ["--pnp-resnet-max-t", "0"],
         ["--inversion-steps", "0"], ["--p2p-steps", "3"], ["--frobnicate"], ["-o", "good_side_by_side.mp4"],
-        ["-o", "work"],
+        ["-o", "work"], ["--feature-t", "1000"], ["--feature-t", "-1"], ["--feature-t", "abc"],
+        ["--feature-layer", "up_blocks.9"], ["--feature-layer", "nothing"],
     ]
     runs += [edit + extra for extra in bad_arguments]
     runs += [["edit", str(good)], ["correspond", str(good)], ["correspond", str(good), "-o", "good.gif"],
              ["correspond", str(good), "-o", "c.mp4", "--grid", "4", "4"],
-             ["correspond", str(good), "-o", "c.mp4", "--source", "nope"], ["demo", "--device", "gpu9"]]
+             ["correspond", str(good), "-o", "c.mp4", "--source", "nope"], ["demo", "--device", "gpu9"],
+             ["correspond", str(good), "-o", "c.mp4", "--source", "flow", "--feature-t", "50"],
+             ["correspond", str(good), "-o", "c.mp4", *model, "--feature-layer", "up_blocks.9"],
+             ["correspond", str(good), "-o", "c.mp4", *model, "--feature-t", "1000"]]
     (work / "good_side_by_side.mp4").symlink_to(good)  # a derived output that is the input
     before = snapshot_bytes(work)
     for argv in runs:

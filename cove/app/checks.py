@@ -111,6 +111,11 @@ def check_input(args, outputs, size=None) -> int:
 
 
 def fit_or_refuse(pipe, frames: int, args, config) -> None:
-    """Refuse an edit whose estimated peak memory exceeds the device's (``cove.sd.check_fits``)."""
+    """Refuse an edit whose estimated peak memory exceeds the device's (``cove.sd.check_fits``)
+    or whose ``feature_layer`` the UNet lacks (``cove.features.feature_module``)."""
+    from ..features import feature_module
+
+    if config.feature_layer is not None:
+        feature_module(pipe.unet, config.feature_layer)
     size = args.size if args.size is not None else frame_size(pipe)
     check_fits(pipe, frames, size, size, config)

@@ -104,6 +104,8 @@ def config_from_args(args) -> CoveConfig:
         denoise_steps=base.denoise_steps,
         pnp_steps=args.pnp_steps if args.pnp_steps is not None else base.pnp_steps,
         guidance_scale=args.guidance if args.guidance is not None else base.guidance_scale,
+        feature_t=args.feature_t if args.feature_t is not None else base.feature_t,
+        feature_layer=args.feature_layer,
         extras=Extras(
             strength=args.strength if args.strength is not None else default.strength,
             mask_threshold=args.mask_threshold,
@@ -193,6 +195,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else 'bad usage'}\n")
 
 
+def _add_feature_options(p) -> None:
+    defaults = CoveConfig()
+    p.add_argument("--feature-t", type=int, default=None, metavar="T",
+                   help=f"noise level of the diffusion features, 0-999 (default: {defaults.feature_t}, the "
+                        "paper's for Stable Diffusion; cove-tiny's settings use 50, see cove.tiny.presets.edit_config)")
+    p.add_argument("--feature-layer", default=None, metavar="NAME",
+                   help="UNet block whose output is the features, e.g. up_blocks.0 (default: the last decoder "
+                        "block on the finest attention grid: up_blocks.3 on SD 2.1, up_blocks.0 on cove-tiny)")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -252,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tokens per CGA block (default: blocks sized by CGA's memory bound)")
     edit.add_argument("--frame-chunk", type=_positive_int, default=None, metavar="N",
                       help="query frames per spatial-temporal attention call and CGA block (default: all)")
+    _add_feature_options(edit)
     edit.add_argument("--inversion-steps", type=_positive_int, default=None, metavar="N",
                       help=f"DDIM inversion steps (default: {defaults.inversion_steps})")
     edit.add_argument("--denoise-steps", type=_positive_int, default=None, metavar="N",
@@ -293,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(corr)
     corr.add_argument("--k", type=_positive_int, default=defaults.k)
     corr.add_argument("--window", type=_positive_int, default=defaults.window)
+    _add_feature_options(corr)
     corr.add_argument("--source", choices=CORRESPONDENCE_SOURCES, default="diffusion",
                       help="diffusion features (COVE) or OpenCV optical flow (default: diffusion)")
     corr.add_argument("--grid", type=_positive_int, nargs=2, default=None, metavar=("H", "W"),

@@ -92,6 +92,10 @@ def cmd_correspond(args) -> int:
 
     out = check_output(args.output)
     tensors = out.with_suffix(".pt")
+    if args.source == "flow" and (args.feature_t is not None or args.feature_layer is not None):
+        raise ValueError("--feature-t and --feature-layer apply to --source diffusion; optical flow reads no features")
+    config = CoveConfig(window=args.window, k=args.k, feature_layer=args.feature_layer,
+                        **({} if args.feature_t is None else {"feature_t": args.feature_t}))
     keep = args.size or ("stored" if args.source == "flow" else None)  # flow keeps the stored size
     count = check_input(args, [out, tensors], keep)  # before loading a model
     timings = {}
@@ -114,7 +118,6 @@ def cmd_correspond(args) -> int:
             raise ValueError("--grid applies to --source flow; diffusion features fix their own grid")
         pipe = load_pipeline(args.model, device=args.device, dtype=torch_dtype(args.dtype))
         # stages 1-3 exactly as `cove edit` runs them (window clamped to the feature grid)
-        config = CoveConfig(window=args.window, k=args.k)
         fit_or_refuse(pipe, count, args, replace(config, pnp_steps=0, guidance_scale=1.0))  # one UNet pass
         timings["load model"] = time.perf_counter() - start
         tick = time.perf_counter()

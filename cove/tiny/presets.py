@@ -28,10 +28,14 @@ def edit_config(**overrides):
     only candidate that froze none of them; guidance 9 and 12 saturate some background swaps
     to a flat frame, the mask freezes one. Correspondence comes from ``up_blocks.0`` at t = 50:
     on 6 validation clips (seed 1000) its PCK within 4 px is 0.83 at t = 10, 25 and 50 (the
-    largest t within 0.01 of the best is kept), 0.78 at 100 and 0.52 at SD's 261.
+    largest t within 0.01 of the best is kept), 0.78 at 100 and 0.52 at SD's 261. The block is
+    named rather than left to ``default_feature_layer``, which picks the last block on the
+    finest attention grid: for a model with attention at 32x32 (training design ``a``) that is
+    the block next to the output, whose PCK is below 0.3 at every t.
     """
     from ..config import CoveConfig, Extras
 
     config = CoveConfig(inversion_steps=50, denoise_steps=25, pnp_steps=25, guidance_scale=6.0, feature_t=50,
+                        feature_layer="up_blocks.0",
                         extras=Extras(strength=0.5, p2p_steps=25, mask_threshold=None))
     return replace(config, **overrides)
