@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# One call on a lent GPU (about 10 minutes): cove-tiny's training run, the CUDA tests,
-# `cove bench speed` at SD 2.1's shapes, then `cove bench profile` of one denoising step.
-# Everything it returns goes under $OUT, these 8 files:
+# One call on a lent GPU (at most 10 minutes): cove-tiny's training run, the export's edit gates,
+# the CUDA tests, `cove bench speed` at SD 2.1's shapes, then `cove bench profile` of one
+# denoising step. Everything it returns goes under $OUT, these 10 files:
 #   export.tar                 the trained pipeline (fp16) with its training.json and log.jsonl
+#   quality_export.json, quality.log   `cove.tiny.quality` on the export (edits, correspondence,
+#                              probes; written after each part, so a timeout keeps what it measured)
 #   train.log, cuda_tests.log, machine.txt
 #   bench.log                  the speed benchmark's and the profile's output
 #   benchmarks_speed_cuda.json (rewritten after every section)
 #   profile.json, profile.txt  one UNet call per mode under torch.profiler (F = FRAMES' first)
 # Run from the repository root: `bash benchmarks/gpu.sh`. Settings (environment):
-#   DEVICE=cuda  TRAIN_MINUTES=3.8  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=64,128
-#   SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
-# A dry run on a CPU at tiny sizes: DEVICE=cpu TRAIN_MINUTES=0.3 WORKERS=2 BATCH=4 FRAMES=2
+#   TOTAL_SECONDS=540 (each step's timeout is cut to what is left of it, in the order above)
+#   DEVICE=cuda  TRAIN_MINUTES=3.5  QUALITY_SECONDS=90  QUALITY_PARTS="edits correspondence probes"
+#   BENCH_SECONDS=150  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=64,128  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
+# A dry run on a CPU at tiny sizes: DEVICE=cpu TRAIN_MINUTES=0.3 QUALITY_PARTS=correspondence WORKERS=2 BATCH=4 FRAMES=2
 #   MEMORY_FRAMES=3 SIZE=64 STEPS=1,1 ARCH=small DTYPE=fp32 COVE_TEST_DEVICE=cpu bash benchmarks/gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-out}
 mkdir -p "$OUT"
 DEVICE=${DEVICE:-cuda}
+TOTAL_SECONDS=${TOTAL_SECONDS:-540}
+left() {  # a step's timeout: $1 seconds, or what is left of TOTAL_SECONDS when less (at least 1)
+  local rest=$((TOTAL_SECONDS - SECONDS))
+  if [ "$rest" -lt "$1" ]; then echo $((rest > 1 ? rest : 1)); else echo "$1"; fi
+}
 export PYTHONUNBUFFERED=1 COVE_TEST_DEVICE=${COVE_TEST_DEVICE:-$DEVICE}
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then  # packages the GPU machine lacks (diffusers)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -27,9 +35,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # cove from this working tr
 
 # 1. cove-tiny: design a, from INIT (the last lease's export; the shipped weights grow into it), bf16, batch >= 256, data echoing x2
 #    (each rendered batch trains two steps), the cosine fitted to the minutes, an fp16 export.
-TRAIN_MINUTES=${TRAIN_MINUTES:-3.8}
+TRAIN_MINUTES=${TRAIN_MINUTES:-3.5}
 rm -rf runs/gpu runs/gpu-export
-timeout "$(python3 -c "print(int(${TRAIN_MINUTES} * 60 + 100))")" python3 -m cove.tiny.train \
+timeout "$(left "$(python3 -c "print(int(${TRAIN_MINUTES} * 60 + 100))")")" python3 -m cove.tiny.train \
   --device "$DEVICE" --bf16 --design a --init "${INIT:-benchmarks/cove-tiny-a}" --batch "${BATCH:-256}" --echo 2 \
   --workers "${WORKERS:-14}" --mid-t 0.5 --lr 4e-4 --warmup 100 --steps 1000000 \
   --minutes "$TRAIN_MINUTES" --fit-minutes --export-dtype float16 --save-every 1000000 \
@@ -40,23 +48,30 @@ if [ -f runs/gpu-export/training.json ]; then
   tar cf "$OUT/export.tar" -C runs gpu-export
 fi
 
-# 2. the CUDA tests (correspondence, CGA and a two-step edit on the device against the CPU)
-timeout 75 python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider >"$OUT/cuda_tests.log" 2>&1
+# 2. the export's gates on the device, edits first (`--model`: the folder the training run exported)
+if [ -f runs/gpu-export/training.json ]; then
+  timeout "$(left "${QUALITY_SECONDS:-90}")" python3 -m cove.tiny.quality --model runs/gpu-export --device "$DEVICE" \
+    --only ${QUALITY_PARTS:-edits correspondence probes} --out "$OUT/quality_export.json" >"$OUT/quality.log" 2>&1
+  echo "quality: exit $?" >>"$OUT/quality.log"
+fi
+
+# 3. the CUDA tests (correspondence, CGA and a two-step edit on the device against the CPU)
+timeout "$(left 75)" python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider >"$OUT/cuda_tests.log" 2>&1
 echo "cuda tests: exit $?" >>"$OUT/cuda_tests.log"
 
-# 3. the speed benchmark: warm-up, timed edits at FRAMES, peak memory at MEMORY_FRAMES (2+2 steps)
-timeout "${BENCH_SECONDS:-180}" python3 -m cove.app.cli bench speed --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
+# 4. the speed benchmark: warm-up, timed edits at FRAMES, peak memory at MEMORY_FRAMES (2+2 steps)
+timeout "$(left "${BENCH_SECONDS:-150}")" python3 -m cove.app.cli bench speed --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
   --arch "${ARCH:-sd21}" --frames "${FRAMES:-8,16}" --memory-frames "${MEMORY_FRAMES:-64,128}" \
   --size "${SIZE:-512}" --steps "${STEPS:-20,10}" --stores host \
   -o "$OUT/benchmarks_speed_cuda.json" >"$OUT/bench.log" 2>&1
 echo "bench: exit $?" >>"$OUT/bench.log"
 
-# 4. one denoising step of a COVE and of a spatial-temporal edit under torch.profiler (cove:: ranges)
+# 5. one denoising step of a COVE and of a spatial-temporal edit under torch.profiler (cove:: ranges)
 PROFILE_FRAMES=${FRAMES:-8,16}
 PROFILE_FRAMES=${PROFILE_FRAMES%%,*}  # the first of FRAMES
-timeout 60 python3 -m cove.app.cli bench profile --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
+timeout "$(left 60)" python3 -m cove.app.cli bench profile --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
   --arch "${ARCH:-sd21}" --frames "$PROFILE_FRAMES" --size "${SIZE:-512}" \
   -o "$OUT/profile.json" >>"$OUT/bench.log" 2>&1
 echo "profile: exit $?" >>"$OUT/bench.log"
-tail -n 3 "$OUT/train.log" "$OUT/cuda_tests.log"
+tail -n 3 "$OUT/train.log" "$OUT/quality.log" "$OUT/cuda_tests.log"
 tail -n 6 "$OUT/bench.log"

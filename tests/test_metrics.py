@@ -322,6 +322,24 @@ def test_quality_update_keeps_the_parts_not_measured_again(tmp_path):
         quality.main(["--out", str(tmp_path / "missing.json"), "--update"])
 
 
+def test_quality_writes_after_every_part(tmp_path, monkeypatch):
+    """A run cut short (a GPU call's timeout) keeps the parts it finished, with their gates."""
+    monkeypatch.setattr(quality, "load_tiny", lambda device=None, model="cove-tiny": object())
+    monkeypatch.setattr(quality, "machine_info", lambda pipe: {"date": "today", "commit": "abc"})
+    monkeypatch.setattr(quality, "measure_reconstruction", lambda pipe, n, seed: {"psnr": 35.0})
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt  # the run stops in this part (a timeout, Ctrl-C)
+
+    monkeypatch.setattr(quality, "measure_correspondence", cut)
+    out = tmp_path / "q.json"
+    with pytest.raises(KeyboardInterrupt):
+        quality.main(["--out", str(out), "--only", "reconstruction", "correspondence"])
+    saved = json.loads(out.read_text())
+    assert saved["reconstruction"]["psnr"] == 35.0 and "correspondence" not in saved
+    assert saved["gates"]["reconstruction.psnr"]["passed"] and saved["reconstruction"]["measured"]["commit"] == "abc"
+
+
 def test_quality_moving_clips_move():
     for frames in (2, 4):
         clips = measures.moving_clips(2, seed=0, frames=frames, size=32)

@@ -174,9 +174,11 @@ def _probes(pipe, n_clips: int, seed: int) -> dict:
 
 
 def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=None, model: str = "cove-tiny",
-        modes=EDIT_MODES, log=functools.partial(print, flush=True)) -> dict:
+        modes=EDIT_MODES, log=functools.partial(print, flush=True), after_part=None) -> dict:
     """Measure every part on cove-tiny (or the export ``model``); returns the results with
-    "machine" and "gates". ``quick``: 12 prompts, 1 clip, 2 edits."""
+    "machine" and "gates". ``quick``: 12 prompts, 1 clip, 2 edits. ``after_part(results)`` is
+    called after each part with what is measured so far (its gates checked), so that a run cut
+    short keeps it."""
     pipe = pipe if pipe is not None else load_tiny(device, model)
     n_prompts, n_clips, n_edits = (12, 1, 2) if quick else (96, 3, 12)
     config = edit_config()
@@ -198,6 +200,8 @@ def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=No
         results[key]["total_seconds"] = round(time.perf_counter() - start, 2)
         results[key]["measured"] = {k: results["machine"][k] for k in ("date", "commit")}
         log(f"[quality] {key}: {_headline(results[key])} ({results[key]['total_seconds']:.0f} s)")
+        if after_part is not None:
+            after_part({**results, "gates": check_gates(results)})
     results["gates"] = check_gates(results)
     return results
 
@@ -242,13 +246,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     previous = _previous(out, args) if args.update else {}
-    results = run(quick=args.quick, seed=args.seed, device=args.device, parts=tuple(args.only), model=args.model,
-                  modes=tuple(args.modes))
-    if previous:
-        results = merge(previous, results)
+
+    def write(results: dict) -> dict:  # after every part, so that a run cut short keeps what it measured
+        results = merge(previous, results) if previous else results
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(jsonable(results, 4), indent=2) + "\n")
+        return results
+
+    results = write(run(quick=args.quick, seed=args.seed, device=args.device, parts=tuple(args.only),
+                        model=args.model, modes=tuple(args.modes), after_part=write))
     print(format_table(results))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(jsonable(results, 4), indent=2) + "\n")
     print(f"wrote {out}")
     failed = [name for name, gate in results["gates"].items() if not gate["passed"]]
     if failed:
