@@ -10,9 +10,9 @@
 #   benchmarks_speed_cuda.json (rewritten after every section)
 #   profile.json, profile.txt  one UNet call per mode under torch.profiler (F = FRAMES' first)
 # Run from the repository root: `bash benchmarks/gpu.sh`. Settings (environment):
-#   TOTAL_SECONDS=540 (each step's timeout is cut to what is left of it, in the order above)
-#   DEVICE=cuda  TRAIN_MINUTES=3.5  QUALITY_SECONDS=90  QUALITY_PARTS="edits correspondence probes"
-#   BENCH_SECONDS=150  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=64,128  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
+#   TOTAL_SECONDS=570 (each step's timeout is cut to what is left of it, in the order above)
+#   DEVICE=cuda  TRAIN_MINUTES=4.5  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes"
+#   BENCH_SECONDS=120  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=64,128  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
 # A dry run on a CPU at tiny sizes: DEVICE=cpu TRAIN_MINUTES=0.3 QUALITY_PARTS=correspondence WORKERS=2 BATCH=4 FRAMES=2
 #   MEMORY_FRAMES=3 SIZE=64 STEPS=1,1 ARCH=small DTYPE=fp32 COVE_TEST_DEVICE=cpu bash benchmarks/gpu.sh
 set -uo pipefail
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-out}
 mkdir -p "$OUT"
 DEVICE=${DEVICE:-cuda}
-TOTAL_SECONDS=${TOTAL_SECONDS:-540}
+TOTAL_SECONDS=${TOTAL_SECONDS:-570}
 left() {  # a step's timeout: $1 seconds, or what is left of TOTAL_SECONDS when less (at least 1)
   local rest=$((TOTAL_SECONDS - SECONDS))
   if [ "$rest" -lt "$1" ]; then echo $((rest > 1 ? rest : 1)); else echo "$1"; fi
@@ -35,7 +35,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # cove from this working tr
 
 # 1. cove-tiny: design a, from INIT (the last lease's export; the shipped weights grow into it), bf16, batch >= 256, data echoing x2
 #    (each rendered batch trains two steps), the cosine fitted to the minutes, an fp16 export.
-TRAIN_MINUTES=${TRAIN_MINUTES:-3.5}
+TRAIN_MINUTES=${TRAIN_MINUTES:-4.5}
 rm -rf runs/gpu runs/gpu-export
 timeout "$(left "$(python3 -c "print(int(${TRAIN_MINUTES} * 60 + 100))")")" python3 -m cove.tiny.train \
   --device "$DEVICE" --bf16 --design a --init "${INIT:-benchmarks/cove-tiny-a}" --batch "${BATCH:-256}" --echo 2 \
@@ -50,17 +50,17 @@ fi
 
 # 2. the export's gates on the device, edits first (`--model`: the folder the training run exported)
 if [ -f runs/gpu-export/training.json ]; then
-  timeout "$(left "${QUALITY_SECONDS:-90}")" python3 -m cove.tiny.quality --model runs/gpu-export --device "$DEVICE" \
+  timeout "$(left "${QUALITY_SECONDS:-60}")" python3 -m cove.tiny.quality --model runs/gpu-export --device "$DEVICE" \
     --only ${QUALITY_PARTS:-edits correspondence probes} --out "$OUT/quality_export.json" >"$OUT/quality.log" 2>&1
   echo "quality: exit $?" >>"$OUT/quality.log"
 fi
 
 # 3. the CUDA tests (correspondence, CGA and a two-step edit on the device against the CPU)
-timeout "$(left 75)" python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider >"$OUT/cuda_tests.log" 2>&1
+timeout "$(left 60)" python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider >"$OUT/cuda_tests.log" 2>&1
 echo "cuda tests: exit $?" >>"$OUT/cuda_tests.log"
 
 # 4. the speed benchmark: warm-up, timed edits at FRAMES, peak memory at MEMORY_FRAMES (2+2 steps)
-timeout "$(left "${BENCH_SECONDS:-150}")" python3 -m cove.app.cli bench speed --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
+timeout "$(left "${BENCH_SECONDS:-120}")" python3 -m cove.app.cli bench speed --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
   --arch "${ARCH:-sd21}" --frames "${FRAMES:-8,16}" --memory-frames "${MEMORY_FRAMES:-64,128}" \
   --size "${SIZE:-512}" --steps "${STEPS:-20,10}" --stores host \
   -o "$OUT/benchmarks_speed_cuda.json" >"$OUT/bench.log" 2>&1
@@ -69,7 +69,7 @@ echo "bench: exit $?" >>"$OUT/bench.log"
 # 5. one denoising step of a COVE and of a spatial-temporal edit under torch.profiler (cove:: ranges)
 PROFILE_FRAMES=${FRAMES:-8,16}
 PROFILE_FRAMES=${PROFILE_FRAMES%%,*}  # the first of FRAMES
-timeout "$(left 60)" python3 -m cove.app.cli bench profile --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
+timeout "$(left 40)" python3 -m cove.app.cli bench profile --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
   --arch "${ARCH:-sd21}" --frames "$PROFILE_FRAMES" --size "${SIZE:-512}" \
   -o "$OUT/profile.json" >>"$OUT/bench.log" 2>&1
 echo "profile: exit $?" >>"$OUT/bench.log"
