@@ -53,6 +53,7 @@ if [ -f runs/gpu-export/training.json ]; then
   timeout "$(left "${QUALITY_SECONDS:-60}")" python3 -m cove.tiny.quality --model runs/gpu-export --device "$DEVICE" \
     --only ${QUALITY_PARTS:-edits correspondence probes} --out "$OUT/quality_export.json" >"$OUT/quality.log" 2>&1
   echo "quality: exit $?" >>"$OUT/quality.log"
+  python3 -m cove.tiny.quality --compare "$OUT/quality_export.json" --out docs/quality.json >>"$OUT/quality.log" 2>&1
 fi
 
 # 3. the CUDA tests (correspondence, CGA and a two-step edit on the device against the CPU)

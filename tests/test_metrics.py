@@ -340,6 +340,52 @@ def test_quality_writes_after_every_part(tmp_path, monkeypatch):
     assert saved["gates"]["reconstruction.psnr"]["passed"] and saved["reconstruction"]["measured"]["commit"] == "abc"
 
 
+def test_quality_settings_choose_the_edits_config(tmp_path, monkeypatch):
+    """--settings edits with a candidate of cove.tiny.settings (an export's own settings), records
+    its name, and --update refuses figures measured with other settings."""
+    from cove.tiny.settings import CANDIDATES, candidate_config
+    monkeypatch.setattr(quality, "load_tiny", lambda device=None, model="cove-tiny": object())
+    monkeypatch.setattr(quality, "machine_info", lambda pipe: {"date": "today", "commit": "abc"})
+    seen = []
+    monkeypatch.setattr(quality, "measure_edits", lambda pipe, tasks, config, **kw: seen.append(config) or {})
+    name = "guidance 7.5, no word swap"
+    out = tmp_path / "q.json"
+    quality.main(["--out", str(out), "--only", "edits", "--settings", name])
+    assert seen == [candidate_config(CANDIDATES[name])] and seen[0].guidance_scale == 7.5
+    assert seen[0].extras.p2p_steps == 0 and json.loads(out.read_text())["settings"] == name
+    with pytest.raises(SystemExit, match="measured with"):
+        quality.main(["--out", str(out), "--update", "--only", "edits"])
+    with pytest.raises(ValueError, match="settings must be one of"):
+        quality.run(settings="guidance 99", pipe=object())
+
+
+def test_quality_ship_verdict_needs_better_edits_and_no_new_failure(tmp_path, capsys):
+    def figures(landed, warp, static=0, psnr=35.0, pck=0.9):
+        return {"edits": {"cove": {"landed_edits": landed, "warp_to_truth": warp, "static_edits": static}},
+                "reconstruction": {"psnr": psnr}, "correspondence": {"diffusion": pck}}
+
+    shipped = figures(0.3, 3.3)
+    assert quality.ship_verdict(figures(0.4, 3.0), shipped)["ships"]
+    assert quality.ship_verdict(figures(0.3, 3.0, pck=0.8), figures(0.3, 3.3, pck=0.7))["ships"]  # both fail it
+    assert "correspondence.diffusion fails" in quality.ship_verdict(figures(0.3, 3.0, pck=0.8), shipped)["why"][0]
+    worse = quality.ship_verdict(figures(0.4, 3.7), shipped)
+    assert not worse["ships"] and worse["why"] == ["edits.cove.warp_to_truth worse (3.7 against 3.3)"]
+    assert worse["gates"]["edits.cove.landed_edits"]["better"] is True
+    assert quality.ship_verdict(shipped, shipped)["why"] == ["no edit gate better than the shipped model's"]
+    regressed = quality.ship_verdict(figures(0.4, 3.0, psnr=25.0), shipped)
+    assert not regressed["ships"] and regressed["why"][0].startswith("reconstruction.psnr fails")
+    partial = {k: v for k, v in figures(0.4, 3.0).items() if k != "reconstruction"}
+    assert quality.ship_verdict(partial, shipped)["why"] == ["reconstruction.psnr not measured"]
+    static = quality.ship_verdict(figures(0.5, 3.0, static=1), shipped)
+    assert not static["ships"] and "edits.cove.static_edits fails" in static["why"][0]
+    for name, value in (("candidate.json", figures(0.4, 3.0)), ("shipped.json", shipped)):
+        (tmp_path / name).write_text(json.dumps(value))
+    args = ["--compare", str(tmp_path / "candidate.json"), "--out", str(tmp_path / "shipped.json")]
+    assert quality.main(args) == 0 and "ships in place of" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="cannot read"):
+        quality.main(["--compare", str(tmp_path / "missing.json"), "--out", str(tmp_path / "shipped.json")])
+
+
 def test_quality_moving_clips_move():
     for frames in (2, 4):
         clips = measures.moving_clips(2, seed=0, frames=frames, size=32)

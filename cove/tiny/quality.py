@@ -1,6 +1,6 @@
 """Quality gate of the embedded model ``cove-tiny`` on ShapesWorld.
 
-Run ``python -m cove.tiny.quality [--model DIR] [--out docs/quality.json] [--quick]``: it runs
+Run ``python -m cove.tiny.quality [--model DIR] [--settings NAME] [--out docs/quality.json] [--quick]``: it runs
 the measurements of ``cove.tiny.measures``, prints a table and writes the figures, the gates,
 the probes and the machine they were measured on as JSON. The gates (``GATES``):
 
@@ -38,7 +38,7 @@ from .measures import (
     measure_reconstruction,
     measure_shape_retention,
 )
-from .presets import edit_config
+from .settings import CANDIDATES, candidate_config
 
 # gate -> (">=" or "<=", threshold)
 GATES = {
@@ -81,6 +81,37 @@ def check_gates(results: dict) -> dict:
         gates[name] = {"value": value, "op": op, "threshold": threshold,
                        "passed": bool(not math.isnan(value) and met)}
     return gates
+
+
+EDIT_GATES = ("edits.cove.landed_edits", "edits.cove.warp_to_truth", "edits.cove.static_edits")
+
+
+def ship_verdict(candidate: dict, shipped: dict) -> dict:
+    """Whether a candidate's figures (``quality.json`` of an export) may replace the shipped
+    model's: it must be at least as good on every edit gate (``EDIT_GATES``) and better on one,
+    and every gate the shipped model passes it must pass too. Returns {"ships": bool, "why":
+    [reasons it does not], "gates": {gate: {"candidate", "shipped", "better"}}} (``better`` is
+    None where either side was not measured; a gate the candidate did not measure blocks it)."""
+    mine, theirs = check_gates(candidate), check_gates(shipped)
+    gates, why = {}, []
+    for name, (op, _) in GATES.items():
+        a, b = mine.get(name), theirs.get(name)
+        better = None
+        if a is not None and b is not None and not (math.isnan(a["value"]) or math.isnan(b["value"])):
+            better = a["value"] > b["value"] if op == ">=" else a["value"] < b["value"]
+            better = better if a["value"] != b["value"] else None
+        gates[name] = {"candidate": a and a["value"], "shipped": b and b["value"], "better": better}
+        if a is None:
+            if name in EDIT_GATES or (b is not None and b["passed"]):
+                why.append(f"{name} not measured")
+        elif b is not None and b["passed"] and not a["passed"]:
+            why.append(f"{name} fails ({a['value']:g}; the shipped model passes with {b['value']:g})")
+    edit = [gates[name]["better"] for name in EDIT_GATES]
+    why += [f"{name} worse ({gates[name]['candidate']:g} against {gates[name]['shipped']:g})"
+            for name, b in zip(EDIT_GATES, edit) if b is False]
+    if not any(edit) and not why:
+        why.append("no edit gate better than the shipped model's")
+    return {"ships": not why, "why": why, "gates": gates}
 
 
 def format_table(results: dict) -> str:
@@ -174,15 +205,20 @@ def _probes(pipe, n_clips: int, seed: int) -> dict:
 
 
 def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=None, model: str = "cove-tiny",
-        modes=EDIT_MODES, log=functools.partial(print, flush=True), after_part=None) -> dict:
+        modes=EDIT_MODES, settings: str = "edit_config", log=functools.partial(print, flush=True),
+        after_part=None) -> dict:
     """Measure every part on cove-tiny (or the export ``model``); returns the results with
-    "machine" and "gates". ``quick``: 12 prompts, 1 clip, 2 edits. ``after_part(results)`` is
-    called after each part with what is measured so far (its gates checked), so that a run cut
-    short keeps it."""
+    "machine" and "gates". ``quick``: 12 prompts, 1 clip, 2 edits. ``settings``: the edits'
+    settings, a name of ``cove.tiny.settings.CANDIDATES`` (a model's own, chosen on the
+    validation edits). ``after_part(results)`` is called after each part with what is measured
+    so far (its gates checked), so that a run cut short keeps it."""
+    if settings not in CANDIDATES:
+        raise ValueError(f"settings must be one of {sorted(CANDIDATES)}, got {settings!r}")
     pipe = pipe if pipe is not None else load_tiny(device, model)
     n_prompts, n_clips, n_edits = (12, 1, 2) if quick else (96, 3, 12)
-    config = edit_config()
-    results: dict = {"quick": quick, "seed": seed, "model": str(model), "machine": machine_info(pipe)}
+    config = candidate_config(CANDIDATES[settings])
+    results: dict = {"quick": quick, "seed": seed, "model": str(model), "settings": settings,
+                     "machine": machine_info(pipe)}
     steps = {
         "prompt": ("prompt_following", lambda: measure_prompt_following(pipe, n_prompts, seed)),
         "shape_retention": ("shape_retention", lambda: measure_shape_retention(pipe, n_prompts // 3, seed)),
@@ -224,11 +260,30 @@ def _previous(out: Path, args) -> dict:
         previous = json.loads(out.read_text())
     except (OSError, ValueError) as error:
         raise SystemExit(f"--update: cannot read {out} ({error}); run without --update first") from None
-    mine = {"model": str(args.model), "seed": args.seed, "quick": args.quick}
-    theirs = {key: previous.get(key, "cove-tiny" if key == "model" else None) for key in mine}
+    mine = {"model": str(args.model), "seed": args.seed, "quick": args.quick, "settings": args.settings}
+    absent = {"model": "cove-tiny", "settings": "edit_config"}
+    theirs = {key: previous.get(key, absent.get(key)) for key in mine}
     if theirs != mine:
         raise SystemExit(f"--update: {out} was measured with {theirs}, not {mine}; run without --update")
     return previous
+
+
+def _compare(candidate: Path, shipped: Path) -> int:
+    figures = []
+    for path in (candidate, shipped):
+        try:
+            figures.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"--compare: cannot read {path} ({error}); expected a quality JSON") from None
+    verdict = ship_verdict(*figures)
+    print(f"{'gate':<40}{'candidate':>11}{'shipped':>10}  better")
+    for name, row in verdict["gates"].items():
+        shown = ["-" if v is None else f"{v:.4g}" for v in (row["candidate"], row["shipped"])]
+        better = {True: "yes", False: "NO", None: ""}[row["better"]]
+        print(f"{name:<40}{shown[0]:>11}{shown[1]:>10}  {better}")
+    print(f"{candidate} {'ships' if verdict['ships'] else 'does not ship'} in place of {shipped}"
+          + ("" if verdict["ships"] else ": " + "; ".join(verdict["why"])))
+    return 0 if verdict["ships"] else 1
 
 
 def main(argv=None) -> int:
@@ -241,10 +296,17 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--modes", nargs="+", choices=EDIT_MODES, default=list(EDIT_MODES),
                         help="the edits' attention modes (cove-true: COVE on the true correspondence)")
+    parser.add_argument("--settings", choices=list(CANDIDATES), default="edit_config",
+                        help="the edits' settings (cove.tiny.settings.CANDIDATES; default edit_config)")
     parser.add_argument("--update", action="store_true",
                         help="keep the parts of --out that --only does not measure (same model, seed, size)")
+    parser.add_argument("--compare", metavar="CANDIDATE.json",
+                        help="measure nothing: say whether the figures of CANDIDATE.json may ship in place "
+                             "of --out's (exit 0 if they may)")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.compare:
+        return _compare(Path(args.compare), out)
     previous = _previous(out, args) if args.update else {}
 
     def write(results: dict) -> dict:  # after every part, so that a run cut short keeps what it measured
@@ -254,7 +316,8 @@ def main(argv=None) -> int:
         return results
 
     results = write(run(quick=args.quick, seed=args.seed, device=args.device, parts=tuple(args.only),
-                        model=args.model, modes=tuple(args.modes), after_part=write))
+                        model=args.model, modes=tuple(args.modes), settings=args.settings,
+                        after_part=write))
     print(format_table(results))
     print(f"wrote {out}")
     failed = [name for name, gate in results["gates"].items() if not gate["passed"]]
