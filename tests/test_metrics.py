@@ -607,6 +607,28 @@ def test_probes_pck_per_block_and_attention_entropy(tiny_pipe):
     assert all(v == pytest.approx(1.0, abs=1e-5) for v in uniform["entropy"]["261"].values())
 
 
+def test_probe_cga_change_vanishes_under_uniform_attention(tiny_pipe):
+    """CGA regroups spatial-temporal attention's outputs: where that attention is uniform every
+    token gets the clip's mean value, so neither the outputs' spread nor CGA's change is left."""
+    probe = measures.measure_cga_change(tiny_pipe, 1, frames=3, ts=(261,), k=2)
+    entropy = measures.measure_attention_entropy(tiny_pipe, 1, frames=3, ts=(261,))
+    assert probe["k"] == 2 and set(probe["change"]["261"]) == set(entropy["entropy"]["261"])
+    assert all(0 < v < 10 for v in probe["change"]["261"].values())
+    assert all(0 < v < 10 for v in probe["spread"]["261"].values())
+    attn = [m for name, m in tiny_pipe.unet.named_modules() if name.endswith("attn1")]
+    saved = [m.to_q.weight.detach().clone() for m in attn]
+    try:
+        with torch.no_grad():
+            for m in attn:
+                m.to_q.weight.zero_()
+        uniform = measures.measure_cga_change(tiny_pipe, 1, frames=3, ts=(261,), k=2)
+    finally:
+        with torch.no_grad():
+            for m, w in zip(attn, saved):
+                m.to_q.weight.copy_(w)
+    assert all(v < 1e-4 for key in ("change", "spread") for v in uniform[key]["261"].values())
+
+
 # ---------------------------------------------------------------------------------------------
 # edit then score (cove.eval.scoring)
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ c. ``measure_edits``             the gate's edits (``edit_tasks``: background sw
    (``score_task``), per attention mode, including COVE on the true correspondence
    (``true_correspondence``).
 d. ``measure_correspondence``    PCK within 4 px of diffusion features vs OpenCV optical flow.
-e. probes: ``measure_feature_pck`` (per decoder block and t), ``measure_attention_entropy``.
+e. probes: ``measure_feature_pck`` (per decoder block and t), ``measure_attention_entropy``,
+   ``measure_cga_change`` (how far CGA can move the tokens spatial-temporal attention gives).
 """
 from __future__ import annotations
 
@@ -649,6 +650,80 @@ def measure_attention_entropy(pipe, n_clips: int = 2, seed: int = 0, *, frames: 
                             sums[key] = (total + float(entropy.mean()), count + 1)
                             result["heads"][key] = [attn.heads, d]
                 result["entropy"][str(t)] = {key: total / count for key, (total, count) in sorted(sums.items())}
+    finally:
+        for handle in handles:
+            handle.remove()
+    return result
+
+
+def measure_cga_change(pipe, n_clips: int = 2, seed: int = 0, *, frames: int = 4, ts=(50, 261, 500),
+                       k: int = 3) -> dict:
+    """How much correspondence-guided attention can change this model's tokens: the ceiling
+    of what COVE adds over spatial-temporal attention, per attention grid and t.
+
+    One UNet call per t on the clips' frames noised to t (their captions as the text); forward
+    pre-hooks on every self-attention module (``attn1``) read its input. From the module's own
+    ``to_q``, ``to_k``, ``to_v`` and ``heads``: the spatial-temporal attention output ``x``
+    ``(F, N, C)``, then CGA on it along the clip's true correspondence on that grid
+    (``true_correspondence``, ``k`` cells a frame): ``y = guided_attention(x, x, x, index)``.
+
+    Returns:
+        {"change": {t: {"HxW": mean over tokens of |y - x| / |x|}},
+        "spread": {t: {"HxW": mean over tokens of |x - mean_n x| / |x|}}, "k"}: ``change`` near 0
+        means CGA leaves the tokens as they are; ``spread`` near 0 means spatial-temporal
+        attention already gives every token of a frame nearly the same output (near-uniform
+        attention averages the whole clip), so no regrouping of those outputs can move them.
+    """
+    from ..attention import guided_attention
+    from ..processors import spatiotemporal_attention
+    from ..sd import encode_frames, encode_text
+
+    unet = pipe.unet
+    modules = {name: m for name, m in unet.named_modules() if name.endswith("attn1")}
+    captured: dict = {}
+
+    def hook(name):
+        def pre(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured.setdefault(name, []).append(hidden.detach())
+        return pre
+
+    def ratio(a, b):  # (F, N, C) each: mean over tokens of |a| / |b|
+        return float((a.norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-12)).mean())
+
+    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
+    clips = _clips(n_clips, seed, frames, _image_size(pipe))
+    result: dict = {"change": {}, "spread": {}, "k": k}
+    try:
+        with torch.no_grad():
+            for t in ts:
+                sums: dict = {}
+                for c, clip in enumerate(clips):
+                    latents = encode_frames(pipe, clip.frames)  # (F, c, h, w)
+                    noise = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed + c))
+                    noisy = pipe.scheduler.add_noise(latents, noise.to(latents), torch.tensor([t]))
+                    text = encode_text(pipe, [clip.caption]).expand(len(latents), -1, -1)
+                    captured.clear()
+                    unet(noisy, t, text)
+                    index_of: dict = {}
+                    for name, inputs in captured.items():
+                        attn = modules[name]
+                        for hidden in inputs:  # (F, N, C)
+                            f, n, _ = hidden.shape
+                            side = int(round(math.sqrt(n)))
+                            if side not in index_of:
+                                index_of[side] = true_correspondence(clip, (side, side), k).index
+                            q, key, v = attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden)  # (F, N, C)
+                            d = q.shape[-1] // attn.heads
+                            q, key, v = (x.view(f, n, attn.heads, d).transpose(1, 2) for x in (q, key, v))
+                            x = spatiotemporal_attention(q, key, v, f).transpose(1, 2).reshape(f, n, -1)  # (F, N, C)
+                            y = guided_attention(x, x, x, index_of[side], attn.heads)  # (F, N, C)
+                            grid = f"{side}x{side}"
+                            change, spread, count = sums.get(grid, (0.0, 0.0, 0))
+                            sums[grid] = (change + ratio(y - x, x), spread + ratio(x - x.mean(1, keepdim=True), x),
+                                          count + 1)
+                result["change"][str(t)] = {g: a / n for g, (a, _, n) in sorted(sums.items())}
+                result["spread"][str(t)] = {g: b / n for g, (_, b, n) in sorted(sums.items())}
     finally:
         for handle in handles:
             handle.remove()

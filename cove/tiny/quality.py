@@ -31,6 +31,7 @@ from .measures import (
     EDIT_MODES,
     edit_tasks,
     measure_attention_entropy,
+    measure_cga_change,
     measure_correspondence,
     measure_edits,
     measure_feature_pck,
@@ -164,6 +165,10 @@ def format_table(results: dict) -> str:
         for t, by_grid in probes["attention_entropy"]["entropy"].items():
             for grid, value in by_grid.items():
                 row(f"probes.attention_entropy.t{t}.{grid}", value)
+        for key in ("change", "spread"):
+            for t, by_grid in probes.get("cga_change", {}).get(key, {}).items():
+                for grid, value in by_grid.items():
+                    row(f"probes.cga_{key}.t{t}.{grid}", value)
     return "\n".join(lines)
 
 
@@ -201,7 +206,8 @@ PART_KEYS = {"prompt": "prompt_following"}  # a part's key in the results, where
 
 def _probes(pipe, n_clips: int, seed: int) -> dict:
     return {"feature_pck": measure_feature_pck(pipe, n_clips, seed),
-            "attention_entropy": measure_attention_entropy(pipe, min(n_clips, 2), seed)}
+            "attention_entropy": measure_attention_entropy(pipe, min(n_clips, 2), seed),
+            "cga_change": measure_cga_change(pipe, min(n_clips, 2), seed)}
 
 
 def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=None, model: str = "cove-tiny",
