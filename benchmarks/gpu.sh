@@ -2,16 +2,18 @@
 # One call on a lent GPU (at most 10 minutes): cove-tiny's training run, the export's edit gates,
 # the CUDA tests, `cove bench speed` at SD 2.1's shapes, then `cove bench profile` of one
 # denoising step. Everything it returns goes under $OUT, these 10 files:
-#   export.tar                 the trained pipeline (fp16) with its training.json and log.jsonl
+#   export.tar                 the trained pipeline (fp16) with its training.json, log.jsonl (the loss) and
+#                              probes.jsonl (attention entropy and CGA's change every PROBE_EVERY steps)
 #   quality_export.json, quality.log   `cove.tiny.quality` on the export (edits, correspondence,
-#                              probes; written after each part, so a timeout keeps what it measured)
+#                              probes; written after each part, so a timeout keeps what it measured), then
+#                              whether the export may ship in place of the shipped model (`--compare`)
 #   train.log, cuda_tests.log, machine.txt
 #   bench.log                  the speed benchmark's and the profile's output
 #   benchmarks_speed_cuda.json (rewritten after every section)
 #   profile.json, profile.txt  one UNet call per mode under torch.profiler (F = FRAMES' first)
 # Run from the repository root: `bash benchmarks/gpu.sh`. Settings (environment):
 #   TOTAL_SECONDS=570 (each step's timeout is cut to what is left of it, in the order above)
-#   DEVICE=cuda  TRAIN_MINUTES=4.5  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes"
+#   DEVICE=cuda  TRAIN_MINUTES=4.5  PROBE_EVERY=200  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes"
 #   BENCH_SECONDS=120  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=64,128  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
 # A dry run on a CPU at tiny sizes: DEVICE=cpu TRAIN_MINUTES=0.3 QUALITY_PARTS=correspondence WORKERS=2 BATCH=4 FRAMES=2
 #   MEMORY_FRAMES=3 SIZE=64 STEPS=1,1 ARCH=small DTYPE=fp32 COVE_TEST_DEVICE=cpu bash benchmarks/gpu.sh
@@ -40,11 +42,12 @@ rm -rf runs/gpu runs/gpu-export
 timeout "$(left "$(python3 -c "print(int(${TRAIN_MINUTES} * 60 + 100))")")" python3 -m cove.tiny.train \
   --device "$DEVICE" --bf16 --design a --init "${INIT:-benchmarks/cove-tiny-a}" --batch "${BATCH:-256}" --echo 2 \
   --workers "${WORKERS:-14}" --mid-t 0.5 --lr 4e-4 --warmup 100 --steps 1000000 \
-  --minutes "$TRAIN_MINUTES" --fit-minutes --export-dtype float16 --save-every 1000000 \
+  --minutes "$TRAIN_MINUTES" --fit-minutes --export-dtype float16 --save-every 1000000 --probe-every "${PROBE_EVERY:-200}" \
   --work runs/gpu --out runs/gpu-export >"$OUT/train.log" 2>&1
 echo "train: exit $?" >>"$OUT/train.log"
 if [ -f runs/gpu-export/training.json ]; then
   cp runs/gpu/log.jsonl runs/gpu-export/log.jsonl
+  cp runs/gpu/probes.jsonl runs/gpu-export/probes.jsonl 2>/dev/null
   tar cf "$OUT/export.tar" -C runs gpu-export
 fi
 

@@ -357,3 +357,28 @@ def test_init_grows_a_larger_design_from_the_shipped_weights(tmp_path):
     with torch.no_grad():
         apart = (fresh(x, t, cond).sample - theirs).abs().mean()
     assert (ours - theirs).abs().mean() < 0.5 * apart
+
+
+def test_probe_every_writes_the_attention_curves_and_changes_no_weight(tmp_path, monkeypatch):
+    common = ["--steps", "3", "--batch", "2", "--warmup", "1"]
+    probed = train.train([*common, "--probe-every", "2", "--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1")])
+    plain = train.train([*common, "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2")])
+    probed, plain = _unet(probed), _unet(plain)
+    for key in plain:  # the probe draws from its own generators and leaves the modules training
+        torch.testing.assert_close(probed[key], plain[key], rtol=0, atol=0, msg=key)
+    lines = [json.loads(line) for line in (tmp_path / "w1" / "probes.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 3]  # every 2 steps, and the last
+    for line in lines:
+        assert set(line["entropy"]) == set(line["cga_change"]) == set(line["spread"]) == {"16x16", "8x8"}
+        assert all(0 < v <= 1 + 1e-6 for v in line["entropy"].values())
+        assert all(v > 0 for v in line["cga_change"].values())
+    assert not (tmp_path / "w2" / "probes.jsonl").exists()
+    assert json.loads((tmp_path / "o1" / "training.json").read_text())["probe_every"] == 2
+
+    def broken(pipe, seed=0):
+        raise RuntimeError("no device")
+
+    monkeypatch.setattr(train, "probe_attention", broken)  # a failing probe costs the run nothing
+    out = train.train([*common, "--probe-every", "1", "--work", str(tmp_path / "w3"), "--out", str(tmp_path / "o3")])
+    assert json.loads((out / "training.json").read_text())["stopped_at"] == 3
+    assert (tmp_path / "w3" / "probes.jsonl").read_text() == ""

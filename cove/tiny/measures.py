@@ -712,7 +712,7 @@ def measure_cga_change(pipe, n_clips: int = 2, seed: int = 0, *, frames: int = 4
                             f, n, _ = hidden.shape
                             side = int(round(math.sqrt(n)))
                             if side not in index_of:
-                                index_of[side] = true_correspondence(clip, (side, side), k).index
+                                index_of[side] = true_correspondence(clip, (side, side), k).index.to(hidden.device)
                             q, key, v = attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden)  # (F, N, C)
                             d = q.shape[-1] // attn.heads
                             q, key, v = (x.view(f, n, attn.heads, d).transpose(1, 2) for x in (q, key, v))

@@ -106,6 +106,9 @@ def _parse(argv=None):
                         "so that its cosine ends when the minutes are spent (recorded in training.json)")
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
                    help="dtype of the exported weights (float16 halves the files; the loader upcasts)")
+    p.add_argument("--probe-every", type=_count, default=0,
+                   help="every N steps and at the end, probe the attention (entropy and CGA's change at "
+                        "t=261 on one 4-frame clip) into WORK/probes.jsonl; 0 (default): never")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", type=Path, default=None,
                    help="pipeline folder (unet/, text_encoder/) whose weights start a run that has no checkpoint")
@@ -374,6 +377,26 @@ def loss_fn(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | No
     return (weights * sq).sum() / (weights.sum() * sq.shape[1])
 
 
+def probe_attention(pipe, seed: int = 0) -> dict:
+    """How sharply the model being trained attends, for the curves of a run: attention entropy
+    (``measures.measure_attention_entropy``) and CGA's change and the outputs' spread
+    (``measures.measure_cga_change``) at t = 261 on one 4-frame clip, per attention grid. The
+    UNet and text encoder are in eval mode and without gradients meanwhile, and back after."""
+    from .measures import measure_attention_entropy, measure_cga_change
+
+    modules = [m for m in (pipe.unet, pipe.text_encoder) if m.training]
+    for m in modules:
+        m.eval()
+    try:
+        with torch.no_grad():
+            entropy = measure_attention_entropy(pipe, 1, seed, frames=4, ts=(261,))["entropy"]["261"]
+            cga = measure_cga_change(pipe, 1, seed, frames=4, ts=(261,))
+    finally:
+        for m in modules:
+            m.train()
+    return {"entropy": entropy, "cga_change": cga["change"]["261"], "spread": cga["spread"]["261"]}
+
+
 def train(argv=None) -> Path:
     args = _parse(argv)
     if args.threads:
@@ -417,6 +440,7 @@ def train(argv=None) -> Path:
         print(f"resumed at step {start}", flush=True)
     gen = torch.Generator(device=device)  # timesteps and noise drawn where they are used
     log = open(args.work / "log.jsonl", "a")
+    probes = open(args.work / "probes.jsonl", "a") if args.probe_every else None
     t0, seen, pending = time.time(), 0, []
     last = min(args.steps, args.stop_at or args.steps)
     steps = range(start, last)
@@ -479,6 +503,21 @@ def train(argv=None) -> Path:
             print(f"step {step:5d}/{last} loss {loss.item():.4f} lr {_lr(step, args):.2e} "
                   f"{rate:.2f} it/s ({rate * args.batch:.0f} images/s, {waited / (time.time() - t0):.0%} "
                   f"waiting for data) eta {eta:.0f} min", flush=True)
+        if probes is not None and ((step + 1) % args.probe_every == 0 or step == last - 1):
+            try:  # a probe that fails must not cost the run: it says so and probing stops
+                figures = probe_attention(pipe, args.seed)
+            except Exception as error:  # noqa: BLE001
+                print(f"probe failed at step {step + 1} ({type(error).__name__}: {error}); probing off",
+                      flush=True)
+                probes.close()
+                probes = None
+            else:
+                probes.write(json.dumps({"step": step + 1, **figures}) + "\n")
+                probes.flush()
+                shown = {key: ", ".join(f"{g} {v:.3f}" for g, v in figures[key].items())
+                         for key in ("entropy", "cga_change")}
+                print(f"probe at step {step + 1}: entropy {shown['entropy']}; CGA's change {shown['cga_change']}",
+                      flush=True)
         if (step + 1) % args.save_every == 0 or step == last - 1:
             torch.save({"params": [p.detach() for p in params], "ema": ema, "opt": opt.state_dict(),
                         "step": step + 1, "design": args.design}, ckpt.with_suffix(".tmp"))
@@ -509,7 +548,8 @@ def train(argv=None) -> Path:
             "images_per_second": round(seen * args.batch / max(elapsed, 1e-9), 1),
             "data_wait_share": round(waited / max(elapsed, 1e-9), 3),
             "rendered_images_per_second": round(seen * args.batch / args.echo / max(elapsed, 1e-9), 1),
-            "workers": args.workers, "bf16": args.bf16, "echo": args.echo, "export_dtype": args.export_dtype}
+            "workers": args.workers, "bf16": args.bf16, "echo": args.echo, "export_dtype": args.export_dtype,
+            "probe_every": args.probe_every}
     if args.init is not None:
         info["init"] = str(args.init)
         info["start_at"] = args.start_at
