@@ -594,6 +594,36 @@ def measure_feature_pck(pipe, n_clips: int = 3, seed: int = 0, *, frames: int = 
     return {"pck": table, "grid": grids, "pixels": pixels, "best": list(best)}
 
 
+def _self_attention_inputs(pipe, clips, t: int, seed: int):
+    """For each clip: ``(clip, [(attn, hidden)])``, the input ``hidden`` ``(F, N, C)`` of every
+    self-attention module ``attn`` (``attn1``) in one UNet call on the clip's frames noised to
+    ``t`` (the clip's caption as the text; noise seeded by ``seed`` and the clip's place), read
+    by forward pre-hooks that are removed when the iteration ends. Iterate under
+    ``torch.no_grad()``."""
+    from ..sd import encode_frames, encode_text
+
+    unet = pipe.unet
+    modules = {name: m for name, m in unet.named_modules() if name.endswith("attn1")}
+    captured: list = []
+
+    def pre(module, args, kwargs):
+        captured.append((module, (args[0] if args else kwargs["hidden_states"]).detach()))
+
+    handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in modules.values()]
+    try:
+        for c, clip in enumerate(clips):
+            latents = encode_frames(pipe, clip.frames)  # (F, c, h, w)
+            noise = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed + c))
+            noisy = pipe.scheduler.add_noise(latents, noise.to(latents), torch.tensor([t]))
+            text = encode_text(pipe, [clip.caption]).expand(len(latents), -1, -1)
+            captured.clear()
+            unet(noisy, t, text)
+            yield clip, list(captured)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def measure_attention_entropy(pipe, n_clips: int = 2, seed: int = 0, *, frames: int = 4, ts=(261, 500)) -> dict:
     """How sharply the model's self-attention looks: entropy of the attention weights over
     the keys, divided by log(keys) (1 = uniform, 0 = one key), per attention grid and t.
@@ -607,52 +637,26 @@ def measure_attention_entropy(pipe, n_clips: int = 2, seed: int = 0, *, frames: 
     Returns:
         {"entropy": {t: {"HxW": normalised entropy}}, "heads": {"HxW": [heads, head dim]}}.
     """
-    from ..sd import encode_frames, encode_text
-
-    unet = pipe.unet
-    modules = {name: m for name, m in unet.named_modules() if name.endswith("attn1")}
-    captured: dict = {}
-
-    def hook(name):
-        def pre(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            captured.setdefault(name, []).append(hidden.detach())
-        return pre
-
-    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
-    size = _image_size(pipe)
-    clips = _clips(n_clips, seed, frames, size)
+    clips = _clips(n_clips, seed, frames, _image_size(pipe))
     result: dict = {"entropy": {}, "heads": {}}
-    try:
-        with torch.no_grad():
-            for t in ts:
-                sums: dict = {}
-                for c, clip in enumerate(clips):
-                    latents = encode_frames(pipe, clip.frames)  # (F, c, h, w)
-                    noise = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed + c))
-                    noisy = pipe.scheduler.add_noise(latents, noise.to(latents), torch.tensor([t]))
-                    text = encode_text(pipe, [clip.caption]).expand(len(latents), -1, -1)
-                    captured.clear()
-                    unet(noisy, t, text)
-                    for name, inputs in captured.items():
-                        attn = modules[name]
-                        for hidden in inputs:  # (F, N, C)
-                            n = hidden.shape[1]
-                            side = int(round(math.sqrt(n)))
-                            q, k = attn.to_q(hidden), attn.to_k(hidden)  # (F, N, C)
-                            d = q.shape[-1] // attn.heads
-                            q = q.view(len(q), n, attn.heads, d).transpose(1, 2)  # (F, h, N, d)
-                            k = k.view(len(k), n, attn.heads, d).transpose(1, 2)
-                            probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)  # (F, h, N, N)
-                            entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1) / math.log(n)
-                            key = f"{side}x{side}"
-                            total, count = sums.get(key, (0.0, 0))
-                            sums[key] = (total + float(entropy.mean()), count + 1)
-                            result["heads"][key] = [attn.heads, d]
-                result["entropy"][str(t)] = {key: total / count for key, (total, count) in sorted(sums.items())}
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.no_grad():
+        for t in ts:
+            sums: dict = {}
+            for _, inputs in _self_attention_inputs(pipe, clips, t, seed):
+                for attn, hidden in inputs:  # (F, N, C)
+                    n = hidden.shape[1]
+                    side = int(round(math.sqrt(n)))
+                    q, k = attn.to_q(hidden), attn.to_k(hidden)  # (F, N, C)
+                    d = q.shape[-1] // attn.heads
+                    q = q.view(len(q), n, attn.heads, d).transpose(1, 2)  # (F, h, N, d)
+                    k = k.view(len(k), n, attn.heads, d).transpose(1, 2)
+                    probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)  # (F, h, N, N)
+                    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1) / math.log(n)
+                    key = f"{side}x{side}"
+                    total, count = sums.get(key, (0.0, 0))
+                    sums[key] = (total + float(entropy.mean()), count + 1)
+                    result["heads"][key] = [attn.heads, d]
+            result["entropy"][str(t)] = {key: total / count for key, (total, count) in sorted(sums.items())}
     return result
 
 
@@ -676,55 +680,31 @@ def measure_cga_change(pipe, n_clips: int = 2, seed: int = 0, *, frames: int = 4
     """
     from ..attention import guided_attention
     from ..processors import spatiotemporal_attention
-    from ..sd import encode_frames, encode_text
-
-    unet = pipe.unet
-    modules = {name: m for name, m in unet.named_modules() if name.endswith("attn1")}
-    captured: dict = {}
-
-    def hook(name):
-        def pre(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            captured.setdefault(name, []).append(hidden.detach())
-        return pre
 
     def ratio(a, b):  # (F, N, C) each: mean over tokens of |a| / |b|
         return float((a.norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-12)).mean())
 
-    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
     clips = _clips(n_clips, seed, frames, _image_size(pipe))
     result: dict = {"change": {}, "spread": {}, "k": k}
-    try:
-        with torch.no_grad():
-            for t in ts:
-                sums: dict = {}
-                for c, clip in enumerate(clips):
-                    latents = encode_frames(pipe, clip.frames)  # (F, c, h, w)
-                    noise = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed + c))
-                    noisy = pipe.scheduler.add_noise(latents, noise.to(latents), torch.tensor([t]))
-                    text = encode_text(pipe, [clip.caption]).expand(len(latents), -1, -1)
-                    captured.clear()
-                    unet(noisy, t, text)
-                    index_of: dict = {}
-                    for name, inputs in captured.items():
-                        attn = modules[name]
-                        for hidden in inputs:  # (F, N, C)
-                            f, n, _ = hidden.shape
-                            side = int(round(math.sqrt(n)))
-                            if side not in index_of:
-                                index_of[side] = true_correspondence(clip, (side, side), k).index.to(hidden.device)
-                            q, key, v = attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden)  # (F, N, C)
-                            d = q.shape[-1] // attn.heads
-                            q, key, v = (x.view(f, n, attn.heads, d).transpose(1, 2) for x in (q, key, v))
-                            x = spatiotemporal_attention(q, key, v, f).transpose(1, 2).reshape(f, n, -1)  # (F, N, C)
-                            y = guided_attention(x, x, x, index_of[side], attn.heads)  # (F, N, C)
-                            grid = f"{side}x{side}"
-                            change, spread, count = sums.get(grid, (0.0, 0.0, 0))
-                            sums[grid] = (change + ratio(y - x, x), spread + ratio(x - x.mean(1, keepdim=True), x),
-                                          count + 1)
-                result["change"][str(t)] = {g: a / n for g, (a, _, n) in sorted(sums.items())}
-                result["spread"][str(t)] = {g: b / n for g, (_, b, n) in sorted(sums.items())}
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.no_grad():
+        for t in ts:
+            sums: dict = {}
+            for clip, inputs in _self_attention_inputs(pipe, clips, t, seed):
+                index_of: dict = {}
+                for attn, hidden in inputs:  # (F, N, C)
+                    f, n, _ = hidden.shape
+                    side = int(round(math.sqrt(n)))
+                    if side not in index_of:
+                        index_of[side] = true_correspondence(clip, (side, side), k).index.to(hidden.device)
+                    q, key, v = attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden)  # (F, N, C)
+                    d = q.shape[-1] // attn.heads
+                    q, key, v = (x.view(f, n, attn.heads, d).transpose(1, 2) for x in (q, key, v))
+                    x = spatiotemporal_attention(q, key, v, f).transpose(1, 2).reshape(f, n, -1)  # (F, N, C)
+                    y = guided_attention(x, x, x, index_of[side], attn.heads)  # (F, N, C)
+                    grid = f"{side}x{side}"
+                    change, spread, count = sums.get(grid, (0.0, 0.0, 0))
+                    sums[grid] = (change + ratio(y - x, x), spread + ratio(x - x.mean(1, keepdim=True), x),
+                                  count + 1)
+            result["change"][str(t)] = {g: a / n for g, (a, _, n) in sorted(sums.items())}
+            result["spread"][str(t)] = {g: b / n for g, (_, b, n) in sorted(sums.items())}
     return result

@@ -381,16 +381,15 @@ def probe_attention(pipe, seed: int = 0) -> dict:
     """How sharply the model being trained attends, for the curves of a run: attention entropy
     (``measures.measure_attention_entropy``) and CGA's change and the outputs' spread
     (``measures.measure_cga_change``) at t = 261 on one 4-frame clip, per attention grid. The
-    UNet and text encoder are in eval mode and without gradients meanwhile, and back after."""
+    UNet and text encoder are in eval mode meanwhile, and back in training mode after."""
     from .measures import measure_attention_entropy, measure_cga_change
 
     modules = [m for m in (pipe.unet, pipe.text_encoder) if m.training]
     for m in modules:
         m.eval()
     try:
-        with torch.no_grad():
-            entropy = measure_attention_entropy(pipe, 1, seed, frames=4, ts=(261,))["entropy"]["261"]
-            cga = measure_cga_change(pipe, 1, seed, frames=4, ts=(261,))
+        entropy = measure_attention_entropy(pipe, 1, seed, frames=4, ts=(261,))["entropy"]["261"]
+        cga = measure_cga_change(pipe, 1, seed, frames=4, ts=(261,))
     finally:
         for m in modules:
             m.train()
