@@ -196,7 +196,7 @@ def test_edit_fidelity_rejects_mismatched_shapes():
 
 from cove import world  # noqa: E402
 from cove.eval.bench import jsonable  # noqa: E402
-from cove.tiny import measures, quality  # noqa: E402
+from cove.tiny import measures, presets, quality  # noqa: E402
 
 
 def test_warp_error_of_a_rendered_clip_is_small_and_flicker_raises_it():
@@ -347,12 +347,13 @@ def test_quality_settings_choose_the_edits_config(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "load_tiny", lambda device=None, model="cove-tiny": object())
     monkeypatch.setattr(quality, "machine_info", lambda pipe: {"date": "today", "commit": "abc"})
     seen = []
-    monkeypatch.setattr(quality, "measure_edits", lambda pipe, tasks, config, **kw: seen.append(config) or {})
+    monkeypatch.setattr(quality, "measure_edits",
+                        lambda pipe, tasks, config, negative, **kw: seen.append((config, negative)) or {})
     name = "guidance 7.5, no word swap"
     out = tmp_path / "q.json"
     quality.main(["--out", str(out), "--only", "edits", "--settings", name])
-    assert seen == [candidate_config(CANDIDATES[name])] and seen[0].guidance_scale == 7.5
-    assert seen[0].extras.p2p_steps == 0 and json.loads(out.read_text())["settings"] == name
+    assert seen == [(candidate_config(CANDIDATES[name]), "source")] and seen[0][0].guidance_scale == 7.5
+    assert seen[0][0].extras.p2p_steps == 0 and json.loads(out.read_text())["settings"] == name
     with pytest.raises(SystemExit, match="measured with"):
         quality.main(["--out", str(out), "--update", "--only", "edits"])
     with pytest.raises(ValueError, match="settings must be one of"):
@@ -492,11 +493,13 @@ def test_quality_reconstruction_and_edits_run_on_a_tiny_pipeline(tiny_pipe):
         assert set(row) >= {"landed_edits", "landed", "warp_error", "warp_to_truth", "static_edits", "psnr"}
         assert len(row["per_edit"]) == 2 and edits["frames"][mode][0].shape == (2, 32, 32, 3)
         assert row["warp_error"] > edits["truth_warp_error"]  # an untrained model flickers
-    assert edits["config"] == fast.to_dict()  # the settings are recorded with the figures
+    assert edits["config"] == fast.to_dict() and edits["negative"] == "source"  # settings recorded with the figures
     assert edits["edits"][0].startswith("background: on ") and edits["edits"][1].startswith("colour: ")
     assert edits["cove_to_spatiotemporal"] == edits["cove"]["warp_error"] / edits["spatiotemporal"]["warp_error"]
     with pytest.raises(ValueError, match="mode: expected one of"):
         measures.measure_edits(tiny_pipe, tasks, config=fast, modes=("cove-flow",))
+    with pytest.raises(ValueError, match="negative: expected one of source, empty"):
+        measures.measure_edits(tiny_pipe, tasks, config=fast, negative="the target")
 
 
 def test_edit_tasks_alternate_kinds_pan_in_pairs_and_the_judge_reads_the_truth():
@@ -574,11 +577,41 @@ def test_edit_settings_reject_static_artifacts_then_rank_by_landing():
                "d": {"static_edits": 0, "landed": 0.4, "warp_to_truth": 0.5}}
     verdict = settings.choose(figures)
     assert verdict["chosen"] == "c" and verdict["ranking"] == ["c", "b", "d"] and list(verdict["rejected"]) == ["a"]
-    config = settings.candidate_config({"guidance_scale": 5.0, "extras": {"p2p_steps": 0}})
+    overrides = {"guidance_scale": 5.0, "extras": {"p2p_steps": 0}, "negative": "empty"}
+    config = settings.candidate_config(overrides)
     assert config.guidance_scale == 5.0 and config.extras.p2p_steps == 0
     assert config.extras.mask_threshold == settings.edit_config().extras.mask_threshold
+    assert settings.candidate_negative(overrides) == "empty" and settings.candidate_negative({}) == "source"
+    assert all(settings.candidate_negative(o) in presets.NEGATIVES for o in settings.CANDIDATES.values())
+    late = settings.candidate_config(settings.CANDIDATES["strength 0.8 set, edit mask"])  # a variant keeps the set
+    assert (late.guidance_scale, late.extras.strength, late.extras.pnp_resnet_max_t) == (3.0, 0.8, 300)
+    assert late.extras.mask_threshold == settings.MASK["mask_threshold"]
+    assert presets.edit_negative_prompt("a red star on sand") == "a red star on sand"
+    assert presets.edit_negative_prompt("a red star on sand", "empty") == ""
+    with pytest.raises(ValueError, match="negative: expected one of source, empty, got 'target'"):
+        presets.edit_negative_prompt("a red star on sand", "target")
     with pytest.raises(SystemExit):
         settings.main(["--edits", "4"])  # fewer than 12 validation edits
+
+
+def test_edit_settings_run_edits_with_each_candidates_negative_prompt(monkeypatch):
+    from cove.tiny import settings
+
+    seen = []
+
+    def fake_edits(pipe, tasks, config, modes, seed, negative):
+        seen.append((config.guidance_scale, config.extras.strength, negative, len(tasks)))
+        figures = {"static_edits": 0, "landed": config.extras.strength, "landed_edits": 0.5, "worst_landed": 0.0,
+                   "warp_to_truth": 2.0, "worst_warp_to_truth": 3.0}
+        return {modes[0]: figures, "config": config.to_dict(), "negative": negative, "truth_warp_error": 1.0,
+                "edits": []}
+
+    monkeypatch.setattr(settings, "measure_edits", fake_edits)
+    monkeypatch.setattr(settings, "machine_info", lambda pipe: {})
+    out = settings.run(object(), names=("edit_config", "strength 0.8 set"), log=lambda line: None)
+    assert seen == [(6.0, 0.5, "source", 12), (3.0, 0.8, "empty", 12)]
+    assert out["candidates"]["strength 0.8 set"]["negative"] == "empty"
+    assert out["verdict"]["chosen"] == "strength 0.8 set"  # more frames landed, nothing static
 
 
 def test_probes_pck_per_block_and_attention_entropy(tiny_pipe):

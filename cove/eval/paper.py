@@ -82,15 +82,16 @@ def all_pairs_window(model: str) -> int:
 
 def edit_settings(model: str, suite: str):
     """``(CoveConfig, uses the source prompt as the negative prompt)`` of the suite's edits:
-    cove-tiny's presets (the demo's halved steps for the small suite), else the paper's."""
+    cove-tiny's presets (the demo's halved steps for the small suite, its negative-prompt
+    policy ``EDIT_NEGATIVE``), else the paper's."""
     from ..config import CoveConfig
 
     if model != "cove-tiny":
         return CoveConfig(), False
     from ..app.demo import DEMO_CONFIG
-    from ..tiny.presets import edit_config
+    from ..tiny.presets import EDIT_NEGATIVE, edit_config
 
-    return (DEMO_CONFIG if suite == "small" else edit_config()), True
+    return (DEMO_CONFIG if suite == "small" else edit_config()), EDIT_NEGATIVE == "source"
 
 
 def _slug(text: str) -> str:

@@ -25,7 +25,7 @@ import torch
 
 from .. import metrics, world
 from ..eval import judge
-from .presets import PROMPT_GUIDANCE, PROMPT_STEPS, edit_config, edit_negative_prompt
+from .presets import EDIT_NEGATIVE, PROMPT_GUIDANCE, PROMPT_STEPS, edit_config, edit_negative_prompt
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -489,15 +489,16 @@ def summarise_edits(rows: list[dict], landed: float = 0.9) -> dict:
 
 
 def measure_edits(pipe, tasks: list[dict], *, config=None, modes=("per-frame", "spatiotemporal", "cove"),
-                  seed: int = 0, log=None, return_frames: bool = False) -> dict:
+                  seed: int = 0, negative: str = EDIT_NEGATIVE, log=None, return_frames: bool = False) -> dict:
     """Edit every task with ``cove.edit_video`` in each mode and score it (``score_task``).
 
     Modes: the attentions ``"per-frame"``, ``"spatiotemporal"``, ``"cove"``, and ``"cove-true"``
     (COVE on the clip's exact correspondence, ``true_correspondence`` with the config's K: the
-    ceiling of what correspondence can give this model).
+    ceiling of what correspondence can give this model). ``negative``: the negative prompt's
+    policy (``presets.NEGATIVES``: "empty" or "source", the task's source prompt).
 
     Returns:
-        {"edits": ["kind: source -> target"], "config", mode: {``summarise_edits``,
+        {"edits": ["kind: source -> target"], "config", "negative", mode: {``summarise_edits``,
          "per_edit": [rows], "seconds": mean per edit}, "truth_warp_error": mean,
          "cove_to_spatiotemporal" / "spatiotemporal_to_per_frame" / "true_to_per_frame":
          ratios of mean warp errors where both modes ran} (+ "frames": {mode: [uint8 clips]}).
@@ -506,8 +507,9 @@ def measure_edits(pipe, tasks: list[dict], *, config=None, modes=("per-frame", "
     from ..pipeline import edit_video
 
     config = config or edit_config()
+    edit_negative_prompt("", negative)  # a policy it does not know fails before any work
     result: dict = {"edits": [f"{t['kind']}: {t['source']} -> {t['target']}" for t in tasks],
-                    "pans": [t["pan"] for t in tasks], "negative_prompt": "the source prompt",
+                    "pans": [t["pan"] for t in tasks], "negative": negative,
                     "config": config.to_dict()}
     frames_out = {}
     for mode in modes:
@@ -521,7 +523,7 @@ def measure_edits(pipe, tasks: list[dict], *, config=None, modes=("per-frame", "
             if mode == "cove-true":
                 corr = true_correspondence(clip, feature_grid(pipe, clip.frames.shape[1:3]), k=config.k)
             edit = edit_video(pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
-                              negative_prompt=edit_negative_prompt(task["source_prompt"]), config=variant,
+                              negative_prompt=edit_negative_prompt(task["source_prompt"], negative), config=variant,
                               generator=torch.Generator("cpu").manual_seed(seed), correspondence=corr)
             seconds.append(edit.timings["total"])
             rows.append(score_task(edit.frames, task))

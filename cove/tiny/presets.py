@@ -12,10 +12,20 @@ PROMPT_STEPS = 50
 PROMPT_GUIDANCE = 3.0
 
 
-def edit_negative_prompt(source_prompt: str) -> str:
-    """The negative prompt cove-tiny edits with: the source prompt, so that guidance pulls
-    along "target minus source" rather than "target minus empty"."""
-    return source_prompt
+# What cove-tiny's edits take as the negative prompt: "source" (the source prompt, so that
+# guidance pulls along "target minus source") or "empty" (plain classifier-free guidance). At
+# strength 0.8 "source" extrapolates a background swap past its target (sand -> stone goes on to
+# black); "empty" lands more edits there but freezes one: docs/method/tiny.md.
+NEGATIVES = ("source", "empty")
+EDIT_NEGATIVE = "source"
+
+
+def edit_negative_prompt(source_prompt: str, negative: str = EDIT_NEGATIVE) -> str:
+    """The negative prompt cove-tiny edits with under the policy ``negative`` (``NEGATIVES``):
+    "" for "empty", ``source_prompt`` for "source"."""
+    if negative not in NEGATIVES:
+        raise ValueError(f"negative: expected one of {', '.join(NEGATIVES)}, got {negative!r}")
+    return source_prompt if negative == "source" else ""
 
 
 def edit_config(**overrides):
@@ -25,8 +35,9 @@ def edit_config(**overrides):
     and prompt-to-prompt's word swap in every step run, guidance 6 with the source prompt as
     the negative prompt (``edit_negative_prompt``), no edit mask. Chosen by
     ``python -m cove.tiny.settings`` on 12 validation edits (``docs/edit_settings.json``): the
-    only candidate that froze none of them; guidance 9 and 12 saturate some background swaps
-    to a flat frame, the mask freezes one. Correspondence comes from ``up_blocks.0`` at t = 50:
+    only candidate that froze none of them. Strength 0.8 at guidance 3 against the empty
+    prompt lands more of them but draws one background (bricks) fixed to the image while the
+    camera pans. Correspondence comes from ``up_blocks.0`` at t = 50:
     on 6 validation clips (seed 1000) its PCK within 4 px is 0.83 at t = 10, 25 and 50 (the
     largest t within 0.01 of the best is kept), 0.78 at 100 and 0.52 at SD's 261. The block is
     named rather than left to ``default_feature_layer``, which picks the last block on the

@@ -39,7 +39,7 @@ from .measures import (
     measure_reconstruction,
     measure_shape_retention,
 )
-from .settings import CANDIDATES, candidate_config
+from .settings import CANDIDATES, candidate_config, candidate_negative
 
 # gate -> (">=" or "<=", threshold)
 GATES = {
@@ -230,7 +230,8 @@ def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=No
         "shape_retention": ("shape_retention", lambda: measure_shape_retention(pipe, n_prompts // 3, seed)),
         "reconstruction": ("reconstruction", lambda: measure_reconstruction(pipe, n_clips, seed)),
         "edits": ("edits", lambda: measure_edits(pipe, edit_tasks(n_edits, seed), config=config, modes=modes,
-                                                  seed=seed, log=log)),
+                                                  seed=seed, negative=candidate_negative(CANDIDATES[settings]),
+                                                  log=log)),
         "correspondence": ("correspondence", lambda: measure_correspondence(pipe, n_clips, seed, config=config)),
         "probes": ("probes", lambda: _probes(pipe, n_clips, seed)),
     }

@@ -21,31 +21,53 @@ from pathlib import Path
 
 from ..eval.bench import jsonable, machine_info
 from .measures import edit_tasks, measure_edits
-from .presets import edit_config
+from .presets import EDIT_NEGATIVE, edit_config
 
 VALIDATION_SEED = 1000  # the gate's edits come from seed 0
 
-# name -> overrides of edit_config(): top-level fields, and "extras" as a dict of Extras fields
+# name -> overrides of edit_config(): top-level fields, "extras" as a dict of Extras fields, and
+# "negative" (a policy of presets.NEGATIVES; default presets.EDIT_NEGATIVE)
 MASK = {"mask_threshold": 0.4, "mask_dilate": 0, "mask_fill_holes": True}
+# "strength 0.8 set": strength 0.8, guidance 3 against the empty prompt, PnP's ResNet features
+# only below t = 300 (the word swap as edit_config's); its variants change one thing
+LATE = {"guidance_scale": 3.0, "negative": "empty", "extras": {"strength": 0.8, "pnp_resnet_max_t": 300}}
+
+
+def _late(**changes) -> dict:
+    """``LATE`` with ``changes`` (top-level fields, "negative", and "extras" merged into its extras)."""
+    extras = {**LATE["extras"], **changes.pop("extras", {})}
+    return {**LATE, **changes, "extras": extras}
+
+
 CANDIDATES: dict[str, dict] = {
     "edit_config": {},
-    "guidance 12, mask": {"guidance_scale": 12.0, "extras": MASK},
-    "guidance 12, mask, no word swap": {"guidance_scale": 12.0, "extras": {**MASK, "p2p_steps": 0}},
-    "guidance 12, mask, strength 0.3": {"guidance_scale": 12.0, "extras": {**MASK, "strength": 0.3}},
-    "guidance 12": {"guidance_scale": 12.0},
-    "guidance 9": {"guidance_scale": 9.0},
+    # an export's own settings (cove-tiny-a, docs/edit_settings_cove_tiny_a.json)
     "guidance 7.5, no word swap": {"guidance_scale": 7.5, "extras": {"p2p_steps": 0}},
-    "guidance 7.5, mask, strength 0.7, no word swap": {"guidance_scale": 7.5,
-                                                        "extras": {**MASK, "strength": 0.7, "p2p_steps": 0}},
-    "guidance 5, no word swap": {"guidance_scale": 5.0, "extras": {"p2p_steps": 0}},
+    "strength 0.8 set": _late(),
+    "strength 0.8 set, guidance 1.5": _late(guidance_scale=1.5),
+    "strength 0.8 set, guidance 4.5": _late(guidance_scale=4.5),
+    "strength 0.8 set, strength 0.65": _late(extras={"strength": 0.65}),
+    "strength 0.8 set, strength 1": _late(extras={"strength": 1.0}),
+    "strength 0.8 set, ResNet at every t": _late(extras={"pnp_resnet_max_t": None}),
+    "strength 0.8 set, ResNet below t = 200": _late(extras={"pnp_resnet_max_t": 200}),
+    "strength 0.8 set, no word swap": _late(extras={"p2p_steps": 0}),
+    "strength 0.8 set, edit mask": _late(extras=MASK),
+    "strength 0.8 set, the source prompt as negative": _late(negative="source"),
 }
 
 
 def candidate_config(overrides: dict):
-    """``edit_config`` with a candidate's overrides ({"extras": {...}} replaces Extras fields)."""
+    """``edit_config`` with a candidate's overrides ({"extras": {...}} replaces Extras fields;
+    "negative" is not a config field: ``candidate_negative``)."""
     base = edit_config()
     extras = dataclasses.replace(base.extras, **overrides.get("extras", {}))
-    return dataclasses.replace(base, extras=extras, **{k: v for k, v in overrides.items() if k != "extras"})
+    fields = {k: v for k, v in overrides.items() if k not in ("extras", "negative")}
+    return dataclasses.replace(base, extras=extras, **fields)
+
+
+def candidate_negative(overrides: dict) -> str:
+    """A candidate's negative-prompt policy (``presets.NEGATIVES``)."""
+    return overrides.get("negative", EDIT_NEGATIVE)
 
 
 def choose(results: dict) -> dict:
@@ -71,8 +93,10 @@ def run(pipe, *, names=tuple(CANDIDATES), n: int = 12, frames: int = 8, attentio
     for name in names:
         start = time.perf_counter()
         config = candidate_config(CANDIDATES[name])
-        r = measure_edits(pipe, tasks, config=config, modes=(attention,), seed=0)
-        row = {**r[attention], "config": r["config"], "truth_warp_error": r["truth_warp_error"],
+        r = measure_edits(pipe, tasks, config=config, modes=(attention,), seed=0,
+                          negative=candidate_negative(CANDIDATES[name]))
+        row = {**r[attention], "config": r["config"], "negative": r["negative"],
+               "truth_warp_error": r["truth_warp_error"],
                "edits": r["edits"]}
         out["candidates"][name] = row
         log(f"[settings] {name}: landed {row['landed']:.2f} (worst {row['worst_landed']:.2f}, edits landing "
