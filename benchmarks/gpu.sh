@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # One call on a lent GPU (at most 10 minutes): cove-tiny's training run, the export's edit gates,
 # the CUDA tests, `cove bench speed` at SD 2.1's shapes, then `cove bench profile` of one
-# denoising step. Everything it returns goes under $OUT, these 10 files:
+# denoising step. Everything it returns goes under $OUT, these 6 files (the device returns at most 8):
 #   export.tar                 the trained pipeline (fp16) with its training.json, log.jsonl (the loss) and
 #                              probes.jsonl (attention entropy and CGA's change every PROBE_EVERY steps)
-#   quality_export.json, quality.log   `cove.tiny.quality` on the export (edits, correspondence,
-#                              probes; written after each part, so a timeout keeps what it measured), then
-#                              whether the export may ship in place of the shipped model (`--compare`)
-#   train.log, cuda_tests.log, machine.txt
-#   bench.log                  the speed benchmark's and the profile's output
+#   quality_export.json        `cove.tiny.quality` on the export (edits, correspondence, probes; written
+#                              after each part, so a timeout keeps what it measured)
 #   benchmarks_speed_cuda.json (rewritten after every section)
 #   profile.json, profile.txt  one UNet call per mode under torch.profiler (F = FRAMES' first)
+#   gpu.log                    the machine, then each step's output under a "== step ==" line: training,
+#                              quality and whether the export may ship in place of the shipped model
+#                              (`--compare`), CUDA tests, benchmark, profile
 # Run from the repository root: `bash benchmarks/gpu.sh`. Settings (environment):
 #   TOTAL_SECONDS=570 (each step's timeout is cut to what is left of it, in the order above)
 #   DEVICE=cuda  TRAIN_MINUTES=4.5  PROBE_EVERY=200  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes"
@@ -33,18 +33,22 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then  # packages the GPU machin
     && export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # cove from this working tree
-{ date -u; nproc; nvidia-smi 2>&1 | head -15; python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)"; } >"$OUT/machine.txt" 2>&1
+LOG="$OUT/gpu.log"
+step() { echo "== $1 ($SECONDS s) ==" >>"$LOG"; }
+step machine
+{ date -u; nproc; nvidia-smi 2>&1 | head -15; python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)"; } >>"$LOG" 2>&1
 
 # 1. cove-tiny: design a, from INIT (the last lease's export; the shipped weights grow into it), bf16, batch >= 256, data echoing x2
 #    (each rendered batch trains two steps), the cosine fitted to the minutes, an fp16 export.
 TRAIN_MINUTES=${TRAIN_MINUTES:-4.5}
 rm -rf runs/gpu runs/gpu-export
+step train
 timeout "$(left "$(python3 -c "print(int(${TRAIN_MINUTES} * 60 + 100))")")" python3 -m cove.tiny.train \
   --device "$DEVICE" --bf16 --design a --init "${INIT:-benchmarks/cove-tiny-a}" --batch "${BATCH:-256}" --echo 2 \
   --workers "${WORKERS:-14}" --mid-t 0.5 --lr 4e-4 --warmup 100 --steps 1000000 \
   --minutes "$TRAIN_MINUTES" --fit-minutes --export-dtype float16 --save-every 1000000 --probe-every "${PROBE_EVERY:-200}" \
-  --work runs/gpu --out runs/gpu-export >"$OUT/train.log" 2>&1
-echo "train: exit $?" >>"$OUT/train.log"
+  --work runs/gpu --out runs/gpu-export >>"$LOG" 2>&1
+echo "train: exit $?" >>"$LOG"
 if [ -f runs/gpu-export/training.json ]; then
   cp runs/gpu/log.jsonl runs/gpu-export/log.jsonl
   cp runs/gpu/probes.jsonl runs/gpu-export/probes.jsonl 2>/dev/null
@@ -53,29 +57,34 @@ fi
 
 # 2. the export's gates on the device, edits first (`--model`: the folder the training run exported)
 if [ -f runs/gpu-export/training.json ]; then
+  step quality
   timeout "$(left "${QUALITY_SECONDS:-60}")" python3 -m cove.tiny.quality --model runs/gpu-export --device "$DEVICE" \
-    --only ${QUALITY_PARTS:-edits correspondence probes} --out "$OUT/quality_export.json" >"$OUT/quality.log" 2>&1
-  echo "quality: exit $?" >>"$OUT/quality.log"
-  python3 -m cove.tiny.quality --compare "$OUT/quality_export.json" --out docs/quality.json >>"$OUT/quality.log" 2>&1
+    --only ${QUALITY_PARTS:-edits correspondence probes} --out "$OUT/quality_export.json" >>"$LOG" 2>&1
+  echo "quality: exit $?" >>"$LOG"
+  step verdict
+  python3 -m cove.tiny.quality --compare "$OUT/quality_export.json" --out docs/quality.json >>"$LOG" 2>&1
 fi
 
 # 3. the CUDA tests (correspondence, CGA and a two-step edit on the device against the CPU)
-timeout "$(left 60)" python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider >"$OUT/cuda_tests.log" 2>&1
-echo "cuda tests: exit $?" >>"$OUT/cuda_tests.log"
+step "cuda tests"
+timeout "$(left 60)" python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider >>"$LOG" 2>&1
+echo "cuda tests: exit $?" >>"$LOG"
 
 # 4. the speed benchmark: warm-up, timed edits at FRAMES, peak memory at MEMORY_FRAMES (2+2 steps)
+step bench
 timeout "$(left "${BENCH_SECONDS:-120}")" python3 -m cove.app.cli bench speed --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
   --arch "${ARCH:-sd21}" --frames "${FRAMES:-8,16}" --memory-frames "${MEMORY_FRAMES:-64,128}" \
   --size "${SIZE:-512}" --steps "${STEPS:-20,10}" --stores host \
-  -o "$OUT/benchmarks_speed_cuda.json" >"$OUT/bench.log" 2>&1
-echo "bench: exit $?" >>"$OUT/bench.log"
+  -o "$OUT/benchmarks_speed_cuda.json" >>"$LOG" 2>&1
+echo "bench: exit $?" >>"$LOG"
 
 # 5. one denoising step of a COVE and of a spatial-temporal edit under torch.profiler (cove:: ranges)
 PROFILE_FRAMES=${FRAMES:-8,16}
 PROFILE_FRAMES=${PROFILE_FRAMES%%,*}  # the first of FRAMES
+step profile
 timeout "$(left 40)" python3 -m cove.app.cli bench profile --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
   --arch "${ARCH:-sd21}" --frames "$PROFILE_FRAMES" --size "${SIZE:-512}" \
-  -o "$OUT/profile.json" >>"$OUT/bench.log" 2>&1
-echo "profile: exit $?" >>"$OUT/bench.log"
-tail -n 3 "$OUT/train.log" "$OUT/quality.log" "$OUT/cuda_tests.log"
-tail -n 6 "$OUT/bench.log"
+  -o "$OUT/profile.json" >>"$LOG" 2>&1
+echo "profile: exit $?" >>"$LOG"
+step done
+grep -E "^== |exit [0-9]+$|ship|passed|failed" "$LOG" | tail -n 40

@@ -9,15 +9,20 @@ Memory is bounded by default: the queries are processed in blocks of (frames, to
 by ``block_rows`` from the device: on CUDA as many as fit in a quarter of its free memory
 (``torch.cuda.mem_get_info``; one block on a large GPU), on the CPU blocks whose gathered keys
 and values are about the size of ``k`` itself, so a CGA call needs a few times its inputs
-whatever ``F`` is; ``token_chunk`` / ``frame_chunk`` override the block shape. Without
-merging, a block's heads are computed together by ``scaled_dot_product_attention`` (each query
-a batch entry against its gathered keys); merging (stage 5) is
-``cove.merging.bipartite_merge``, called once per block on the keys and values together, and
-the heads' products and softmax are then written out.
+whatever ``F`` is; ``token_chunk`` / ``frame_chunk`` override the block shape.
+
+A block is computed one of two ways, equal up to float rounding: ``scaled_dot_product_attention``
+with each query a batch entry against its gathered keys (the faster on the CPU), or the heads'
+elementwise products, sums and softmax written out (``_attend``; merging always uses it). GPU
+attention kernels are built for long tiles of queries, not one query per batch entry, so on
+CUDA the products, a few large passes over the gathered keys, can be the faster: there the
+first call of each shape times both and keeps the faster (``fused_is_faster``, ``CGA_CHOICES``). Merging (stage 5) is
+``cove.merging.bipartite_merge``, called once per block on the keys and values together.
 """
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as nnf
@@ -26,6 +31,7 @@ from torch import Tensor
 from .merging import bipartite_merge
 
 SDPA_ROWS = 2**15  # queries per scaled_dot_product_attention call of the fused path
+CGA_CHOICES: dict[tuple, bool] = {}  # (device, dtype, F, N, C, heads, K, k is v, block) -> SDPA was faster
 
 
 def other_frames(frames: int, device: torch.device | str | None = None) -> Tensor:
@@ -172,6 +178,47 @@ def _attend_fused(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int,
     return out.view(Fq, n, C)  # heads packed back in C
 
 
+def _seconds(fn, device: torch.device) -> float:
+    """Wall seconds of ``fn()`` after one untimed call, the device synchronised around it."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *args: None)
+    fn()
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def fused_is_faster(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int,
+                    block: tuple[slice, slice], *, measure: bool | None = None) -> bool:
+    """Whether ``scaled_dot_product_attention`` (``fused``) computes CGA without merging faster
+    than the per-head products on this device, for blocks of queries shaped like ``block``.
+
+    Args:
+        q, k, v, index, heads: as in ``guided_attention``.
+        block: ``(frames, tokens)`` slices of the queries: the first of ``guided_attention``'s blocks.
+        measure: ``None``: measure on CUDA, not on the CPU (there SDPA is the faster: ~3x at
+            F=8, N=1024, C=320); ``True`` / ``False``: measure / don't, on any device.
+
+    Returns:
+        ``True`` without measuring; else whether SDPA took no longer, each path run twice on
+        ``block`` and the second run timed. The verdict is kept in ``CGA_CHOICES`` per device,
+        dtype and shape, so a process measures each shape once.
+    """
+    if measure is None:
+        measure = q.device.type == "cuda"
+    if not measure:
+        return True
+    frames, tokens = block
+    qb, ib = q[frames, tokens], index[frames, tokens]  # (F', n, C), (F', n, F, K)
+    key = (str(q.device), q.dtype, *q.shape, heads, index.shape[-1], v is k, tuple(qb.shape[:2]))
+    if key not in CGA_CHOICES:
+        sdpa = _seconds(lambda: _attend_fused(qb, k, v, ib, heads, frames), q.device)
+        products = _seconds(lambda: _attend(qb, k, v, ib, heads, 0.0, frames), q.device)
+        CGA_CHOICES[key] = sdpa <= products
+    return CGA_CHOICES[key]
+
+
 def _blocks(frames: int, tokens: int, gathered: int, frame_chunk: int | None,
             token_chunk: int | None, free: int | None = None,
             row_bytes: int | None = None) -> list[tuple[slice, slice]]:
@@ -198,7 +245,7 @@ def guided_attention(
     merge_ratio: float = 0.0,
     token_chunk: int | None = None,
     frame_chunk: int | None = None,
-    fused: bool = True,
+    fused: bool | None = None,
 ) -> Tensor:
     """Correspondence-guided attention (Eqs. 11-14).
 
@@ -224,26 +271,31 @@ def guided_attention(
             blocks of ``block_rows`` queries, chosen from the memory free on ``q``'s device
             (on CUDA a quarter of ``torch.cuda.mem_get_info``, often one block; on the CPU
             blocks about the size of ``k``). The result does not depend on them.
-        fused: without merging (``merge_ratio == 0``), compute all heads at once with
-            ``torch.nn.functional.scaled_dot_product_attention`` on strided views of the
+        fused: without merging (``merge_ratio == 0``), ``True`` computes all heads at once
+            with ``torch.nn.functional.scaled_dot_product_attention`` on strided views of the
             gathered keys and values (one call per ``SDPA_ROWS`` queries of a block);
             ``False``: the per-head products and softmax that ``attention_weights`` reads
-            (merging always uses them). The same result up to float rounding.
+            (merging always uses them); ``None``: the faster of the two on this device
+            (``fused_is_faster``: SDPA on the CPU, measured once per shape on CUDA). The same
+            result up to float rounding.
 
     Returns:
         ``(F, N, C)`` attention output, heads packed back in ``C``. Profiles
         (``torch.profiler``) show the computation as the range ``cove::guided_attention``.
     """
     _check(q, k, v, index, heads, merge_ratio)
-    if not isinstance(fused, bool):
-        raise ValueError(f"fused: expected True or False, got {fused!r}")
+    if fused is not None and not isinstance(fused, bool):
+        raise ValueError(f"fused: expected True, False or None, got {fused!r}")
     F, N, C = q.shape
     T = (F - 1) * index.shape[-1]
     free = free_memory(q.device) if frame_chunk is None and token_chunk is None else None
     per_row = row_bytes(T, C, heads, q.element_size())
+    blocks = _blocks(F, N, T, frame_chunk, token_chunk, free, per_row)
+    if fused is None and merge_ratio == 0:
+        fused = fused_is_faster(q, k, v, index, heads, blocks[0])
     out = torch.empty_like(q)  # (F, N, C)
     with torch.profiler.record_function("cove::guided_attention"):  # a range in profiles
-        for frames, tokens in _blocks(F, N, T, frame_chunk, token_chunk, free, per_row):
+        for frames, tokens in blocks:
             qb, ib = q[frames, tokens], index[frames, tokens]  # (F', n, C), (F', n, F, K)
             if fused and merge_ratio == 0:
                 out[frames, tokens] = _attend_fused(qb, k, v, ib, heads, frames)  # (F', n, C)

@@ -45,6 +45,9 @@ class AttentionState:
             (None: all frames in spatial-temporal attention, CGA's own memory bound).
         token_chunk: tokens per CGA block (None: CGA's own memory bound,
             ``cove.attention.block_rows``).
+        cga_fused: how CGA computes a block without merging (``guided_attention``'s ``fused``):
+            ``True`` scaled_dot_product_attention, ``False`` the per-head products, ``None`` the
+            faster on the device (measured once per shape on CUDA).
         pnp_store: where saved PnP features live: "device" (beside the model), "host" (CPU
             memory, moved to the device when injected) or "recompute" (the pipeline recomputes
             them from the inverted latents at each PnP step; only one step is ever stored).
@@ -68,6 +71,7 @@ class AttentionState:
     merge_ratio: float = 0.0
     frame_chunk: int | None = None
     token_chunk: int | None = None
+    cga_fused: bool | None = None
     pnp_attentions: frozenset[str] = frozenset()
     pnp_resnets: frozenset[str] = frozenset()
     pnp_store: str = "device"
@@ -208,7 +212,8 @@ class CoveAttnProcessor(_Processor):
             groups = hidden_states.view(b // state.frames, state.frames, n, -1)  # (G, F, N, C)
             hidden_states = torch.cat([
                 guided_attention(x, x, x, index, heads, merge_ratio=state.merge_ratio,
-                                 token_chunk=state.token_chunk, frame_chunk=state.frame_chunk)
+                                 token_chunk=state.token_chunk, frame_chunk=state.frame_chunk,
+                                 fused=state.cga_fused)
                 for x in groups
             ]).to(query.dtype)  # (B, N, C)
 

@@ -150,7 +150,7 @@ def test_single_frame_raises():
 # ---------------------------------------------------------------------------------------------
 
 
-def _processor_run(mode, hidden, frames, correspondence=None, merge_ratio=0.0, seed=0):
+def _processor_run(mode, hidden, frames, correspondence=None, merge_ratio=0.0, seed=0, cga_fused=None):
     """Run ``CoveAttnProcessor`` on a diffusers ``Attention`` (4 heads of 8 channels) and capture
     what reaches ``to_out``: the attention result (B, N, C) before the output projection."""
     from diffusers.models.attention_processor import Attention
@@ -159,7 +159,8 @@ def _processor_run(mode, hidden, frames, correspondence=None, merge_ratio=0.0, s
 
     torch.manual_seed(seed)
     attn = Attention(query_dim=32, heads=4, dim_head=8).double()
-    state = AttentionState(frames=frames, mode=mode, correspondence=correspondence, merge_ratio=merge_ratio)
+    state = AttentionState(frames=frames, mode=mode, correspondence=correspondence, merge_ratio=merge_ratio,
+                           cga_fused=cga_fused)
     attn.set_processor(CoveAttnProcessor("layer.attn1", state))
     captured = []
     handle = attn.to_out[0].register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
@@ -232,6 +233,25 @@ def test_cga_processor_applies_guided_attention_to_the_spatiotemporal_output(mer
     _, kept, state = _processor_run("cove", hidden, F, correspondence=other)
     torch.testing.assert_close(kept, st)
     assert state.calls["cga"] == 0
+
+
+@pytest.mark.parametrize("cga_fused", [True, False])
+def test_cga_processor_computes_the_way_its_state_asks(cga_fused, monkeypatch):
+    """``AttentionState.cga_fused`` reaches ``guided_attention``: SDPA and the per-head
+    products give the same layer output."""
+    import cove.attention as attention
+
+    ways = []
+    for name in ("_attend_fused", "_attend"):
+        real = getattr(attention, name)
+        monkeypatch.setattr(attention, name, lambda *a, _r=real, _n=name: ways.append(_n) or _r(*a))
+    F, grid = 3, (4, 4)
+    corr = _grid_correspondence(F, grid)
+    hidden = torch.randn(2 * F, 16, 32, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    _, out, _ = _processor_run("cove", hidden, F, correspondence=corr, cga_fused=cga_fused)
+    assert set(ways) == {"_attend_fused" if cga_fused else "_attend"}
+    _, default, _ = _processor_run("cove", hidden, F, correspondence=corr)  # the CPU's default: SDPA
+    torch.testing.assert_close(out, default, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("merge_ratio", [0.0, 0.5])
@@ -311,5 +331,50 @@ def test_merging_keeps_the_per_head_path():
     q, k, v, index = example(F=4, N=12, C=8, K=3, seed=10)
     merged = guided_attention(q, k, v, index, 2, merge_ratio=0.5)
     assert torch.equal(merged, guided_attention(q, k, v, index, 2, merge_ratio=0.5, fused=False))
-    with pytest.raises(ValueError, match="^fused: expected True or False, got 1$"):
+    with pytest.raises(ValueError, match="^fused: expected True, False or None, got 1$"):
         guided_attention(q, k, v, index, 2, fused=1)
+
+
+def test_default_way_is_sdpa_on_the_cpu_unmeasured(monkeypatch):
+    import cove.attention as attention
+
+    monkeypatch.setattr(attention, "CGA_CHOICES", {})
+    monkeypatch.setattr(attention, "_seconds", lambda *a: pytest.fail("the CPU must not be timed"))
+    q, k, v, index = example(F=4, N=10, C=8, K=2, seed=11)
+    assert torch.equal(guided_attention(q, k, k, index, 2), guided_attention(q, k, k, index, 2, fused=True))
+    assert attention.CGA_CHOICES == {}
+
+
+@pytest.mark.parametrize("sdpa_seconds, expected", [(2.0, False), (1.0, True)])
+def test_the_faster_way_is_measured_once_per_shape(monkeypatch, sdpa_seconds, expected):
+    """``fused_is_faster(measure=True)`` times SDPA, then the products, keeps the verdict per
+    shape and does not time a shape twice."""
+    import cove.attention as attention
+
+    monkeypatch.setattr(attention, "CGA_CHOICES", {})
+    timed = []
+
+    def fake_seconds(fn, device):
+        fn()
+        timed.append(device)
+        return sdpa_seconds if len(timed) % 2 else 1.5  # SDPA first, then the products
+
+    monkeypatch.setattr(attention, "_seconds", fake_seconds)
+    q, k, v, index = example(F=4, N=10, C=8, K=2, seed=12)
+    whole = (slice(None), slice(None))
+    assert attention.fused_is_faster(q, k, k, index, 2, whole, measure=True) is expected
+    assert attention.fused_is_faster(q, k, k, index, 2, whole, measure=True) is expected
+    assert len(timed) == 2 and len(attention.CGA_CHOICES) == 1
+    attention.fused_is_faster(q, k, v, index, 2, whole, measure=True)  # values apart: another shape
+    attention.fused_is_faster(q, k, k, index, 2, (slice(0, 2), slice(None)), measure=True)  # another block
+    assert len(timed) == 6 and len(attention.CGA_CHOICES) == 3
+    assert attention.fused_is_faster(q, k, k, index, 4, whole, measure=False) is True
+    assert len(timed) == 6
+
+
+def test_seconds_times_the_second_call():
+    import cove.attention as attention
+
+    calls = []
+    seconds = attention._seconds(lambda: calls.append(len(calls)), torch.device("cpu"))
+    assert calls == [0, 1] and 0 <= seconds < 1

@@ -67,6 +67,25 @@ def test_guided_attention_in_half_equals_the_cpu(merge_ratio):
     assert close.all() if merge_ratio == 0 else close.float().mean() >= 0.99, close.float().mean()
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_both_ways_of_cga_in_half_equal_the_cpu(fused, monkeypatch):
+    """SDPA and the per-head products on the device, and the default way, which CUDA measures
+    once per shape (``fused_is_faster``) and the CPU does not."""
+    import cove.attention as attention
+
+    monkeypatch.setattr(attention, "CGA_CHOICES", {})
+    F, N, C, heads = 4, 256, 64, 4
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(F, N, C, generator=g)
+    index = torch.randint(0, N, (F, N, F, 3), generator=g)
+    expected = guided_attention(x, x, x, index, heads)
+    xd, idx = x.to(DEVICE, torch.float16), index.to(DEVICE, torch.int16)
+    for way in (fused, None):
+        out = guided_attention(xd, xd, xd, idx, heads, fused=way)
+        torch.testing.assert_close(out.float().cpu(), expected, rtol=0, atol=2e-2)
+    assert len(attention.CGA_CHOICES) == (1 if DEVICE.type == "cuda" else 0)
+
+
 def moving_clip():
     """uint8 (4, 32, 32, 3): conftest's ``tiny_clip`` (a blocky texture moving 2 px a frame)."""
     rng = np.random.default_rng(0)

@@ -227,3 +227,20 @@ def test_write_executed_numbers_the_cells_that_ran(tmp_path):
     nb.cells.append(nbformat.v4.new_code_cell("3"))  # the notebook that ran is not the file any more
     hook.write_executed(nb, source.name, [[], [], []], tmp_path / "executed")
     assert hook.executed_copy(source, tmp_path / "executed") is None
+
+
+def test_gpu_script_returns_what_the_device_can_send_back():
+    """``benchmarks/gpu.sh`` parses, and writes at most the 8 files a lent device returns from
+    ``$OUT`` (``cove bench profile -o X.json`` writes ``X.txt`` beside it), all named in its header."""
+    import re
+    import subprocess
+
+    script = ROOT / "benchmarks" / "gpu.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    lines = script.read_text().splitlines()
+    code = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    written = set(re.findall(r"\$OUT/([\w.-]+)", code))
+    written |= {name[:-5] + ".txt" for name in written if name.startswith("profile") and name.endswith(".json")}
+    header = "\n".join(line for line in lines if line.startswith("#"))
+    assert 0 < len(written) <= 8, written
+    assert all(name in header for name in written), written

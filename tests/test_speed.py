@@ -31,6 +31,9 @@ def test_bench_speed_writes_valid_json(tmp_path):
                                                             for s in ("host", "recompute")}
     assert all(r["total s"] > 0 and "denoising MB" in r for r in edits)
     assert data["sections"]["merging"]["note"]
+    layer = data["sections"]["attention_layer"]
+    assert [r["mode"] for r in layer["rows"]][-2:] == ["cove, CGA by SDPA", "cove, CGA by products"]
+    assert "by SDPA and" in layer["note"] and "the default way adds" in layer["note"]
 
 
 def test_naive_correspond_is_the_same_computation():

@@ -11,7 +11,8 @@ them):
   spatially smooth features, in float32 and in the run's dtype;
 - ``merging``: ``guided_attention`` with merge ratio 0 and 0.5;
 - ``attention_layer``: one SD self-attention layer of the 64x64 level (320 channels, 5 heads)
-  in each attention mode, and CGA's blocks against the whole-layer gather;
+  in each attention mode, CGA's blocks against the whole-layer gather, and CGA computed by
+  ``scaled_dot_product_attention`` against the per-head products;
 - ``edit``: whole edits per attention mode, frame count and PnP store, per-stage time and peak
   memory, with the paper's Table 3 beside them; ``estimate`` extrapolates the peak linearly in
   ``F`` (the PnP store off the device and CGA's blocks keep it linear).
@@ -277,7 +278,9 @@ def merging_note(rows) -> str:
 
 def bench_layer(device, dtype, frames=8, grid=(64, 64), channels=320, heads=5, k=3):
     """One SD self-attention layer (``attn1`` of the 64x64 level) with classifier-free
-    guidance's two groups, per attention mode; CGA in blocks (default) and whole (one block)."""
+    guidance's two groups, per attention mode; CGA in blocks (default: its way of computing
+    chosen by ``cove.attention.fused_is_faster``), whole (one block), and each way forced:
+    ``scaled_dot_product_attention`` and the per-head products."""
     from diffusers.models.attention_processor import Attention
 
     from ..correspondence import Correspondence
@@ -291,9 +294,12 @@ def bench_layer(device, dtype, frames=8, grid=(64, 64), channels=320, heads=5, k
     index = torch.randint(0, N, (frames, N, frames, k), generator=g).to(torch.int16)
     corr = Correspondence(index, torch.ones(index.shape), grid)
     rows = []
-    for label, mode, chunk in [("per-frame", "per-frame", None), ("spatiotemporal", "spatiotemporal", None),
-                               ("cove (blocks)", "cove", None), ("cove (one block)", "cove", N)]:
-        state = AttentionState(frames=frames, mode=mode, correspondence=corr, token_chunk=chunk)
+    for label, mode, chunk, fused in [("per-frame", "per-frame", None, None),
+                                      ("spatiotemporal", "spatiotemporal", None, None),
+                                      ("cove (blocks)", "cove", None, None), ("cove (one block)", "cove", N, None),
+                                      ("cove, CGA by SDPA", "cove", None, True),
+                                      ("cove, CGA by products", "cove", None, False)]:
+        state = AttentionState(frames=frames, mode=mode, correspondence=corr, token_chunk=chunk, cga_fused=fused)
         proc = CoveAttnProcessor("attn1", state)
         times, peak = [], 0.0
         with torch.no_grad():
@@ -307,6 +313,19 @@ def bench_layer(device, dtype, frames=8, grid=(64, 64), channels=320, heads=5, k
     for row in rows:
         row["MB / per-frame"] = row["MB"] / max(rows[0]["MB"], 1e-9)
     return rows
+
+
+def layer_note(rows) -> str:
+    """One sentence on ``bench_layer``'s rows: CGA's own time (the cove layer's less the
+    spatial-temporal one's) by each way of computing it, and the default's."""
+    by = {r["mode"]: r["s"] for r in rows}
+    st = by["spatiotemporal"]
+    cga = {name: (by[f"cove{suffix}"] - st) * 1e3 for name, suffix in
+           (("default", " (blocks)"), ("SDPA", ", CGA by SDPA"), ("products", ", CGA by products"))}
+    faster = "SDPA" if cga["SDPA"] <= cga["products"] else "the per-head products"
+    return (f"CGA itself adds {cga['SDPA']:.2f} ms by SDPA and {cga['products']:.2f} ms by the per-head "
+            f"products ({faster} faster) to the spatial-temporal layer's {st * 1e3:.2f} ms; "
+            f"the default way adds {cga['default']:.2f} ms.")
 
 
 def _edit_stages(pipe, clip, mode, store, config, stage=None):
@@ -461,7 +480,7 @@ def run(*, arch="small", device="cpu", dtype=torch.float32, frames=(2, 3), size=
         sec["attention_layer"] = {"rows": rows, "plot": ["mode", "MB"], "note": (
             f"A cove-mode 64x64 layer at F={s['layer_frames']} peaks at "
             f"{rows[2]['MB / per-frame']:.2f}x the per-frame layer's memory with CGA in blocks, "
-            f"{rows[3]['MB / per-frame']:.2f}x with one block.")}
+            f"{rows[3]['MB / per-frame']:.2f}x with one block. " + layer_note(rows))}
         done()
     if "edit" in parts:
         pipe = build_pipeline(arch, device, dtype)
