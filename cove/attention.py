@@ -16,8 +16,9 @@ with each query a batch entry against its gathered keys (the faster on the CPU),
 elementwise products, sums and softmax written out (``_attend``; merging always uses it). GPU
 attention kernels are built for long tiles of queries, not one query per batch entry, so on
 CUDA the products, a few large passes over the gathered keys, can be the faster: there the
-first call of each shape times both and keeps the faster (``fused_is_faster``, ``CGA_CHOICES``). Merging (stage 5) is
-``cove.merging.bipartite_merge``, called once per block on the keys and values together.
+first call of each shape times both and keeps the faster (``fused_is_faster``,
+``CGA_CHOICES``). Merging (stage 5) is ``cove.merging.bipartite_merge``, called once per block
+on the keys and values together.
 """
 from __future__ import annotations
 
