@@ -14,7 +14,9 @@
 # Run from the repository root: `bash benchmarks/gpu.sh`. Settings (environment):
 #   TOTAL_SECONDS=570 (each step's timeout is cut to what is left of it, in the order above)
 #   DEVICE=cuda  TRAIN_MINUTES=4.5  PROBE_EVERY=200  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes"
-#   BENCH_SECONDS=120  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=64,128  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
+#   BENCH_SECONDS=120  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
+#   (MEMORY_FRAMES=64,128 adds the long clips' peak memory, ~2.5 min on an H200: docs/benchmarks_speed_cuda.json
+#   holds them from an earlier lease; merge a new run's sections into it rather than replace it)
 # A dry run on a CPU at tiny sizes: DEVICE=cpu TRAIN_MINUTES=0.3 QUALITY_PARTS=correspondence WORKERS=2 BATCH=4 FRAMES=2
 #   MEMORY_FRAMES=3 SIZE=64 STEPS=1,1 ARCH=small DTYPE=fp32 COVE_TEST_DEVICE=cpu bash benchmarks/gpu.sh
 set -uo pipefail
@@ -70,10 +72,10 @@ step "cuda tests"
 timeout "$(left 60)" python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider >>"$LOG" 2>&1
 echo "cuda tests: exit $?" >>"$LOG"
 
-# 4. the speed benchmark: warm-up, timed edits at FRAMES, peak memory at MEMORY_FRAMES (2+2 steps)
+# 4. the speed benchmark: warm-up, timed edits at FRAMES, peak memory at MEMORY_FRAMES (2+2 steps) if set
 step bench
 timeout "$(left "${BENCH_SECONDS:-120}")" python3 -m cove.app.cli bench speed --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
-  --arch "${ARCH:-sd21}" --frames "${FRAMES:-8,16}" --memory-frames "${MEMORY_FRAMES:-64,128}" \
+  --arch "${ARCH:-sd21}" --frames "${FRAMES:-8,16}" ${MEMORY_FRAMES:+--memory-frames "$MEMORY_FRAMES"} \
   --size "${SIZE:-512}" --steps "${STEPS:-20,10}" --stores host \
   -o "$OUT/benchmarks_speed_cuda.json" >>"$LOG" 2>&1
 echo "bench: exit $?" >>"$LOG"
