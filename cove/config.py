@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 import numpy as np
 
 ATTENTION_MODES = ("cove", "spatiotemporal", "per-frame")
-PNP_STORES = ("host", "device", "recompute")
+PNP_STORES = ("auto", "host", "device", "recompute")
 CORRESPONDENCE_SOURCES = ("diffusion", "flow")
 
 # Allowed values of the settings, by field name: (test, what the message says it must be).
@@ -102,16 +102,18 @@ class EngineOptions:
     token_chunk: correspondence-guided attention processes this many tokens at once (same
         result); ``None``: blocks about the size of the layer's keys (``cove.attention.block_rows``).
     pnp_store: where PnP's saved features live between inversion and denoising: ``"host"`` (CPU
-        memory, the default), ``"device"``, or ``"recompute"`` (recomputed from the inverted
-        latents at each PnP step, as PnP's reference code does: one more UNet pass per PnP step,
-        no store that grows with the steps).
+        memory), ``"device"``, ``"recompute"`` (recomputed from the inverted latents at each PnP
+        step, as PnP's reference code does: one more UNet pass per PnP step, no store that grows
+        with the steps), or ``"auto"`` (the default): ``"device"`` on a GPU where the store fits
+        in a quarter of its free memory (no copies to and from the host), else ``"host"``
+        (``cove.sd.pnp_store_for``).
     """
 
     pnp_resnets: tuple[str, ...] | None = None
     pnp_attentions: tuple[str, ...] | None = None
     frame_chunk: int | None = None
     token_chunk: int | None = None
-    pnp_store: str = "host"
+    pnp_store: str = "auto"
 
     def __post_init__(self) -> None:
         check_fields(self)

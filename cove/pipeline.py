@@ -38,6 +38,7 @@ from .sd import (
     decode_latents,
     encode_frames,
     encode_text,
+    pnp_store_for,
 )
 from .window import fit_window
 
@@ -151,7 +152,8 @@ def _nearest(values: list[int], t: int) -> int:
 
 
 def _state(pipe, frames: int, config: CoveConfig, corr, source_prompt: str = "",
-           prompt: str = "") -> AttentionState:
+           prompt: str = "", size: tuple[int, int] = (512, 512)) -> AttentionState:
+    """The processors' state of an edit of ``frames`` frames of ``size`` (H, W) pixels."""
     engine, extras = config.engine, config.extras
     resnets, attentions = pnp_layers(pipe.unet, engine.pnp_resnets, engine.pnp_attentions)
     return AttentionState(
@@ -160,7 +162,7 @@ def _state(pipe, frames: int, config: CoveConfig, corr, source_prompt: str = "",
         frame_chunk=engine.frame_chunk, token_chunk=engine.token_chunk,
         pnp_attentions=attentions if config.pnp_steps else frozenset(),
         pnp_resnets=resnets if config.pnp_steps else frozenset(), resnet_max_t=extras.pnp_resnet_max_t,
-        pnp_store=config.engine.pnp_store,
+        pnp_store=pnp_store_for(pipe, frames, *size, config),
     )
 
 
@@ -402,7 +404,7 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
     t0 = time.perf_counter()
     latents = encode_frames(pipe, frames)  # (F, c, h, w)
     timings["encode"] = time.perf_counter() - t0
-    state = _state(pipe, f, config, corr, source_prompt, prompt)
+    state = _state(pipe, f, config, corr, source_prompt, prompt, size=frames.shape[1:3])
     # 4. inversion (source prompt, no guidance), PnP features saved
     t0 = time.perf_counter()
     run = lambda: invert(pipe, latents, config=config, prompt=source_prompt, state=state,  # noqa: E731

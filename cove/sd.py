@@ -200,13 +200,15 @@ def estimate_edit_memory(pipe, frames: int, height: int, width: int, config) -> 
     assumed tiled by SDPA, never materialised): the weights; the UNet's activations and skip
     connections at the latent grid ``h x w`` for ``G`` (2 with guidance) groups of ``F`` frames;
     the spatial-temporal attention's keys and values over all frames (queries and outputs per
-    ``frame_chunk``); correspondence-guided attention's gathered keys and values per
-    ``token_chunk``; the plug-and-play store of Q, K (``pnp_steps`` steps); the correspondence
+    ``frame_chunk``); correspondence-guided attention's block of gathered keys and values
+    (``token_chunk`` / ``frame_chunk``, else ``cove.attention.block_rows`` from the device);
+    the plug-and-play store of Q, K (``pnp_steps`` steps; in the peak only where it lives on
+    the device: not a CUDA edit's host store, one step when recomputed); the correspondence
     ``(F, N, F, K)``; the VAE decoder at full resolution (8 frames at a time).
 
     Returns:
         ``{"weights", "unet", "attention", "guided attention", "pnp store", "correspondence",
-        "vae", "peak"}`` in bytes.
+        "vae", "peak"}`` in bytes on the device.
     """
     unet, vae = pipe.unet, pipe.vae
     cfg = unet.config
@@ -230,22 +232,60 @@ def estimate_edit_memory(pipe, frames: int, height: int, width: int, config) -> 
     attention = G * b * (3 * F * n_a * c_a + kv + 2 * fc * n_a * c_a)
     guided = corr = 0
     if config.attention == "cove" and F > 1:
-        tc = min(config.engine.token_chunk or n_a, n_a)
-        guided = 2 * F * tc * (F - 1) * config.k * c_a * 4  # gathered keys and values, float32
+        from .attention import block_rows, free_memory, row_bytes
+
+        T, heads = (F - 1) * config.k, cfg.attention_head_dim  # diffusers: the number of heads
+        heads = heads[attn_level] if isinstance(heads, (list, tuple)) else heads
+        per_query = row_bytes(T, c_a, heads, b)  # gathered keys, values and products of one query
+        chunks = (config.engine.frame_chunk, config.engine.token_chunk)
+        rows = (block_rows(F, n_a, T, free=free_memory(unet.device), row_bytes=per_query)
+                if chunks == (None, None) else min(chunks[0] or F, F) * min(chunks[1] or n_a, n_a))
+        guided = rows * per_query  # one block of queries at a time (cove.attention)
         corr = F * n_a * F * config.k * (8 + 4) + min(2**26, F * n_a * 81 * c_a) * 4
-    # PnP: Q and K of the decoder's self-attentions from its second block on, per injected step
-    up_chans, up_grids = chans[::-1], grids[::-1]
-    up_cross = ["CrossAttn" in t for t in cfg.up_block_types]
-    per_step = sum((cfg.layers_per_block + 1) * 2 * F * up_grids[i] * up_chans[i]
-                   for i in range(1, levels) if up_cross[i])
-    pnp = min(config.pnp_steps, config.denoise_steps) * per_step * b
+    per_step = _pnp_step_bytes(pipe, frames, height, width)
+    pnp = min(config.pnp_steps, config.denoise_steps) * per_step
+    store = _pnp_store(pipe, pnp, config)
+    on_device = (0 if store == "host" and unet.device.type == "cuda"  # the store sits in host memory
+                 else min(per_step, pnp) if store == "recompute" else pnp)
     vae_c = getattr(vae.config, "block_out_channels", [128])[0]
     vae_b = next((p.element_size() for p in vae.parameters()), b)
     vae_bytes = 4 * min(F, 8) * vae_c * height * width * vae_b
     parts = {"weights": weights, "unet": unet_bytes, "attention": attention,
-             "guided attention": guided, "pnp store": pnp, "correspondence": corr, "vae": vae_bytes}
-    parts["peak"] = weights + pnp + corr + max(unet_bytes + attention + guided, vae_bytes)
+             "guided attention": guided, "pnp store": on_device, "correspondence": corr, "vae": vae_bytes}
+    parts["peak"] = weights + on_device + corr + max(unet_bytes + attention + guided, vae_bytes)
     return {k: int(v) for k, v in parts.items()}
+
+
+def _pnp_step_bytes(pipe, frames: int, height: int, width: int) -> int:
+    """Bytes PnP saves per injected step: Q and K of the decoder's self-attentions from its
+    second block on."""
+    cfg = pipe.unet.config
+    b = next(pipe.unet.parameters()).element_size()
+    n0 = (height // pipe.vae_scale_factor) * (width // pipe.vae_scale_factor)
+    chans, levels = list(cfg.block_out_channels), len(cfg.block_out_channels)
+    up_chans, up_grids = chans[::-1], [n0 // 4**level for level in range(levels)][::-1]
+    up_cross = ["CrossAttn" in t for t in cfg.up_block_types]
+    return sum((cfg.layers_per_block + 1) * 2 * frames * up_grids[i] * up_chans[i] * b
+               for i in range(1, levels) if up_cross[i])
+
+
+def _pnp_store(pipe, store_bytes: int, config) -> str:
+    store = config.engine.pnp_store
+    if store != "auto":
+        return store
+    device = next(pipe.unet.parameters()).device
+    if device.type != "cuda":
+        return "host"
+    return "device" if store_bytes <= torch.cuda.mem_get_info(device)[0] // 4 else "host"
+
+
+def pnp_store_for(pipe, frames: int, height: int, width: int, config) -> str:
+    """Where an edit keeps PnP's saved features: ``config.engine.pnp_store``, with ``"auto"``
+    made ``"device"`` on CUDA when the whole store (Q and K of ``pnp_steps`` steps) fits in a
+    quarter of the device's free memory (``torch.cuda.mem_get_info``), else ``"host"``
+    (on the CPU both are the same memory)."""
+    steps = min(config.pnp_steps, config.denoise_steps)
+    return _pnp_store(pipe, steps * _pnp_step_bytes(pipe, frames, height, width), config)
 
 
 def check_fits(pipe, frames: int, height: int, width: int, config, *, budget: int | None = None) -> dict:

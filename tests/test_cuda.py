@@ -140,3 +140,25 @@ def test_the_tolerance_tells_cove_from_the_other_modes(edits):
     """Another mode's output fails the latent tolerance that the float16 edits meet."""
     for other in MODES[1:]:
         assert latent_diff(edits["cove"][0][1], edits[other][0][1]) > LATENT_TOLERANCE, other
+
+
+def test_host_store_gives_the_device_store_edit(tiny_pipe, tmp_path):
+    """The PnP store on the host gives exactly the edit of the store kept on the device; so
+    do an edit whose host store was written to the cache and read back, and the default
+    store ("auto"), which is the device on CUDA where the store fits and the host on the CPU."""
+    from cove.cache import Cache
+    from cove.config import EngineOptions
+    from cove.sd import pnp_store_for
+
+    pipe = copy.deepcopy(tiny_pipe).to(DEVICE, torch.float16)
+    assert pnp_store_for(pipe, 4, 32, 32, CoveConfig()) == ("device" if DEVICE.type == "cuda" else "host")
+    out, reread = {}, Cache(tmp_path)
+    for name, store, cache in (("device", "device", None), ("host", "host", Cache(tmp_path)),
+                               ("host, from the cache", "host", reread), ("auto", "auto", None)):
+        config = CoveConfig(inversion_steps=3, denoise_steps=2, pnp_steps=2, window=5, k=2,
+                            engine=EngineOptions(pnp_store=store))
+        out[name] = edit_video(pipe, moving_clip(), "a green star on grass", config=config, cache=cache,
+                               generator=torch.Generator().manual_seed(0)).frames
+    assert np.array_equal(out["device"], out["host"])
+    assert np.array_equal(out["device"], out["host, from the cache"]) and "inversion" in reread.hits
+    assert np.array_equal(out["device"], out["auto"])

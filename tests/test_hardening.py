@@ -237,6 +237,43 @@ def test_memory_estimate_names_the_estimate_and_the_knobs(tiny_pipe):
     assert PIXEL_BUDGET == 2**26
 
 
+def test_memory_estimate_counts_the_pnp_store_where_it_lives(tiny_pipe, monkeypatch):
+    """The device holds the whole store, on a CPU the host's too (the same memory), one step
+    of it when recomputed, and none of a CUDA edit's host store."""
+    import cove.sd as sd
+
+    def estimate(store, steps=4):
+        config = CoveConfig(denoise_steps=8, pnp_steps=steps, engine=EngineOptions(pnp_store=store))
+        return estimate_edit_memory(tiny_pipe, 8, 32, 32, config)
+
+    device = estimate("device")
+    assert device["pnp store"] > 0 and estimate("host") == device == estimate("auto")
+    recompute = estimate("recompute")
+    assert recompute["pnp store"] == device["pnp store"] // 4  # 1 of 4 steps held
+    assert device["peak"] - recompute["peak"] == device["pnp store"] * 3 // 4
+    assert estimate("device", steps=0)["pnp store"] == 0
+    monkeypatch.setattr(type(tiny_pipe.unet), "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr("cove.attention.free_memory", lambda device: 2**34)  # 16 GiB free
+    assert estimate("device")["peak"] - estimate("host")["peak"] == device["pnp store"]
+    assert estimate("host")["pnp store"] == 0
+
+
+def test_guided_attention_estimate_is_one_block_of_queries(tiny_pipe, monkeypatch):
+    """CGA holds one block of queries' gathered keys at a time: linear in the block's rows, and
+    by default on CUDA within a quarter of the free memory (one row at least)."""
+    def guided(**chunks):
+        config = CoveConfig(engine=EngineOptions(**chunks))
+        return estimate_edit_memory(tiny_pipe, 16, 32, 32, config)["guided attention"]
+
+    one = guided(frame_chunk=1, token_chunk=1)
+    assert one > 0 and guided(frame_chunk=1, token_chunk=3) == 3 * one == guided(frame_chunk=3, token_chunk=1)
+    monkeypatch.setattr(type(tiny_pipe.unet), "device", property(lambda self: torch.device("cuda")))
+    for free in (2**16, 2**22, 2**40):
+        monkeypatch.setattr("cove.attention.free_memory", lambda device, free=free: free)
+        assert one <= guided() <= max(one, free // 4)
+    assert guided() == guided(frame_chunk=16)  # 1 TiB free: every query in one block
+
+
 def test_memory_refusal_before_decoding(tiny_folder, tmp_path, capsys, monkeypatch):
     source = io.write_video(tmp_path / "walk.gif", clip(F=3, size=32))
     monkeypatch.setattr(cove.sd, "device_memory", lambda device: 2**20)  # a 1 MiB device

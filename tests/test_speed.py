@@ -14,7 +14,7 @@ TOY = {"frames": 3, "grid": (10, 10), "channels": 16, "heads": 2, "layer_frames"
 
 
 def test_bench_speed_writes_valid_json(tmp_path):
-    result = speed.run(arch="small", frames=(2,), size=64, steps=(1, 1), stores=("host", "recompute"),
+    result = speed.run(arch="small", frames=(2,), size=64, steps=(1, 1), stores=("auto", "recompute"),
                        modes=("spatiotemporal", "cove"), shapes=TOY)
     data = json.loads(speed.write(result, tmp_path / "speed.json").read_text())
     assert set(data["sections"]) >= {"correspondence", "merging", "attention_layer", "edit", "edit_ratios"}
@@ -28,7 +28,8 @@ def test_bench_speed_writes_valid_json(tmp_path):
     assert "naive reference" in agree["note"]
     edits = data["sections"]["edit"]["rows"]
     assert {(r["mode"], r["pnp_store"]) for r in edits} == {(m, s) for m in ("spatiotemporal", "cove")
-                                                            for s in ("host", "recompute")}
+                                                            for s in ("auto", "recompute")}
+    assert all(r["store used"] == "host" for r in edits if r["pnp_store"] == "auto")
     assert all(r["total s"] > 0 and "denoising MB" in r for r in edits)
     assert data["sections"]["merging"]["note"]
     layer = data["sections"]["attention_layer"]
@@ -84,13 +85,24 @@ def test_cli_registers_bench_speed_and_chunk_flags():
 def test_pnp_store_off_the_device_gives_the_same_edit(tiny_pipe):
     frames = (np.random.default_rng(0).random((3, 32, 32, 3)) * 255).astype(np.uint8)
     out = {}
-    for store in ("device", "host", "recompute"):
+    for store in ("device", "host", "recompute", "auto"):
         config = CoveConfig(inversion_steps=4, denoise_steps=2, pnp_steps=2, window=5, k=2, merge_ratio=0.5,
                             engine=EngineOptions(pnp_store=store))
         out[store] = edit_video(tiny_pipe, frames, "a red star", config=config,
                                 generator=torch.Generator().manual_seed(0)).frames
-    assert np.array_equal(out["device"], out["host"])
+    assert np.array_equal(out["device"], out["host"]) and np.array_equal(out["device"], out["auto"])
     assert np.abs(out["device"].astype(int) - out["recompute"]).max() <= 1
+
+
+def test_auto_store_is_the_host_on_the_cpu(tiny_pipe):
+    """``pnp_store_for``: "auto" (the default) is the host on the CPU; a named store stays.
+    (On CUDA it is the device where the store fits: tests/test_cuda.py.)"""
+    from cove.sd import pnp_store_for
+
+    assert EngineOptions().pnp_store == "auto"
+    for store, expected in (("auto", "host"), ("host", "host"), ("device", "device"), ("recompute", "recompute")):
+        config = CoveConfig(engine=EngineOptions(pnp_store=store))
+        assert pnp_store_for(tiny_pipe, 3, 32, 32, config) == expected
 
 
 def test_bad_pnp_store_raises():

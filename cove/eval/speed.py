@@ -333,9 +333,10 @@ def _edit_stages(pipe, clip, mode, store, config, stage=None):
     and peak MB into ``stage`` (a dict) when given."""
     from ..pipeline import compute_correspondence, denoise, invert, start_latents
     from ..processors import AttentionState, pnp_layers
-    from ..sd import decode_latents, encode_frames, encode_text
+    from ..sd import decode_latents, encode_frames, encode_text, pnp_store_for
 
     device, F = pipe.device, len(clip)
+    store = pnp_store_for(pipe, F, *clip.shape[1:3], config)  # "auto" made "device" or "host"
     stage = {} if stage is None else stage
     corr = None
     if mode == "cove":
@@ -394,6 +395,10 @@ def bench_edit(pipe, frames_list, size, modes, stores, steps, flops: bool = Fals
             for store in stores:
                 config = config_for(mode, store)
                 row, stage = {"frames": F, "mode": mode, "pnp_store": store}, {}
+                if store == "auto":
+                    from ..sd import pnp_store_for
+
+                    row["store used"] = pnp_store_for(pipe, F, size, size, config)
                 with measure(device) as total:
                     _edit_stages(pipe, clip, mode, store, config, stage)
                 for name, m in stage.items():
@@ -534,7 +539,7 @@ def add_command(commands):
     p.add_argument("--memory-frames", default=None,
                    help="comma-separated frame counts whose peak memory is measured with 2+2 steps "
                         "(spatial-temporal and COVE; e.g. 64,128 on a GPU)")
-    p.add_argument("--stores", default="host,recompute", help="PnP stores to compare (default: host,recompute)")
+    p.add_argument("--stores", default="host,recompute", help="PnP stores to compare, of auto, host, device, recompute (default: host,recompute)")
     p.add_argument("--parts", default="correspondence,merging,layer,edit", help="sections to run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("-o", "--output", default=None,
