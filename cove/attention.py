@@ -220,6 +220,16 @@ def fused_is_faster(q: Tensor, k: Tensor, v: Tensor, index: Tensor, heads: int,
     return CGA_CHOICES[key]
 
 
+def cga_ways() -> list[dict]:
+    """The ways ``fused_is_faster`` chose in this process, one entry per measured shape:
+    ``{"device", "dtype", "shape": "F=.., N=.., C=.., heads=.., K=..", "block": [frames,
+    tokens], "way": "SDPA" | "products"}``."""
+    return [{"device": device, "dtype": str(dtype).replace("torch.", ""),
+             "shape": f"F={F}, N={N}, C={C}, heads={heads}, K={k}" + ("" if shared else ", v apart from k"),
+             "block": list(block), "way": "SDPA" if fused else "products"}
+            for (device, dtype, F, N, C, heads, k, shared, block), fused in CGA_CHOICES.items()]
+
+
 def _blocks(frames: int, tokens: int, gathered: int, frame_chunk: int | None,
             token_chunk: int | None, free: int | None = None,
             row_bytes: int | None = None) -> list[tuple[slice, slice]]:

@@ -365,6 +365,8 @@ def test_the_faster_way_is_measured_once_per_shape(monkeypatch, sdpa_seconds, ex
     assert attention.fused_is_faster(q, k, k, index, 2, whole, measure=True) is expected
     assert attention.fused_is_faster(q, k, k, index, 2, whole, measure=True) is expected
     assert len(timed) == 2 and len(attention.CGA_CHOICES) == 1
+    assert attention.cga_ways() == [{"device": "cpu", "dtype": "float64", "shape": "F=4, N=10, C=8, heads=2, K=2",
+                                     "block": [4, 10], "way": "SDPA" if expected else "products"}]
     attention.fused_is_faster(q, k, v, index, 2, whole, measure=True)  # values apart: another shape
     attention.fused_is_faster(q, k, k, index, 2, (slice(0, 2), slice(None)), measure=True)  # another block
     assert len(timed) == 6 and len(attention.CGA_CHOICES) == 3

@@ -22,6 +22,7 @@ def test_bench_profile_writes_both_modes_with_the_attention_ranges(tmp_path):
         assert mode["step ms"] > 0 and mode["top ops"][0]["self ms"] > 0
         assert all(op["op"].startswith("aten::") for op in mode["top ops"])
     assert data["step ratio cove / spatiotemporal"] > 0
+    assert data["cga ways"] == []  # the CPU computes CGA by SDPA without measuring
     text = (tmp_path / "profile.txt").read_text()
     assert "cove::guided_attention" in text and "step ratio cove / spatiotemporal" in text
 

@@ -32,6 +32,7 @@ def test_bench_speed_writes_valid_json(tmp_path):
     assert all(r["store used"] == "host" for r in edits if r["pnp_store"] == "auto")
     assert all(r["total s"] > 0 and "denoising MB" in r for r in edits)
     assert data["sections"]["merging"]["note"]
+    assert data["sections"]["cga_ways"]["rows"] == [] and "SDPA" in data["sections"]["cga_ways"]["note"]
     layer = data["sections"]["attention_layer"]
     assert [r["mode"] for r in layer["rows"]][-2:] == ["cove, CGA by SDPA", "cove, CGA by products"]
     assert "by SDPA and" in layer["note"] and "the default way adds" in layer["note"]

@@ -108,6 +108,7 @@ def run(*, arch: str = "small", device: str = "cpu", dtype=torch.float32, frames
         size: int = 64, top: int = 15) -> dict:
     """Both modes' profiles (``profile_step``) of one step on ``speed.build_pipeline(arch)``,
     the ratio of their step times and the machine."""
+    from ..attention import cga_ways
     from .speed import build_pipeline
 
     pipe = build_pipeline(arch, device, dtype, init_on_device=True)
@@ -117,7 +118,7 @@ def run(*, arch: str = "small", device: str = "cpu", dtype=torch.float32, frames
             "settings": {"arch": arch, "frames": frames, "size": size, "grid": list(inputs["correspondence"].grid),
                          "k": inputs["correspondence"].k, "merge_ratio": inputs["merge_ratio"],
                          "ranked by": "self device time" if torch.device(device).type == "cuda" else "self CPU time"},
-            "modes": modes,
+            "modes": modes, "cga ways": cga_ways(),
             "step ratio cove / spatiotemporal": modes["cove"]["step ms"] / modes["spatiotemporal"]["step ms"]}
 
 

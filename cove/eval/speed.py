@@ -504,6 +504,12 @@ def run(*, arch="small", device="cpu", dtype=torch.float32, frames=(2, 3), size=
             "128 frames (whole edit, and the UNet stages alone: the VAE stops growing at its "
             "8-frame batch).")}
         sec["paper_table3"] = {"rows": PAPER_TABLE3, "note": "The paper's Table 3, for comparison."}
+        from ..attention import cga_ways
+
+        sec["cga_ways"] = {"rows": cga_ways(), "note": (
+            "How CGA computed each shape in this run (cove.attention.fused_is_faster: measured on "
+            "CUDA, SDPA on the CPU without measuring)." if cga_ways() else
+            "CGA used SDPA without measuring (not CUDA).")}
         done()
         if memory_frames:
             rows = bench_edit(pipe, memory_frames, size, ("spatiotemporal", "cove"), stores[:1], (2, 2))
