@@ -4,8 +4,9 @@
 # denoising step. Everything it returns goes under $OUT, these 6 files (the device returns at most 8):
 #   export.tar                 the trained pipeline (fp16) with its training.json, log.jsonl (the loss) and
 #                              probes.jsonl (attention entropy and CGA's change every PROBE_EVERY steps)
-#   quality_export.json        `cove.tiny.quality` on the export (edits, correspondence, probes; written
-#                              after each part, so a timeout keeps what it measured)
+#   quality_export.json        `cove.tiny.quality` on the export (edits, correspondence, probes, then the
+#                              other gates' parts while QUALITY_SECONDS last; written after each part, so a
+#                              timeout keeps what it measured; `--update` it on the CPU with the parts missing)
 #   benchmarks_speed_cuda.json (rewritten after every section)
 #   profile.json, profile.txt  one UNet call per mode under torch.profiler (F = FRAMES' first)
 #   gpu.log                    the machine, then each step's output under a "== step ==" line: training,
@@ -13,7 +14,7 @@
 #                              (`--compare`), CUDA tests, benchmark, profile
 # Run from the repository root: `bash benchmarks/gpu.sh`. Settings (environment):
 #   TOTAL_SECONDS=570 (each step's timeout is cut to what is left of it, in the order above)
-#   DEVICE=cuda  TRAIN_MINUTES=4.5  PROBE_EVERY=200  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes"
+#   DEVICE=cuda  TRAIN_MINUTES=4.5  PROBE_EVERY=200  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes reconstruction prompt"
 #   BENCH_SECONDS=120  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
 #   STORES=auto (the PnP store the edits use: auto, host, device, recompute; the last lease measured host)
 #   (MEMORY_FRAMES=64,128 adds the long clips' peak memory, ~2.5 min on an H200: docs/benchmarks_speed_cuda.json
@@ -62,7 +63,7 @@ fi
 if [ -f runs/gpu-export/training.json ]; then
   step quality
   timeout "$(left "${QUALITY_SECONDS:-60}")" python3 -m cove.tiny.quality --model runs/gpu-export --device "$DEVICE" \
-    --only ${QUALITY_PARTS:-edits correspondence probes} --out "$OUT/quality_export.json" >>"$LOG" 2>&1
+    --only ${QUALITY_PARTS:-edits correspondence probes reconstruction prompt} --out "$OUT/quality_export.json" >>"$LOG" 2>&1
   echo "quality: exit $?" >>"$LOG"
   step verdict
   python3 -m cove.tiny.quality --compare "$OUT/quality_export.json" --out docs/quality.json >>"$LOG" 2>&1
