@@ -151,8 +151,8 @@ def _nearest(values: list[int], t: int) -> int:
     return min(values, key=lambda v: (abs(v - t), v))
 
 
-def _state(pipe, frames: int, config: CoveConfig, corr, source_prompt: str = "",
-           prompt: str = "", size: tuple[int, int] = (512, 512)) -> AttentionState:
+def _state(pipe, frames: int, config: CoveConfig, corr, source_prompt: str, prompt: str, *,
+           size: tuple[int, int]) -> AttentionState:
     """The processors' state of an edit of ``frames`` frames of ``size`` (H, W) pixels."""
     engine, extras = config.engine, config.extras
     resnets, attentions = pnp_layers(pipe.unet, engine.pnp_resnets, engine.pnp_attentions)

@@ -376,6 +376,7 @@ def bench_edit(pipe, frames_list, size, modes, stores, steps, flops: bool = Fals
     untimed warm-up edit (kernel selection, allocator, caches). With ``flops``: the edit's
     floating-point operations (counted in a separate, untimed run) and the achieved TFLOP/s."""
     from ..config import CoveConfig, EngineOptions
+    from ..sd import pnp_store_for
 
     device = pipe.device
     inv, den = steps
@@ -396,8 +397,6 @@ def bench_edit(pipe, frames_list, size, modes, stores, steps, flops: bool = Fals
                 config = config_for(mode, store)
                 row, stage = {"frames": F, "mode": mode, "pnp_store": store}, {}
                 if store == "auto":
-                    from ..sd import pnp_store_for
-
                     row["store used"] = pnp_store_for(pipe, F, size, size, config)
                 with measure(device) as total:
                     _edit_stages(pipe, clip, mode, store, config, stage)
