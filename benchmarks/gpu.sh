@@ -16,11 +16,12 @@
 #   TOTAL_SECONDS=570 (each step's timeout is cut to what is left of it, in the order above)
 #   DEVICE=cuda  TRAIN_MINUTES=4.5  PROBE_EVERY=200  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes reconstruction prompt"
 #   BENCH_SECONDS=120  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
-#   STORES=auto (the PnP store the edits use: auto, host, device, recompute; the last lease measured host)
+#   BENCH_PARTS=correspondence,merging,layer,edit  STORES=auto (the PnP store the edits use: auto, host, device, recompute; the last lease measured host)
 #   (MEMORY_FRAMES=64,128 adds the long clips' peak memory, ~2.5 min on an H200: docs/benchmarks_speed_cuda.json
 #   holds them from an earlier lease; merge a new run's sections into it rather than replace it)
-# A dry run on a CPU at tiny sizes: DEVICE=cpu TRAIN_MINUTES=0.3 QUALITY_PARTS=correspondence WORKERS=2 BATCH=4 FRAMES=2
-#   MEMORY_FRAMES=3 SIZE=64 STEPS=1,1 ARCH=small DTYPE=fp32 COVE_TEST_DEVICE=cpu bash benchmarks/gpu.sh
+# A dry run on a CPU at tiny sizes (the bench's other parts run at SD's shapes, minutes each on a CPU):
+#   DEVICE=cpu TRAIN_MINUTES=0.3 PROBE_EVERY=5 QUALITY_PARTS=correspondence WORKERS=2 BATCH=4 FRAMES=2 MEMORY_FRAMES=3
+#   SIZE=64 STEPS=1,1 ARCH=small DTYPE=fp32 BENCH_PARTS=edit COVE_TEST_DEVICE=cpu bash benchmarks/gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-out}
@@ -78,7 +79,7 @@ echo "cuda tests: exit $?" >>"$LOG"
 step bench
 timeout "$(left "${BENCH_SECONDS:-120}")" python3 -m cove.app.cli bench speed --device "$DEVICE" --dtype "${DTYPE:-fp16}" \
   --arch "${ARCH:-sd21}" --frames "${FRAMES:-8,16}" ${MEMORY_FRAMES:+--memory-frames "$MEMORY_FRAMES"} \
-  --size "${SIZE:-512}" --steps "${STEPS:-20,10}" --stores "${STORES:-auto}" \
+  --size "${SIZE:-512}" --steps "${STEPS:-20,10}" --stores "${STORES:-auto}" --parts "${BENCH_PARTS:-correspondence,merging,layer,edit}" \
   -o "$OUT/benchmarks_speed_cuda.json" >>"$LOG" 2>&1
 echo "bench: exit $?" >>"$LOG"
 
