@@ -12,7 +12,10 @@
 #   gpu.log                    the machine, then each step's output under a "== step ==" line: training,
 #                              quality and whether the export may ship in place of the shipped model
 #                              (`--compare`), CUDA tests, benchmark, profile
-# Run from the repository root: `bash benchmarks/gpu.sh`. Settings (environment):
+# Run from the repository root: `bash benchmarks/gpu.sh`, in one device call with carry [".whl"] and
+# timeout_s 600. The GPU image lacks diffusers: first, here,
+#   pip download --no-deps -d .whl "diffusers==$(python -c 'import diffusers; print(diffusers.__version__)')"
+# (.whl/ is git-ignored; the script installs what it holds). Settings (environment):
 #   TOTAL_SECONDS=570 (each step's timeout is cut to what is left of it, in the order above)
 #   DEVICE=cuda  TRAIN_MINUTES=4.5  PROBE_EVERY=200  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes reconstruction prompt"
 #   BENCH_SECONDS=120  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
