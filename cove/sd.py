@@ -270,13 +270,13 @@ def _pnp_step_bytes(pipe, frames: int, height: int, width: int) -> int:
 
 
 def _pnp_store(pipe, store_bytes: int, config) -> str:
+    from .attention import free_memory
+
     store = config.engine.pnp_store
     if store != "auto":
         return store
-    device = next(pipe.unet.parameters()).device
-    if device.type != "cuda":
-        return "host"
-    return "device" if store_bytes <= torch.cuda.mem_get_info(device)[0] // 4 else "host"
+    free = free_memory(pipe.unet.device)  # None off CUDA
+    return "device" if free is not None and store_bytes <= free // 4 else "host"
 
 
 def pnp_store_for(pipe, frames: int, height: int, width: int, config) -> str:

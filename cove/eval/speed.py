@@ -505,9 +505,10 @@ def run(*, arch="small", device="cpu", dtype=torch.float32, frames=(2, 3), size=
         sec["paper_table3"] = {"rows": PAPER_TABLE3, "note": "The paper's Table 3, for comparison."}
         from ..attention import cga_ways
 
-        sec["cga_ways"] = {"rows": cga_ways(), "note": (
+        ways = cga_ways()
+        sec["cga_ways"] = {"rows": ways, "note": (
             "How CGA computed each shape in this run (cove.attention.fused_is_faster: measured on "
-            "CUDA, SDPA on the CPU without measuring)." if cga_ways() else
+            "CUDA, SDPA on the CPU without measuring)." if ways else
             "CGA used SDPA without measuring (not CUDA).")}
         done()
         if memory_frames:
