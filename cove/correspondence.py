@@ -89,11 +89,25 @@ class Correspondence:
 SEARCHES = ("auto", "tiled", "allpairs")
 
 
-def similarity_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype similarities of ``dtype`` features are computed in: float32 for float16 and
-    bfloat16 (so that half-precision features get the matches of their float32 upcast),
-    else ``dtype`` itself."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+def similarity_dtype(dtype: torch.dtype, device: torch.device | str | None = None) -> torch.dtype:
+    """The dtype similarities of ``dtype`` features are computed in on ``device``: float64 for
+    float16 and bfloat16 (float32 on Apple's ``mps``, which has no float64), else ``dtype``.
+
+    Why float64: a float16 number is a multiple of 2^-24, so a product of two is a multiple of
+    2^-48; for unit vectors every partial sum of a dot product is at most 1 in size
+    (Cauchy-Schwarz), and a multiple of 2^-48 below 2^5 fits float64's 53-bit significand.
+    So every sum is exact, in whatever order a kernel adds: the tiled search, the all-pairs
+    product and the reference, on any device, get the same similarities and so the same
+    matches. In float32 they differ in the last bits, enough to swap near-tied window cells
+    (an H200 found differing matches at SD's shapes). bfloat16 products are exact too; their
+    sums are rounded at float64's 1e-16. The cost: float64 products, ~4 ms for SD's 64x64
+    frames on an H100-class GPU, more where float64 is slow (a tenth of a second on a consumer
+    card, once per edit).
+    """
+    if dtype not in (torch.float16, torch.bfloat16):
+        return dtype
+    on_mps = device is not None and torch.device(device).type == "mps"
+    return torch.float32 if on_mps else torch.float64
 
 
 def resolve_search(search: str, device: torch.device | str) -> str:
@@ -142,15 +156,16 @@ def step_matches(
         (``index_dtype(N)``) into the frame searched and cosine similarities in the rows'
         dtype, best first (the lower index first among equal scores); each window is centred
         on the token's own cell. Similarities are computed in ``similarity_dtype`` (float16
-        rows are upcast a pair at a time). Pair by pair: the tiled search reads the backward
-        similarities from the forward ones where the windows agree, and two ``(N, l*l)`` are
-        held at a time (plus the ``(N, N)`` product, or a chunk of it, for ``"allpairs"``).
+        rows are upcast a pair at a time, to float64, where their sums are exact). Pair by
+        pair: the tiled search reads the backward similarities from the forward ones where the
+        windows agree, and two ``(N, l*l)`` are held at a time (plus the ``(N, N)`` product,
+        or a chunk of it, for ``"allpairs"``).
     """
     if search not in ("tiled", "allpairs"):
         raise ValueError(f"search must be 'tiled' or 'allpairs', got {search!r}")
     H, W = grid
     N = H * W
-    dtype, compute = rows[0].dtype, similarity_dtype(rows[0].dtype)
+    dtype, compute = rows[0].dtype, similarity_dtype(rows[0].dtype, rows[0].device)
     cells = window_indices(grid_cells(grid, rows[0].device), window, grid)  # (N, l*l)
     cells = cells.to(index_dtype(N))
     if search == "allpairs" and chunk is None:
@@ -255,7 +270,8 @@ def correspond(features: Tensor, window: int = 9, k: int = 3, *, search: str = "
             windows picked out; the faster on CUDA, in chunks of query rows when ``(N, N)``
             would not fit in a quarter of the free memory) or ``"auto"`` (the faster on the
             features' device, ``resolve_search``). The same matches either way: float16 and
-            bfloat16 features are compared in float32, ties go to the lower index.
+            bfloat16 features are compared in float64 (``similarity_dtype``: exact for
+            float16, so no summation order can swap two cells), ties go to the lower index.
     ``correspond_reference`` is the same computation as the paper's per-token loop.
 
     Returns:
@@ -302,7 +318,7 @@ def correspond_reference(features: Tensor, window: int = 9, k: int = 3) -> Corre
     check_window(window, (H, W))
     index = torch.zeros(F, N, F, k, dtype=index_dtype(N))
     score = torch.zeros(F, N, F, k, dtype=features.dtype)
-    features = features.to(similarity_dtype(features.dtype))  # float16 compared in float32
+    features = features.to(similarity_dtype(features.dtype, features.device))  # float16: in float64, exact
     half = window // 2
     for i in range(F):  # every token of every frame starts its own chain
         for n in range(N):

@@ -10,9 +10,20 @@ from cove.correspondence import (
     correspond_reference,
     index_dtype,
     match_agreement,
+    similarity_dtype,
 )
 from cove.extras.flow import flow_correspondence
-from cove.window import grid_cells, local_similarity, top_k, window_indices, window_similarity
+from cove.window import (
+    allpairs_similarity,
+    grid_cells,
+    local_similarity,
+    pair_similarity,
+    reverse_similarity,
+    token_rows,
+    top_k,
+    window_indices,
+    window_similarity,
+)
 
 
 def random_features(*shape, seed=0, dtype=torch.float32):
@@ -301,13 +312,78 @@ def test_ties_go_to_the_lower_index_in_both_searches(search):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("search", ["tiled", "allpairs"])
-def test_half_features_get_the_matches_of_their_float32_upcast(dtype, search):
+def test_half_features_get_the_matches_of_their_float64_upcast(dtype, search):
     features = random_features(4, 16, 9, 11, seed=13).to(dtype)  # (F, C, H, W)
     half = correspond(features, window=5, k=3, search=search)
-    full = correspond(features.float(), window=5, k=3, search=search)
+    full = correspond(features.double(), window=5, k=3, search=search)
     assert torch.equal(half.index, full.index) and half.score.dtype == dtype
     assert torch.equal(half.score, full.score.to(dtype))
     assert torch.equal(correspond_reference(features, window=5, k=3).index, full.index)
+
+
+def test_similarities_of_half_features_are_computed_in_float64_except_on_mps():
+    for half in (torch.float16, torch.bfloat16):
+        assert similarity_dtype(half) == similarity_dtype(half, "cuda") == torch.float64
+        assert similarity_dtype(half, "mps") == torch.float32  # mps has no float64
+    for full in (torch.float32, torch.float64):
+        assert similarity_dtype(full) == similarity_dtype(full, "mps") == full
+
+
+def smooth_half_features(frames=3, channels=64, grid=(12, 12), seed=0):
+    """Unit float16 ``(F, C, H, W)`` features that vary slowly in space (bilinear upsampling of
+    a 3x3 map), as diffusion features do: neighbouring window cells are near-ties."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(frames, channels, 3, 3, generator=g)
+    x = torch.nn.functional.interpolate(low, size=grid, mode="bilinear", align_corners=False)
+    return (x / x.norm(dim=1, keepdim=True)).half()
+
+
+@pytest.mark.parametrize("search", ["tiled", "allpairs"])
+def test_half_similarities_are_the_exact_dot_products(search):
+    """float16 numbers are multiples of 2^-24: times 2^24 they are integers, and their dot
+    products exact integers. Every window similarity of both searches, times 2^48, is that
+    integer: no summation order can change it."""
+    features = smooth_half_features(frames=2)
+    grid, window = tuple(features.shape[-2:]), 5
+    source, target = (token_rows(f).to(similarity_dtype(f.dtype)) for f in features)  # (N, C) each
+    if search == "tiled":
+        forward = pair_similarity(source, target, grid, window)
+        backward = reverse_similarity(forward, target, source, grid, window)
+    else:
+        forward, backward = allpairs_similarity(source, target, grid, window)
+    exact = (source * 2**24).long() @ (target * 2**24).long().T  # (N, N) integer dot products
+    cells = window_indices(grid_cells(grid), window, grid)  # (N, l*l)
+    assert torch.equal((forward * 2**48).long(), exact.gather(1, cells))
+    assert torch.equal((backward * 2**48).long(), exact.T.gather(1, cells))
+
+
+def test_half_matches_do_not_depend_on_the_order_of_the_channels():
+    """Reordering the channels reorders every dot product's sum. On near-tied smooth features
+    both searches and the reference still find the same matches and scores, and each other's."""
+    features = smooth_half_features(seed=4)
+    order = torch.randperm(features.shape[1], generator=torch.Generator().manual_seed(5))
+    found = [correspond(f, window=5, k=3, search=search) for f in (features, features[:, order])
+             for search in ("tiled", "allpairs")]
+    found.append(correspond_reference(features[:, order], window=5, k=3))
+    for other in found[1:]:
+        assert torch.equal(other.index, found[0].index)
+        assert torch.equal(other.score, found[0].score)
+
+
+def test_half_matches_are_those_of_the_exact_similarities():
+    """Cell 10 of frame 1 beats cell 5 by 2^-38 (one float16 step of a tiny channel): float32
+    sums lose that and would tie them (the lower index, 5, first); the exact sums rank 10 first,
+    in both searches and the reference."""
+    features = random_features(2, 16, 5, 5, seed=31).half()  # (F, C, H, W)
+    query = features[0, :, 0, 0].clone()
+    query[0] = 2**-14  # the smallest normal float16 (the next one up is 2^-24 away); norm still ~1
+    near = query.clone()
+    near[0] = 2**-14 + 2**-24  # query . near = query . query + 2^-38
+    features[0, :, 0, 0], features[1, :, 1, 0], features[1, :, 2, 0] = query, query, near  # cells 0; 5, 10
+    assert query[0] == 2**-14 and near[0] - query[0] == 2**-24
+    for c in [correspond(features, window=5, k=2, search=s) for s in ("tiled", "allpairs")] + [
+            correspond_reference(features, window=5, k=2)]:
+        assert c.index[0, 0, 1].tolist() == [10, 5]
 
 
 def test_bad_search_is_refused():

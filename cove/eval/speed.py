@@ -182,12 +182,12 @@ def bench_correspondence(device, dtype, frames=10, grid=(64, 64), channels=320, 
     """``correspond`` with each search (tiled windows, all-pairs product) against
     ``naive_correspond`` on the same random unit features: best time of ``repeats`` interleaved
     runs each after a warm-up, peak memory, FLOPs, and whether the matches agree."""
-    from ..correspondence import correspond
+    from ..correspondence import correspond, similarity_dtype
 
     feats = _features(frames, channels, grid, device, dtype)
     runs = {"tiled": lambda: correspond(feats, window, k, search="tiled"),
             "allpairs": lambda: correspond(feats, window, k, search="allpairs"),
-            "naive": lambda: naive_correspond(feats.float(), window, k)}
+            "naive": lambda: naive_correspond(feats.to(similarity_dtype(dtype, device)), window, k)}
     best, found = {}, {}
     for name, fn in runs.items():
         fn()  # warm-up: plans, kernels, allocator
@@ -224,16 +224,17 @@ def smooth_features(frames, channels, grid, device, dtype, seed=0, factor=8):
 def bench_agreement(device, dtype, frames=10, grid=(64, 64), channels=320, window=9, k=3):
     """``match_agreement`` of the tiled search, the all-pairs product and ``naive_correspond``
     (the reference), pair by pair, on random and on spatially smooth unit features, in float32
-    and in ``dtype``. All three compare in float32 and send ties to the lower index, so what
-    differs are near-ties within float32 rounding of the dot products."""
-    from ..correspondence import Correspondence, correspond, match_agreement
+    and in ``dtype``. All three compare in ``similarity_dtype`` (float64 for half features, whose
+    similarities are then exact) and send ties to the lower index, so what can differ are
+    near-ties within the rounding of float32 dot products, in float32 only."""
+    from ..correspondence import Correspondence, correspond, match_agreement, similarity_dtype
 
     rows = []
     for kind, make in (("random", _features), ("smooth", smooth_features)):
         for dt in dict.fromkeys((torch.float32, dtype)):  # float32, then the run's dtype if other
             feats = make(frames, channels, grid, device, dt)
             found = {search: correspond(feats, window, k, search=search) for search in ("tiled", "allpairs")}
-            found["naive"] = Correspondence(*naive_correspond(feats.float(), window, k), grid)
+            found["naive"] = Correspondence(*naive_correspond(feats.to(similarity_dtype(dt, device)), window, k), grid)
             for a, b in (("tiled", "naive"), ("allpairs", "naive"), ("tiled", "allpairs")):
                 rows.append({"features": kind, "dtype": str(dt).replace("torch.", ""), "pair": f"{a} vs {b}",
                              **match_agreement(found[a], found[b])})
@@ -246,7 +247,8 @@ def agreement_note(rows) -> str:
     parts = [f"{r['pair'].split(' vs ')[0]} {r['features']} {r['dtype']}: {r['differing']}"
              for r in rows if r["pair"].endswith("naive")]
     return (f"Matches differing from the naive reference (of {rows[0]['matches']} each; only ties "
-            "within float32 rounding can differ): " + ", ".join(parts) + ".")
+            "within float32 rounding can differ, half features being compared exactly in float64): "
+            + ", ".join(parts) + ".")
 
 
 def bench_merging(device, dtype, frames=10, grid=(64, 64), channels=320, heads=5, k=3):
