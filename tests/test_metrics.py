@@ -383,6 +383,11 @@ def test_quality_ship_verdict_needs_better_edits_and_no_new_failure(tmp_path, ca
         (tmp_path / name).write_text(json.dumps(value))
     args = ["--compare", str(tmp_path / "candidate.json"), "--out", str(tmp_path / "shipped.json")]
     assert quality.main(args) == 0 and "ships in place of" in capsys.readouterr().out
+    (tmp_path / "candidate.json").write_text(json.dumps({**figures(0.4, 3.0), "model": "runs/gpu-export",
+                                                         "settings": "strength 0.8 set"}))
+    assert quality.main(args) == 0
+    assert ("candidate runs/gpu-export with strength 0.8 set; shipped cove-tiny with edit_config"
+            in capsys.readouterr().out)
     with pytest.raises(SystemExit, match="cannot read"):
         quality.main(["--compare", str(tmp_path / "missing.json"), "--out", str(tmp_path / "shipped.json")])
 

@@ -283,6 +283,9 @@ def _compare(candidate: Path, shipped: Path) -> int:
         except (OSError, ValueError) as error:
             raise SystemExit(f"--compare: cannot read {path} ({error}); expected a quality JSON") from None
     verdict = ship_verdict(*figures)
+    sides = [f"{side} {f.get('model', 'cove-tiny')} with {f.get('settings', 'edit_config')}"
+             for side, f in zip(("candidate", "shipped"), figures)]
+    print(f"{sides[0]}; {sides[1]} (a model ships with the settings its figures were measured with)")
     print(f"{'gate':<40}{'candidate':>11}{'shipped':>10}  better")
     for name, row in verdict["gates"].items():
         shown = ["-" if v is None else f"{v:.4g}" for v in (row["candidate"], row["shipped"])]
