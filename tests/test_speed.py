@@ -20,7 +20,8 @@ def test_bench_speed_writes_valid_json(tmp_path):
     assert set(data["sections"]) >= {"correspondence", "merging", "attention_layer", "edit", "edit_ratios"}
     assert data["machine"]["device"] == "cpu" and data["machine"]["matmul TFLOP/s"] > 0
     corr = data["sections"]["correspondence"]["rows"]
-    assert corr[3]["identical matches"] is True and len(corr) == 4
+    assert corr[3]["identical matches"] is True and len(corr) == 4 and corr[3]["similarities in"] == "float32"
+    assert "similarities in float32" in data["sections"]["correspondence"]["note"]
     agree = data["sections"]["correspondence_agreement"]
     assert {(r["features"], r["dtype"]) for r in agree["rows"]} == {("random", "float32"), ("smooth", "float32")}
     assert len(agree["rows"]) == 6 and all(r["matches"] == 3 * 100 * 3 * 3 for r in agree["rows"])

@@ -208,6 +208,7 @@ def bench_correspondence(device, dtype, frames=10, grid=(64, 64), channels=320, 
             {"method": "naive all-pairs", "s": best["naive"]["s"], "MB": best["naive"]["MB"], "GFLOP": allpairs},
             {"method": f"speed-up (auto = {auto})", "s": best["naive"]["s"] / best[auto]["s"],
              "identical matches": same,
+             "similarities in": str(similarity_dtype(dtype, device)).replace("torch.", ""),
              "shape": f"F={frames}, {grid[0]}x{grid[1]}, C={channels}, l={window}, K={k}, {str(dtype).replace('torch.', '')}"}]
 
 
@@ -472,7 +473,7 @@ def run(*, arch="small", device="cpu", dtype=torch.float32, frames=(2, 3), size=
             f"correspond's choice on this device ({rows[3]['method'].split('= ')[1].rstrip(')')}) is "
             f"{rows[3]['s']:.1f}x faster than the naive all-pairs search on the same features; "
             f"tiled {rows[0]['s'] * 1e3:.1f} ms, all-pairs product {rows[1]['s'] * 1e3:.1f} ms; "
-            f"identical matches: {rows[3]['identical matches']}.")}
+            f"similarities in {rows[3]['similarities in']}; identical matches: {rows[3]['identical matches']}.")}
         done()
         rows = bench_agreement(device, dtype, s["frames"], s["grid"], s["channels"])
         sec["correspondence_agreement"] = {"rows": rows, "note": agreement_note(rows)}
