@@ -3,7 +3,7 @@
 # the CUDA tests, `cove bench speed` at SD 2.1's shapes, then `cove bench profile` of one
 # denoising step. Everything it returns goes under $OUT, these 6 files (the device returns at most 8):
 #   export.tar                 the trained pipeline (fp16) with its training.json, log.jsonl (the loss) and
-#                              probes.jsonl (attention entropy and CGA's change every PROBE_EVERY steps)
+#                              probes.jsonl (attention entropy, CGA's change and the clip gain every PROBE_EVERY steps)
 #   quality_export.json        `cove.tiny.quality` on the export (edits, correspondence, probes, then the
 #                              other gates' parts while QUALITY_SECONDS last; written after each part, so a
 #                              timeout keeps what it measured; `--update` it on the CPU with the parts missing)
@@ -17,13 +17,13 @@
 #   pip download --no-deps -d .whl "diffusers==$(python -c 'import diffusers; print(diffusers.__version__)')"
 # (.whl/ is git-ignored; the script installs what it holds). Settings (environment):
 #   TOTAL_SECONDS=570 (each step's timeout is cut to what is left of it, in the order above)
-#   DEVICE=cuda  TRAIN_MINUTES=4.5  PROBE_EVERY=200  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes reconstruction prompt"
+#   DEVICE=cuda  TRAIN_MINUTES=4.5  PROBE_EVERY=200  CLIPS=0.5  CLIP_FRAMES=4  CLIP_T=each  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes reconstruction prompt"
 #   BENCH_SECONDS=120  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
 #   BENCH_PARTS=correspondence,merging,layer,edit  STORES=auto (the PnP store the edits use: auto, host, device, recompute; the last lease measured host)
 #   (MEMORY_FRAMES=64,128 adds the long clips' peak memory, ~2.5 min on an H200: docs/benchmarks_speed_cuda.json
 #   holds them from an earlier lease; merge a new run's sections into it rather than replace it)
 # A dry run on a CPU at tiny sizes (the bench's other parts run at SD's shapes, minutes each on a CPU):
-#   DEVICE=cpu TRAIN_MINUTES=0.3 PROBE_EVERY=5 QUALITY_PARTS=correspondence WORKERS=2 BATCH=4 FRAMES=2 MEMORY_FRAMES=3
+#   DEVICE=cpu TRAIN_MINUTES=0.3 PROBE_EVERY=5 QUALITY_PARTS=correspondence WORKERS=2 BATCH=4 CLIP_FRAMES=2 FRAMES=2 MEMORY_FRAMES=3
 #   SIZE=64 STEPS=1,1 ARCH=small DTYPE=fp32 BENCH_PARTS=edit COVE_TEST_DEVICE=cpu bash benchmarks/gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,13 +47,15 @@ step machine
 { date -u; nproc; nvidia-smi 2>&1 | head -15; python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)"; } >>"$LOG" 2>&1
 
 # 1. cove-tiny: design a, from INIT (the last lease's export; the shipped weights grow into it), bf16, batch >= 256, data echoing x2
-#    (each rendered batch trains two steps), the cosine fitted to the minutes, an fp16 export.
+#    (each rendered batch trains two steps), the cosine fitted to the minutes, an fp16 export; a share CLIPS of each batch
+#    as clips of CLIP_FRAMES frames under spatial-temporal attention (single frames alone left the attention near-uniform).
 TRAIN_MINUTES=${TRAIN_MINUTES:-4.5}
 rm -rf runs/gpu runs/gpu-export
 step train
 timeout "$(left "$(python3 -c "print(int(${TRAIN_MINUTES} * 60 + 100))")")" python3 -m cove.tiny.train \
   --device "$DEVICE" --bf16 --design a --init "${INIT:-benchmarks/cove-tiny-a}" --batch "${BATCH:-256}" --echo 2 \
   --workers "${WORKERS:-14}" --mid-t 0.5 --lr 4e-4 --warmup 100 --steps 1000000 \
+  --clips "${CLIPS:-0.5}" --clip-frames "${CLIP_FRAMES:-4}" --clip-t "${CLIP_T:-each}" \
   --minutes "$TRAIN_MINUTES" --fit-minutes --export-dtype float16 --save-every 1000000 --probe-every "${PROBE_EVERY:-200}" \
   --work runs/gpu --out runs/gpu-export >>"$LOG" 2>&1
 echo "train: exit $?" >>"$LOG"

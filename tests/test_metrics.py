@@ -667,6 +667,33 @@ def test_probe_cga_change_vanishes_under_uniform_attention(tiny_pipe):
     assert all(v < 1e-4 for key in ("change", "spread") for v in uniform[key]["261"].values())
 
 
+def test_probe_clip_gain_compares_the_loss_with_and_without_the_other_frames(tiny_pipe):
+    """The gain is 1 - (loss under spatial-temporal attention) / (loss frame by frame): nonzero
+    where the other frames change the prediction, exactly 0 where self-attention adds nothing."""
+    probe = measures.measure_clip_gain(tiny_pipe, 1, frames=3, ts=(261, 500))
+    assert set(probe) == {"per_frame", "spatiotemporal", "gain"} and set(probe["gain"]) == {"261", "500"}
+    for t, gain in probe["gain"].items():
+        assert probe["per_frame"][t] > 0 and probe["spatiotemporal"][t] > 0
+        assert gain == pytest.approx(1 - probe["spatiotemporal"][t] / probe["per_frame"][t])
+        assert gain != 0  # a random model's attention over three frames is not its attention over one
+    assert measures.measure_clip_gain(tiny_pipe, 1, frames=3, ts=(261,)) == \
+        measures.measure_clip_gain(tiny_pipe, 1, frames=3, ts=(261,))  # seeded
+    out = [m.to_out[0] for name, m in tiny_pipe.unet.named_modules() if name.endswith("attn1")]
+    saved = [(m.weight.detach().clone(), m.bias.detach().clone()) for m in out]
+    try:
+        with torch.no_grad():
+            for m in out:  # self-attention adds nothing to its residual
+                m.weight.zero_()
+                m.bias.zero_()
+        silent = measures.measure_clip_gain(tiny_pipe, 1, frames=3, ts=(261,))
+    finally:
+        with torch.no_grad():
+            for m, (w, b) in zip(out, saved):
+                m.weight.copy_(w)
+                m.bias.copy_(b)
+    assert silent["gain"]["261"] == 0 and silent["per_frame"]["261"] == silent["spatiotemporal"]["261"]
+
+
 # ---------------------------------------------------------------------------------------------
 # edit then score (cove.eval.scoring)
 # ---------------------------------------------------------------------------------------------

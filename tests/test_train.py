@@ -382,3 +382,73 @@ def test_probe_every_writes_the_attention_curves_and_changes_no_weight(tmp_path,
     out = train.train([*common, "--probe-every", "1", "--work", str(tmp_path / "w3"), "--out", str(tmp_path / "o3")])
     assert json.loads((out / "training.json").read_text())["stopped_at"] == 3
     assert (tmp_path / "w3" / "probes.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--clips", "1.5"], "argument --clips: expected a share between 0 and 1, got '1.5'"),
+    (["--clip-frames", "1"], "argument --clip-frames: expected a whole number from 2 to 8, got '1'"),
+    (["--clip-frames", "9"], "argument --clip-frames: expected a whole number from 2 to 8, got '9'"),
+    (["--clip-t", "mixed"], "argument --clip-t: invalid choice: 'mixed'"),
+    (["--clips", "0.1", "--batch", "8"], "--clips: 0.1 of a batch of 8 is less than one clip of 4 frames"),
+])
+def test_bad_clip_options_are_refused_in_one_line(argv, message, capsys):
+    _assert_refused(argv, message, capsys)
+
+
+def test_a_batch_with_clips_keeps_its_single_frames_and_adds_whole_clips(tmp_path):
+    tokenizer = build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)
+    plain = train._parse(["--batch", "4", "--seed", "2", "--uncond", "0"])
+    mixed = train._parse(["--batch", "10", "--clips", "0.6", "--clip-frames", "3", "--seed", "2", "--uncond", "0"])
+    assert train.clip_count(mixed) == 2  # 6 of 10 images: two clips of 3, four single frames
+    x, ids, objects = train.batch(7, mixed, tokenizer)
+    x4, ids4, objects4 = train.batch(7, plain, tokenizer)
+    assert x.shape == (10, 3, 64, 64) and ids.shape == (10, MAX_TOKENS) and objects.shape == (10, 1, 64, 64)
+    assert torch.equal(x[:4], x4) and torch.equal(ids[:4], ids4)  # the same single frames as without clips
+    for first in (4, 7):  # a clip's frames share its caption and move
+        assert all(torch.equal(ids[first], ids[first + f]) for f in (1, 2))
+        assert not torch.equal(x[first], x[first + 1])
+    dropped = train._parse(["--batch", "8", "--clips", "1", "--clip-frames", "2", "--uncond", "0.5"])
+    ids = train.batch(0, dropped, tokenizer)[1]
+    empty = tokenizer([""], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids[0]
+    gone = [bool(torch.equal(row, empty)) for row in ids]
+    assert gone[0::2] == gone[1::2] and any(gone) and not all(gone)  # dropped for the whole clip
+    assert train.batch(1, train._parse(["--batch", "3"]), tokenizer)[0].shape[0] == 3  # no clips: as before
+
+
+def test_clip_timesteps_give_a_clip_its_first_frames_timestep():
+    t = torch.tensor([5, 6, 10, 11, 12, 20, 21, 22])
+    assert train.clip_timesteps(t, 2, 3).tolist() == [5, 6, 10, 10, 10, 20, 20, 20]
+
+
+def test_predict_attends_across_the_frames_of_a_clip_only(tmp_path):
+    """Clips are predicted under spatial-temporal attention: a frame's output depends on the
+    other frames of its clip, not on other clips or single frames; single frames see only themselves."""
+    tokenizer = build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)
+    unet = build_pipeline(tokenizer, seed=3, design="a").unet.eval()
+    g = torch.Generator().manual_seed(0)
+    zt, cond = torch.randn(6, 12, 32, 32, generator=g), torch.randn(6, MAX_TOKENS, 64, generator=g)
+    t = torch.tensor([100, 200, 300, 300, 400, 400])  # two singles, then two clips of two frames
+    with torch.no_grad():
+        base = train.predict(unet, zt, t, cond, singles=2, frames=2)
+        alone = torch.cat([unet(zt[k:k + 1], t[k:k + 1], cond[k:k + 1]).sample for k in range(6)])
+        moved = zt.clone()
+        moved[3] += torch.randn(12, 32, 32, generator=g)  # the second frame of the first clip
+        out = train.predict(unet, moved, t, cond, singles=2, frames=2)
+    torch.testing.assert_close(base[:2], alone[:2], rtol=1e-4, atol=1e-5)  # singles: their own attention
+    assert (base[2:] - alone[2:]).abs().max() > 1e-3  # clips: not frame by frame
+    assert (out[2] - base[2]).abs().max() > 1e-3  # a frame sees the other frame of its clip
+    torch.testing.assert_close(out[4:], base[4:], rtol=1e-5, atol=1e-6)  # and nothing of another clip
+    torch.testing.assert_close(out[:2], base[:2], rtol=1e-5, atol=1e-6)
+    assert all(type(p).__name__ != "CoveAttnProcessor" for p in unet.attn_processors.values())  # restored
+
+
+def test_training_with_clips_records_them_and_differs_from_single_frames(tmp_path):
+    common = ["--steps", "2", "--batch", "4", "--warmup", "1", "--design", "a"]
+    single = _unet(train.train([*common, "--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1")]))
+    out = train.train([*common, "--clips", "1", "--clip-frames", "2", "--clip-t", "shared",
+                       "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2")])
+    clips = _unet(out)
+    info = json.loads((out / "training.json").read_text())
+    assert (info["clips"], info["clip_frames"], info["clip_t"], info["clips_per_batch"]) == (1.0, 2, "shared", 2)
+    assert all(torch.isfinite(v).all() for v in clips.values())
+    assert any(not torch.equal(clips[k], single[k]) for k in single), "--clips changed nothing"

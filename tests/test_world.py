@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cove import world
-from cove.tiny.data import sample_training_images
+from cove.tiny.data import SCENE_FRAMES, sample_training_clips, sample_training_images
 from cove.world import (
     BACKGROUNDS,
     COLOURS,
@@ -67,6 +67,30 @@ def test_random_scene_and_render_are_deterministic():
     imgs3, _ = sample_training_images(12, seed=4)
     assert np.array_equal(imgs1, imgs2) and caps1 == caps2
     assert not np.array_equal(imgs1, imgs3)
+
+
+def test_training_clips_are_consecutive_frames_of_one_moving_scene():
+    imgs, caps, objects = sample_training_clips(3, 4, seed=5, masks=True)
+    assert imgs.shape == (12, 64, 64, 3) and objects.shape == (12, 64, 64) and len(caps) == 3
+    again, caps_again = sample_training_clips(3, 4, seed=5)
+    assert np.array_equal(imgs, again) and caps == caps_again  # seeded; masks change nothing else
+    for k, caption in enumerate(caps):  # each clip: 4 consecutive frames of a random 8-frame scene
+        clip = imgs[4 * k:4 * k + 4]
+        scenes = [render(random_scene(s, frames=SCENE_FRAMES)) for s in _clip_seeds(5, 3)]
+        matches = [(c, f) for c, r in enumerate(scenes) for f in range(SCENE_FRAMES - 3)
+                   if np.array_equal(r.frames[f:f + 4], clip)]
+        assert matches and scenes[matches[0][0]].caption == caption
+    assert not np.array_equal(imgs[0], imgs[1])  # the frames move
+
+
+def _clip_seeds(seed, n):
+    """The scene seeds ``sample_training_clips(n, ..., seed)`` draws (a scene seed, then a first frame, per clip)."""
+    rng = np.random.default_rng(seed)
+    seeds = []
+    for _ in range(n):
+        seeds.append(int(rng.integers(2**62)))
+        rng.integers(SCENE_FRAMES)
+    return seeds
 
 
 def test_clip_shapes_and_sizes():
@@ -355,6 +379,8 @@ def test_photo_pan_is_a_constant_shift():
     lambda: render(demo_scene()).track(0, 9),
     lambda: render(demo_scene()).track(0, 1, grid=(0, 4)),
     lambda: sample_training_images(2, 0, size=10),
+    lambda: sample_training_clips(2, SCENE_FRAMES + 1, 0),
+    lambda: sample_training_clips(-1, 2, 0),
 ])
 def test_bad_inputs_raise_one_line_value_errors(call):
     with pytest.raises(ValueError) as err:

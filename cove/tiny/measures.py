@@ -710,3 +710,42 @@ def measure_cga_change(pipe, n_clips: int = 2, seed: int = 0, *, frames: int = 4
             result["change"][str(t)] = {g: a / n for g, (a, _, n) in sorted(sums.items())}
             result["spread"][str(t)] = {g: b / n for g, (_, b, n) in sorted(sums.items())}
     return result
+
+
+def measure_clip_gain(pipe, n_clips: int = 4, seed: int = 0, *, frames: int = 4, ts=(261, 500)) -> dict:
+    """Whether the model uses the other frames of a clip: its training loss on clips predicted
+    frame by frame against under spatial-temporal attention, per t.
+
+    Each frame of each clip is noised to ``t`` with its own noise (seeded by ``seed``, the clip
+    and the frame), so another frame holds the same content under different noise; the loss is
+    the mean squared error of the v-prediction (the training target) with the clips' captions.
+
+    Returns:
+        {"per_frame": {t: loss}, "spatiotemporal": {t: loss}, "gain": {t: 1 - spatiotemporal /
+        per_frame}}: a gain above 0 means attending across frames lowers the loss (what a model
+        trained on clips learns), below 0 that the other frames only blur each frame's own attention.
+    """
+    from ..processors import AttentionState, cove_attention
+    from ..sd import encode_frames, encode_text
+
+    clips = _clips(n_clips, seed, frames, _image_size(pipe))
+    unet, state = pipe.unet, AttentionState(frames=frames, mode="spatiotemporal")
+    result: dict = {"per_frame": {}, "spatiotemporal": {}, "gain": {}}
+    with torch.no_grad():
+        for t in ts:
+            sums = {"per_frame": 0.0, "spatiotemporal": 0.0}
+            for c, clip in enumerate(clips):
+                latents = encode_frames(pipe, clip.frames)  # (F, c, h, w)
+                gen = torch.Generator("cpu").manual_seed(seed * 7919 + 31 * c + t)
+                noise = torch.randn(latents.shape, generator=gen).to(latents)
+                step = torch.full((len(latents),), t, dtype=torch.long)
+                noisy = pipe.scheduler.add_noise(latents, noise, step)
+                target = pipe.scheduler.get_velocity(latents, noise, step).float()
+                text = encode_text(pipe, [clip.caption]).expand(len(latents), -1, -1)
+                sums["per_frame"] += float(((unet(noisy, t, text).sample.float() - target) ** 2).mean())
+                with cove_attention(unet, state):
+                    sums["spatiotemporal"] += float(((unet(noisy, t, text).sample.float() - target) ** 2).mean())
+            pf, st = sums["per_frame"] / len(clips), sums["spatiotemporal"] / len(clips)
+            result["per_frame"][str(t)], result["spatiotemporal"][str(t)] = pf, st
+            result["gain"][str(t)] = 1 - st / pf
+    return result

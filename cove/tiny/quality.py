@@ -32,6 +32,7 @@ from .measures import (
     edit_tasks,
     measure_attention_entropy,
     measure_cga_change,
+    measure_clip_gain,
     measure_correspondence,
     measure_edits,
     measure_feature_pck,
@@ -169,6 +170,8 @@ def format_table(results: dict) -> str:
             for t, by_grid in probes.get("cga_change", {}).get(key, {}).items():
                 for grid, value in by_grid.items():
                     row(f"probes.cga_{key}.t{t}.{grid}", value)
+        for t, value in probes.get("clip_gain", {}).get("gain", {}).items():
+            row(f"probes.clip_gain.t{t}", value)
     return "\n".join(lines)
 
 
@@ -207,7 +210,8 @@ PART_KEYS = {"prompt": "prompt_following"}  # a part's key in the results, where
 def _probes(pipe, n_clips: int, seed: int) -> dict:
     return {"feature_pck": measure_feature_pck(pipe, n_clips, seed),
             "attention_entropy": measure_attention_entropy(pipe, min(n_clips, 2), seed),
-            "cga_change": measure_cga_change(pipe, min(n_clips, 2), seed)}
+            "cga_change": measure_cga_change(pipe, min(n_clips, 2), seed),
+            "clip_gain": measure_clip_gain(pipe, n_clips + 1, seed)}
 
 
 def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=None, model: str = "cove-tiny",

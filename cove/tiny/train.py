@@ -25,6 +25,13 @@ before a time limit, and ``--init FOLDER`` starts from a pipeline folder's weigh
 ones, or an earlier export) when there is no checkpoint to resume. docs/method/tiny.md has the
 recipe for a lent GPU's 10-minute commands. ``--design`` trains another architecture of
 ``cove.tiny.model.DESIGNS`` (``python -m cove.tiny.compare`` compares them).
+
+``--clips S`` renders a share S of each batch as clips of ``--clip-frames F`` consecutive frames
+(the world's motion and camera pans) and predicts them under spatial-temporal attention (every
+token attends to every frame of its clip, as in an edit): a clip's frames are noised
+independently, so attending to the same content in the other frames is what lowers the loss,
+and each frame draws its own timestep (``--clip-t each``: a less noisy frame helps a noisier
+one) or the clip shares one (``--clip-t shared``, as in an edit).
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ import numpy as np
 import torch
 
 from .. import world
-from .data import sample_training_images
+from .data import SCENE_FRAMES, sample_training_clips, sample_training_images
 from .model import DESIGNS, MAX_TOKENS, build_pipeline
 from .tokenizer import build_clip_tokenizer
 
@@ -61,6 +68,7 @@ EMA_RESTARTS = (0, 0, 0, 0, 0, 1)
 # --fit-minutes: the rate of the steps between these two (counted from the first step of the run)
 # sets the last cycle's length; the first steps (compilation, cudnn's search) are left out.
 FIT_STRETCH = (20, 60)
+CLIP_TS = ("each", "shared")
 
 
 def _parse(argv=None):
@@ -109,6 +117,11 @@ def _parse(argv=None):
     p.add_argument("--probe-every", type=_count, default=0,
                    help="every N steps and at the end, probe the attention (entropy and CGA's change at "
                         "t=261 on one 4-frame clip) into WORK/probes.jsonl; 0 (default): never")
+    p.add_argument("--clips", type=_share, default=0.0,
+                   help="share of each batch rendered as clips, predicted under spatial-temporal attention")
+    p.add_argument("--clip-frames", type=_clip_frames, default=4, help=f"frames of a clip (2 to {SCENE_FRAMES})")
+    p.add_argument("--clip-t", choices=CLIP_TS, default="each",
+                   help="each frame of a clip its own timestep, or one timestep per clip")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", type=Path, default=None,
                    help="pipeline folder (unet/, text_encoder/) whose weights start a run that has no checkpoint")
@@ -126,6 +139,9 @@ def _parse(argv=None):
     if args.steps is not None:
         args.cycles = args.steps
     args.steps = sum(args.cycles)
+    if args.clips and clip_count(args) == 0:
+        p.error(f"--clips: {args.clips:g} of a batch of {args.batch} is less than one clip of "
+                f"{args.clip_frames} frames; expected a larger share or --batch")
     if args.fit_minutes and args.minutes is None:
         p.error("--fit-minutes: expected --minutes too (the time the schedule is fitted to)")
     if args.start_at and args.init is None:
@@ -196,6 +212,14 @@ def _shares(text: str) -> tuple[float, ...]:
     return _list(text, float, lambda v: 0 <= v <= 1, "shares between 0 and 1")
 
 
+def _share(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v <= 1, "a share between 0 and 1")
+
+
+def _clip_frames(text: str) -> int:
+    return _number(text, int, lambda v: 2 <= v <= SCENE_FRAMES, f"a whole number from 2 to {SCENE_FRAMES}")
+
+
 def _flags(text: str) -> tuple[int, ...]:
     return _list(text, int, lambda v: v in (0, 1), "0 or 1")
 
@@ -243,13 +267,30 @@ def _lr(step: int, args) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def clip_count(args) -> int:
+    """Clips in each batch: ``--clips`` of ``--batch`` images, in whole clips of ``--clip-frames``."""
+    return int(round(args.batch * args.clips / args.clip_frames))
+
+
 def batch(step: int, args, tokenizer, device="cpu"):
     """Images (B, 3, 64, 64) in [-1, 1], token ids (B, L) and object masks (B, 1, 64, 64) as
-    floats in {0, 1}, for one step; seeded by step, built on the CPU, moved to ``device``."""
+    floats in {0, 1}, for one step; seeded by step, built on the CPU, moved to ``device``.
+
+    The first B - n F images are single frames, the last n F the frames of ``clip_count(args)``
+    = n clips of F = ``--clip-frames`` frames, consecutive (a clip's frames share its caption,
+    dropped for all of them at once). Without clips the batch is the same as before clips existed.
+    """
+    n, frames = clip_count(args), args.clip_frames
     images, captions, objects = sample_training_images(
-        args.batch, seed=args.seed * 1_000_003 + step, masks=True)
+        args.batch - n * frames, seed=args.seed * 1_000_003 + step, masks=True)
     rng = np.random.default_rng([args.seed, step])
     captions = ["" if rng.random() < args.uncond else c for c in captions]
+    if n:
+        clip_images, clip_captions, clip_objects = sample_training_clips(
+            n, frames, seed=[args.seed, step, 1], masks=True)
+        images, objects = np.concatenate([images, clip_images]), np.concatenate([objects, clip_objects])
+        for caption in clip_captions:  # one dropout draw per clip
+            captions += ["" if rng.random() < args.uncond else caption] * frames
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W)
     ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
                     return_tensors="pt").input_ids
@@ -369,6 +410,31 @@ def object_weights(objects: torch.Tensor, latent_hw: tuple[int, int], weight: fl
     return 1 + (weight - 1) * cells
 
 
+def clip_timesteps(t: torch.Tensor, singles: int, frames: int) -> torch.Tensor:
+    """``--clip-t shared``: every frame of a clip takes its first frame's timestep.
+
+    t: (B,) with the clips' frames after the first ``singles`` entries, ``frames`` per clip."""
+    clips = t[singles:].view(-1, frames)[:, :1].expand(-1, frames).reshape(-1)
+    return torch.cat([t[:singles], clips])
+
+
+def predict(unet, zt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, singles: int, frames: int):
+    """The UNet's output (B, C, h, w) for a batch of ``singles`` single frames followed by clips
+    of ``frames`` frames: the singles with the UNet's own attention, the clips under
+    spatial-temporal attention (``cove.processors``, as an edit's ``"spatiotemporal"`` mode).
+
+    zt: (B, C, h, w); t: (B,); cond: (B, L, D)."""
+    from ..processors import AttentionState, cove_attention
+
+    parts = []
+    if singles:
+        parts.append(unet(zt[:singles], t[:singles], cond[:singles]).sample)
+    if singles < zt.shape[0]:
+        with cove_attention(unet, AttentionState(frames=frames, mode="spatiotemporal")):
+            parts.append(unet(zt[singles:], t[singles:], cond[singles:]).sample)
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
 def loss_fn(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """Mean squared error; with ``weights`` (B, 1, h, w) the weighted mean over (B, C, h, w)."""
     if weights is None:
@@ -380,9 +446,11 @@ def loss_fn(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | No
 def probe_attention(pipe, seed: int = 0) -> dict:
     """How sharply the model being trained attends, for the curves of a run: attention entropy
     (``measures.measure_attention_entropy``) and CGA's change and the outputs' spread
-    (``measures.measure_cga_change``) at t = 261 on one 4-frame clip, per attention grid. The
-    UNet and text encoder are in eval mode meanwhile, and back in training mode after."""
-    from .measures import measure_attention_entropy, measure_cga_change
+    (``measures.measure_cga_change``) at t = 261 on one 4-frame clip, per attention grid, and
+    the clip gain (``measures.measure_clip_gain``: how much spatial-temporal attention lowers
+    the loss on two 4-frame clips, at t = 261 and 500). The UNet and text encoder are in eval
+    mode meanwhile, and back in training mode after."""
+    from .measures import measure_attention_entropy, measure_cga_change, measure_clip_gain
 
     modules = [m for m in (pipe.unet, pipe.text_encoder) if m.training]
     for m in modules:
@@ -390,10 +458,12 @@ def probe_attention(pipe, seed: int = 0) -> dict:
     try:
         entropy = measure_attention_entropy(pipe, 1, seed, frames=4, ts=(261,))["entropy"]["261"]
         cga = measure_cga_change(pipe, 1, seed, frames=4, ts=(261,))
+        gain = measure_clip_gain(pipe, 2, seed, frames=4, ts=(261, 500))["gain"]
     finally:
         for m in modules:
             m.train()
-    return {"entropy": entropy, "cga_change": cga["change"]["261"], "spread": cga["spread"]["261"]}
+    return {"entropy": entropy, "cga_change": cga["change"]["261"], "spread": cga["spread"]["261"],
+            "clip_gain": gain}
 
 
 def train(argv=None) -> Path:
@@ -445,6 +515,8 @@ def train(argv=None) -> Path:
     steps = range(start, last)
     fit_from, fit_at = (start + k for k in FIT_STRETCH)  # the steps whose rate fits the schedule
     stream, waited = echoed(steps, args, tokenizer), 0.0
+    n_clips = clip_count(args)
+    singles = args.batch - n_clips * args.clip_frames
     for step in steps:
         before = time.time()
         x0, ids, objects = next(stream)
@@ -458,6 +530,8 @@ def train(argv=None) -> Path:
             opt.state.clear()  # fresh moments: AdamW builds them again at its next step
         gen.manual_seed(args.seed * 7919 + step)
         t, eps = draw_noise(gen, tuple(x0.shape), len(abar), args.mid_t[cycle], args.mid_t_range)
+        if n_clips and args.clip_t == "shared":
+            t = clip_timesteps(t, singles, args.clip_frames)
         z0 = pipe.vae.encode(x0).latent_dist.mean  # (B, 3 f^2, 64 / f, 64 / f): (B, 12, 32, 32) at f = 2
         eps = pipe.vae.encode(eps).latent_dist.mean  # same reshape of the noise
         a = abar[t].view(-1, 1, 1, 1)
@@ -465,7 +539,7 @@ def train(argv=None) -> Path:
         v = a.sqrt() * eps - (1 - a).sqrt() * z0  # the v-prediction target
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             cond = text(ids)[0]  # (B, L, D)
-            pred = unet(zt, t, cond).sample
+            pred = predict(unet, zt, t, cond, singles, args.clip_frames)
         w = args.object_weight[cycle]
         weights = None if w == 1 else object_weights(objects, tuple(z0.shape[-2:]), w)
         loss = loss_fn(pred.float(), v, weights)
@@ -514,9 +588,9 @@ def train(argv=None) -> Path:
                 probes.write(json.dumps({"step": step + 1, **figures}) + "\n")
                 probes.flush()
                 shown = {key: ", ".join(f"{g} {v:.3f}" for g, v in figures[key].items())
-                         for key in ("entropy", "cga_change")}
-                print(f"probe at step {step + 1}: entropy {shown['entropy']}; CGA's change {shown['cga_change']}",
-                      flush=True)
+                         for key in ("entropy", "cga_change", "clip_gain")}
+                print(f"probe at step {step + 1}: entropy {shown['entropy']}; CGA's change {shown['cga_change']}; "
+                      f"clip gain at t {shown['clip_gain']}", flush=True)
         if (step + 1) % args.save_every == 0 or step == last - 1:
             torch.save({"params": [p.detach() for p in params], "ema": ema, "opt": opt.state_dict(),
                         "step": step + 1, "design": args.design}, ckpt.with_suffix(".tmp"))
@@ -548,7 +622,8 @@ def train(argv=None) -> Path:
             "data_wait_share": round(waited / max(elapsed, 1e-9), 3),
             "rendered_images_per_second": round(seen * args.batch / args.echo / max(elapsed, 1e-9), 1),
             "workers": args.workers, "bf16": args.bf16, "echo": args.echo, "export_dtype": args.export_dtype,
-            "probe_every": args.probe_every}
+            "probe_every": args.probe_every, "clips": args.clips, "clip_frames": args.clip_frames,
+            "clip_t": args.clip_t, "clips_per_batch": n_clips}
     if args.init is not None:
         info["init"] = str(args.init)
         info["start_at"] = args.start_at
