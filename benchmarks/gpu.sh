@@ -3,7 +3,8 @@
 # the CUDA tests, `cove bench speed` at SD 2.1's shapes, then `cove bench profile` of one
 # denoising step. Everything it returns goes under $OUT, these 6 files (the device returns at most 8):
 #   export.tar                 the trained pipeline (fp16) with its training.json, log.jsonl (the loss) and
-#                              probes.jsonl (attention entropy, CGA's change and the clip gain every PROBE_EVERY steps)
+#                              probes.jsonl (attention entropy, CGA's change, the clip gain, how far COVE moves the prediction,
+#                              every PROBE_EVERY steps)
 #   quality_export.json        `cove.tiny.quality` on the export (edits, correspondence, probes, then the
 #                              other gates' parts while QUALITY_SECONDS last; written after each part, so a
 #                              timeout keeps what it measured; `--update` it on the CPU with the parts missing)

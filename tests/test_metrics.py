@@ -694,6 +694,35 @@ def test_probe_clip_gain_compares_the_loss_with_and_without_the_other_frames(tin
     assert silent["gain"]["261"] == 0 and silent["per_frame"]["261"] == silent["spatiotemporal"]["261"]
 
 
+def test_probe_attention_leverage_is_how_far_self_attention_moves_the_prediction(tiny_pipe):
+    """Silencing a grid's self-attention, seeing the other frames and CGA along the true motion
+    each move the UNet's output of a random model; with every self-attention output projected
+    to zero none of them moves it at all."""
+    probe = measures.measure_attention_leverage(tiny_pipe, 1, frames=3, ts=(261,), k=2)
+    entropy = measures.measure_attention_entropy(tiny_pipe, 1, frames=3, ts=(261,))
+    assert set(probe) == {"zeroed", "spatiotemporal", "cove_true", "k"} and probe["k"] == 2
+    grids = set(entropy["entropy"]["261"])
+    assert set(probe["zeroed"]["261"]) == grids and set(probe["cove_true"]["261"]) == grids
+    assert all(0 < v < 10 for key in ("zeroed", "cove_true") for v in probe[key]["261"].values())
+    assert 0 < probe["spatiotemporal"]["261"] < 10
+    assert measures.measure_attention_leverage(tiny_pipe, 1, frames=3, ts=(261,), k=2) == probe  # seeded
+    out = [m.to_out[0] for name, m in tiny_pipe.unet.named_modules() if name.endswith("attn1")]
+    saved = [(m.weight.detach().clone(), m.bias.detach().clone()) for m in out]
+    try:
+        with torch.no_grad():
+            for m in out:
+                m.weight.zero_()
+                m.bias.zero_()
+        silent = measures.measure_attention_leverage(tiny_pipe, 1, frames=3, ts=(261,), k=2)
+    finally:
+        with torch.no_grad():
+            for m, (w, b) in zip(out, saved):
+                m.weight.copy_(w)
+                m.bias.copy_(b)
+    assert silent["spatiotemporal"]["261"] == 0
+    assert all(v == 0 for key in ("zeroed", "cove_true") for v in silent[key]["261"].values())
+
+
 # ---------------------------------------------------------------------------------------------
 # edit then score (cove.eval.scoring)
 # ---------------------------------------------------------------------------------------------

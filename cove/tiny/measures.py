@@ -749,3 +749,84 @@ def measure_clip_gain(pipe, n_clips: int = 4, seed: int = 0, *, frames: int = 4,
             result["per_frame"][str(t)], result["spatiotemporal"][str(t)] = pf, st
             result["gain"][str(t)] = 1 - st / pf
     return result
+
+
+def measure_attention_leverage(pipe, n_clips: int = 2, seed: int = 0, *, frames: int = 4, ts=(50, 261, 500),
+                               k: int = 3) -> dict:
+    """How far self-attention moves the model's prediction: the change ``|e' - e| / |e|`` of
+    the UNet's output ``e`` when its self-attention changes, per t (and attention grid).
+
+    One set of UNet calls per t and clip, on the clip's frames each noised to t with its own
+    noise (seeded by ``seed`` and the clip's place; the clip's caption as the text):
+
+    - ``zeroed``: every self-attention output (``attn1``) on that grid set to 0, against the
+      model as it is: what the prediction owes to self-attention there;
+    - ``spatiotemporal``: spatial-temporal attention against frame-by-frame attention: what
+      seeing the other frames changes;
+    - ``cove_true``: COVE along the clip's true correspondence on that grid
+      (``true_correspondence``, ``k`` cells a frame) against spatial-temporal attention: the
+      most CGA on that grid can move the prediction, the ceiling of what COVE adds.
+
+    Returns:
+        {"zeroed": {t: {"HxW": change}}, "spatiotemporal": {t: change},
+        "cove_true": {t: {"HxW": change}}, "k"}, each averaged over the clips.
+    """
+    from ..processors import AttentionState, cove_attention
+    from ..sd import encode_frames, encode_text
+
+    unet = pipe.unet
+    attn1 = [m for name, m in unet.named_modules() if name.endswith("attn1")]
+    tokens: dict = {}  # module -> N, read in the first call
+
+    def count(module, args, output):
+        tokens[module] = output.shape[1]
+
+    def zero_on(n: int):  # a forward hook that silences the modules of n tokens
+        return lambda module, args, output: torch.zeros_like(output) if tokens[module] == n else output
+
+    def change(a, b) -> float:
+        return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+    clips = _clips(n_clips, seed, frames, _image_size(pipe))
+    sums: dict = {}
+
+    def add(key, value):
+        total, n = sums.get(key, (0.0, 0))
+        sums[key] = (total + value, n + 1)
+
+    with torch.no_grad():
+        for t in ts:
+            for c, clip in enumerate(clips):
+                latents = encode_frames(pipe, clip.frames)  # (F, c, h, w)
+                noise = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed + c))
+                noisy = pipe.scheduler.add_noise(latents, noise.to(latents), torch.tensor([t]))
+                text = encode_text(pipe, [clip.caption]).expand(len(latents), -1, -1)
+                handles = [m.register_forward_hook(count) for m in attn1]
+                try:
+                    base = unet(noisy, t, text).sample  # (F, c, h, w)
+                finally:
+                    for handle in handles:
+                        handle.remove()
+                sides = sorted({int(round(math.sqrt(n))) for n in tokens.values()}, reverse=True)
+                for side in sides:
+                    handles = [m.register_forward_hook(zero_on(side * side)) for m in attn1]
+                    try:
+                        add(("zeroed", t, f"{side}x{side}"), change(unet(noisy, t, text).sample, base))
+                    finally:
+                        for handle in handles:
+                            handle.remove()
+                with cove_attention(unet, AttentionState(frames=frames, mode="spatiotemporal")):
+                    spatiotemporal = unet(noisy, t, text).sample
+                add(("spatiotemporal", t, None), change(spatiotemporal, base))
+                for side in sides:
+                    state = AttentionState(frames=frames, mode="cove",
+                                           correspondence=true_correspondence(clip, (side, side), k))
+                    with cove_attention(unet, state):
+                        add(("cove_true", t, f"{side}x{side}"), change(unet(noisy, t, text).sample, spatiotemporal))
+    result: dict = {"zeroed": {}, "spatiotemporal": {}, "cove_true": {}, "k": k}
+    for (key, t, grid), (total, n) in sorted(sums.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")):
+        if grid is None:
+            result[key][str(t)] = total / n
+        else:
+            result[key].setdefault(str(t), {})[grid] = total / n
+    return result

@@ -14,7 +14,9 @@ the probes and the machine they were measured on as JSON. The gates (``GATES``):
 4. no regression: DDIM inversion + reconstruction >= 30 dB.
 
 Probes without a gate: shape retention under SDEdit, PCK per decoder block and t, attention
-entropy per grid, and the edits under COVE on the true correspondence (``cove-true``).
+entropy per grid, CGA's change, the clip gain, how far self-attention moves the prediction
+(``measures.measure_attention_leverage``), and the edits under COVE on the true correspondence
+(``cove-true``).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from .measures import (
     EDIT_MODES,
     edit_tasks,
     measure_attention_entropy,
+    measure_attention_leverage,
     measure_cga_change,
     measure_clip_gain,
     measure_correspondence,
@@ -172,6 +175,13 @@ def format_table(results: dict) -> str:
                     row(f"probes.cga_{key}.t{t}.{grid}", value)
         for t, value in probes.get("clip_gain", {}).get("gain", {}).items():
             row(f"probes.clip_gain.t{t}", value)
+        leverage = probes.get("attention_leverage", {})
+        for t, value in leverage.get("spatiotemporal", {}).items():
+            row(f"probes.leverage_spatiotemporal.t{t}", value)
+        for key in ("zeroed", "cove_true"):
+            for t, by_grid in leverage.get(key, {}).items():
+                for grid, value in by_grid.items():
+                    row(f"probes.leverage_{key}.t{t}.{grid}", value)
     return "\n".join(lines)
 
 
@@ -211,7 +221,8 @@ def _probes(pipe, n_clips: int, seed: int) -> dict:
     return {"feature_pck": measure_feature_pck(pipe, n_clips, seed),
             "attention_entropy": measure_attention_entropy(pipe, min(n_clips, 2), seed),
             "cga_change": measure_cga_change(pipe, min(n_clips, 2), seed),
-            "clip_gain": measure_clip_gain(pipe, n_clips + 1, seed)}
+            "clip_gain": measure_clip_gain(pipe, n_clips + 1, seed),
+            "attention_leverage": measure_attention_leverage(pipe, min(n_clips, 2), seed)}
 
 
 def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=None, model: str = "cove-tiny",

@@ -115,8 +115,9 @@ def _parse(argv=None):
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
                    help="dtype of the exported weights (float16 halves the files; the loader upcasts)")
     p.add_argument("--probe-every", type=_count, default=0,
-                   help="every N steps and at the end, probe the attention (entropy and CGA's change at "
-                        "t=261 on one 4-frame clip) into WORK/probes.jsonl; 0 (default): never")
+                   help="every N steps and at the end, probe the attention (train.probe_attention: entropy, "
+                        "CGA's change, the clip gain, how far attention moves the prediction) into "
+                        "WORK/probes.jsonl; 0 (default): never")
     p.add_argument("--clips", type=_share, default=0.0,
                    help="share of each batch rendered as clips, predicted under spatial-temporal attention")
     p.add_argument("--clip-frames", type=_clip_frames, default=4, help=f"frames of a clip (2 to {SCENE_FRAMES})")
@@ -448,9 +449,11 @@ def probe_attention(pipe, seed: int = 0) -> dict:
     (``measures.measure_attention_entropy``) and CGA's change and the outputs' spread
     (``measures.measure_cga_change``) at t = 261 on one 4-frame clip, per attention grid, and
     the clip gain (``measures.measure_clip_gain``: how much spatial-temporal attention lowers
-    the loss on two 4-frame clips, at t = 261 and 500). The UNet and text encoder are in eval
-    mode meanwhile, and back in training mode after."""
-    from .measures import measure_attention_entropy, measure_cga_change, measure_clip_gain
+    the loss on two 4-frame clips, at t = 261 and 500), and how far spatial-temporal attention
+    and COVE along the true correspondence move the prediction at t = 261 on the first clip
+    (``measures.measure_attention_leverage``, per grid for COVE). The UNet and text encoder are
+    in eval mode meanwhile, and back in training mode after."""
+    from .measures import measure_attention_entropy, measure_attention_leverage, measure_cga_change, measure_clip_gain
 
     modules = [m for m in (pipe.unet, pipe.text_encoder) if m.training]
     for m in modules:
@@ -459,11 +462,13 @@ def probe_attention(pipe, seed: int = 0) -> dict:
         entropy = measure_attention_entropy(pipe, 1, seed, frames=4, ts=(261,))["entropy"]["261"]
         cga = measure_cga_change(pipe, 1, seed, frames=4, ts=(261,))
         gain = measure_clip_gain(pipe, 2, seed, frames=4, ts=(261, 500))["gain"]
+        leverage = measure_attention_leverage(pipe, 1, seed, frames=4, ts=(261,))
     finally:
         for m in modules:
             m.train()
     return {"entropy": entropy, "cga_change": cga["change"]["261"], "spread": cga["spread"]["261"],
-            "clip_gain": gain}
+            "clip_gain": gain, "spatiotemporal_moves": leverage["spatiotemporal"]["261"],
+            "cove_true_moves": leverage["cove_true"]["261"]}
 
 
 def train(argv=None) -> Path:
@@ -588,9 +593,11 @@ def train(argv=None) -> Path:
                 probes.write(json.dumps({"step": step + 1, **figures}) + "\n")
                 probes.flush()
                 shown = {key: ", ".join(f"{g} {v:.3f}" for g, v in figures[key].items())
-                         for key in ("entropy", "cga_change", "clip_gain")}
+                         for key in ("entropy", "cga_change", "clip_gain", "cove_true_moves")}
                 print(f"probe at step {step + 1}: entropy {shown['entropy']}; CGA's change {shown['cga_change']}; "
-                      f"clip gain at t {shown['clip_gain']}", flush=True)
+                      f"clip gain at t {shown['clip_gain']}; the prediction moves "
+                      f"{figures['spatiotemporal_moves']:.3f} under spatial-temporal attention, "
+                      f"under COVE on the true correspondence {shown['cove_true_moves']}", flush=True)
         if (step + 1) % args.save_every == 0 or step == last - 1:
             torch.save({"params": [p.detach() for p in params], "ema": ema, "opt": opt.state_dict(),
                         "step": step + 1, "design": args.design}, ckpt.with_suffix(".tmp"))
