@@ -19,6 +19,7 @@ import dataclasses
 import itertools
 import math
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -596,14 +597,34 @@ def measure_feature_pck(pipe, n_clips: int = 3, seed: int = 0, *, frames: int = 
     return {"pck": table, "grid": grids, "pixels": pixels, "best": list(best)}
 
 
+def _noised(pipe, clip, place: int, t: int, seed: int):
+    """The clip's frames noised to ``t`` (noise seeded by ``seed`` and the clip's ``place``, each
+    frame its own) and its caption's embedding, one per frame: ``(noisy (F, c, h, w), text)``."""
+    from ..sd import encode_frames, encode_text
+
+    latents = encode_frames(pipe, clip.frames)  # (F, c, h, w)
+    noise = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed + place))
+    noisy = pipe.scheduler.add_noise(latents, noise.to(latents), torch.tensor([t]))
+    return noisy, encode_text(pipe, [clip.caption]).expand(len(latents), -1, -1)
+
+
+@contextmanager
+def _forward_hooks(modules, hook):
+    """``hook`` as a forward hook on each of ``modules`` while the block runs."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _self_attention_inputs(pipe, clips, t: int, seed: int):
     """For each clip: ``(clip, [(attn, hidden)])``, the input ``hidden`` ``(F, N, C)`` of every
     self-attention module ``attn`` (``attn1``) in one UNet call on the clip's frames noised to
     ``t`` (the clip's caption as the text; noise seeded by ``seed`` and the clip's place), read
     by forward pre-hooks that are removed when the iteration ends. Iterate under
     ``torch.no_grad()``."""
-    from ..sd import encode_frames, encode_text
-
     unet = pipe.unet
     modules = {name: m for name, m in unet.named_modules() if name.endswith("attn1")}
     captured: list = []
@@ -614,10 +635,7 @@ def _self_attention_inputs(pipe, clips, t: int, seed: int):
     handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in modules.values()]
     try:
         for c, clip in enumerate(clips):
-            latents = encode_frames(pipe, clip.frames)  # (F, c, h, w)
-            noise = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed + c))
-            noisy = pipe.scheduler.add_noise(latents, noise.to(latents), torch.tensor([t]))
-            text = encode_text(pipe, [clip.caption]).expand(len(latents), -1, -1)
+            noisy, text = _noised(pipe, clip, c, t, seed)
             captured.clear()
             unet(noisy, t, text)
             yield clip, list(captured)
@@ -772,49 +790,32 @@ def measure_attention_leverage(pipe, n_clips: int = 2, seed: int = 0, *, frames:
         "cove_true": {t: {"HxW": change}}, "k"}, each averaged over the clips.
     """
     from ..processors import AttentionState, cove_attention
-    from ..sd import encode_frames, encode_text
 
     unet = pipe.unet
     attn1 = [m for name, m in unet.named_modules() if name.endswith("attn1")]
-    tokens: dict = {}  # module -> N, read in the first call
+    clips = _clips(n_clips, seed, frames, _image_size(pipe))
+    sums: dict = {}  # (key, t, grid or None) -> sum over clips
 
-    def count(module, args, output):
-        tokens[module] = output.shape[1]
-
-    def zero_on(n: int):  # a forward hook that silences the modules of n tokens
-        return lambda module, args, output: torch.zeros_like(output) if tokens[module] == n else output
+    def add(key, value):
+        sums[key] = sums.get(key, 0.0) + value
 
     def change(a, b) -> float:
         return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
 
-    clips = _clips(n_clips, seed, frames, _image_size(pipe))
-    sums: dict = {}
-
-    def add(key, value):
-        total, n = sums.get(key, (0.0, 0))
-        sums[key] = (total + value, n + 1)
+    def zero_on(n: int):  # silences the modules of n tokens
+        return lambda module, args, output: torch.zeros_like(output) if output.shape[1] == n else output
 
     with torch.no_grad():
         for t in ts:
             for c, clip in enumerate(clips):
-                latents = encode_frames(pipe, clip.frames)  # (F, c, h, w)
-                noise = torch.randn(latents.shape, generator=torch.Generator("cpu").manual_seed(seed + c))
-                noisy = pipe.scheduler.add_noise(latents, noise.to(latents), torch.tensor([t]))
-                text = encode_text(pipe, [clip.caption]).expand(len(latents), -1, -1)
-                handles = [m.register_forward_hook(count) for m in attn1]
-                try:
+                noisy, text = _noised(pipe, clip, c, t, seed)
+                tokens: set = set()
+                with _forward_hooks(attn1, lambda module, args, output: tokens.add(output.shape[1])):
                     base = unet(noisy, t, text).sample  # (F, c, h, w)
-                finally:
-                    for handle in handles:
-                        handle.remove()
-                sides = sorted({int(round(math.sqrt(n))) for n in tokens.values()}, reverse=True)
+                sides = sorted({int(round(math.sqrt(n))) for n in tokens}, reverse=True)
                 for side in sides:
-                    handles = [m.register_forward_hook(zero_on(side * side)) for m in attn1]
-                    try:
+                    with _forward_hooks(attn1, zero_on(side * side)):
                         add(("zeroed", t, f"{side}x{side}"), change(unet(noisy, t, text).sample, base))
-                    finally:
-                        for handle in handles:
-                            handle.remove()
                 with cove_attention(unet, AttentionState(frames=frames, mode="spatiotemporal")):
                     spatiotemporal = unet(noisy, t, text).sample
                 add(("spatiotemporal", t, None), change(spatiotemporal, base))
@@ -824,9 +825,9 @@ def measure_attention_leverage(pipe, n_clips: int = 2, seed: int = 0, *, frames:
                     with cove_attention(unet, state):
                         add(("cove_true", t, f"{side}x{side}"), change(unet(noisy, t, text).sample, spatiotemporal))
     result: dict = {"zeroed": {}, "spatiotemporal": {}, "cove_true": {}, "k": k}
-    for (key, t, grid), (total, n) in sorted(sums.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")):
+    for (key, t, grid), total in sorted(sums.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")):
         if grid is None:
-            result[key][str(t)] = total / n
+            result[key][str(t)] = total / len(clips)
         else:
-            result[key].setdefault(str(t), {})[grid] = total / n
+            result[key].setdefault(str(t), {})[grid] = total / len(clips)
     return result
