@@ -19,7 +19,7 @@
 # (.whl/ is git-ignored; the script installs what it holds). Settings (environment):
 #   TOTAL_SECONDS=570 (each step's timeout is cut to what is left of it, in the order above)
 #   DEVICE=cuda  TRAIN_MINUTES=4.5  PROBE_EVERY=200  CLIPS=0.5  CLIP_FRAMES=4  CLIP_T=each  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes reconstruction prompt"
-#   BENCH_SECONDS=120  WORKERS=14  BATCH=256  FRAMES=8,16  MEMORY_FRAMES=  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
+#   BENCH_SECONDS=120  WORKERS=14  BATCH=1024  FRAMES=8,16  MEMORY_FRAMES=  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
 #   BENCH_PARTS=correspondence,merging,layer,edit  STORES=auto (the PnP store the edits use: auto, host, device, recompute; the last lease measured host)
 #   (MEMORY_FRAMES=64,128 adds the long clips' peak memory, ~2.5 min on an H200: docs/benchmarks_speed_cuda.json
 #   holds them from an earlier lease; merge a new run's sections into it rather than replace it)
@@ -47,14 +47,15 @@ step() { echo "== $1 ($SECONDS s) ==" >>"$LOG"; }
 step machine
 { date -u; nproc; nvidia-smi 2>&1 | head -15; python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)"; } >>"$LOG" 2>&1
 
-# 1. cove-tiny: design a, from INIT (the last lease's export; the shipped weights grow into it), bf16, batch >= 256, data echoing x2
+# 1. cove-tiny: design a, from INIT (the last lease's export; the shipped weights grow into it), bf16, batch 1024 (the step is
+#    launch-bound: 64 -> 256 took about as long a step; ~50 MB of activations an image, ~51 GB), data echoing x2
 #    (each rendered batch trains two steps), the cosine fitted to the minutes, an fp16 export; a share CLIPS of each batch
 #    as clips of CLIP_FRAMES frames under spatial-temporal attention (single frames alone left the attention near-uniform).
 TRAIN_MINUTES=${TRAIN_MINUTES:-4.5}
 rm -rf runs/gpu runs/gpu-export
 step train
 timeout "$(left "$(python3 -c "print(int(${TRAIN_MINUTES} * 60 + 100))")")" python3 -m cove.tiny.train \
-  --device "$DEVICE" --bf16 --design a --init "${INIT:-benchmarks/cove-tiny-a}" --batch "${BATCH:-256}" --echo 2 \
+  --device "$DEVICE" --bf16 --design a --init "${INIT:-benchmarks/cove-tiny-a}" --batch "${BATCH:-1024}" --echo 2 \
   --workers "${WORKERS:-14}" --mid-t 0.5 --lr 4e-4 --warmup 100 --steps 1000000 \
   --clips "${CLIPS:-0.5}" --clip-frames "${CLIP_FRAMES:-4}" --clip-t "${CLIP_T:-each}" \
   --minutes "$TRAIN_MINUTES" --fit-minutes --export-dtype float16 --save-every 1000000 --probe-every "${PROBE_EVERY:-200}" \

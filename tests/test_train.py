@@ -206,7 +206,13 @@ def test_worker_processes_render_the_same_batches(tmp_path):
             assert torch.equal(x, y)
     x, ids, objects = here[0]
     assert x.shape == (3, 3, 64, 64) and ids.shape == (3, MAX_TOKENS) and objects.shape == (3, 1, 64, 64)
+    assert x.dtype == objects.dtype == torch.uint8  # a quarter of floats' bytes between processes
     assert not torch.equal(here[0][0], here[1][0])  # each step its own images
+    for got, want in zip(train.to_training(here[0]), train.batch(5, args, tokenizer)):
+        assert torch.equal(got, want)  # made floats on arrival: what batch gives
+    xf, _, objects_f = train.batch(5, args, tokenizer)
+    assert xf.dtype == objects_f.dtype == torch.float32 and xf.min() >= -1 and xf.max() <= 1
+    assert set(objects_f.unique().tolist()) <= {0.0, 1.0} and objects_f.sum() > 0
 
 
 @pytest.mark.parametrize("argv, message", [

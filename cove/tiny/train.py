@@ -273,9 +273,10 @@ def clip_count(args) -> int:
     return int(round(args.batch * args.clips / args.clip_frames))
 
 
-def batch(step: int, args, tokenizer, device="cpu"):
-    """Images (B, 3, 64, 64) in [-1, 1], token ids (B, L) and object masks (B, 1, 64, 64) as
-    floats in {0, 1}, for one step; seeded by step, built on the CPU, moved to ``device``.
+def rendered_batch(step: int, args, tokenizer):
+    """One step's batch as rendered, compact for moving between processes and to the device:
+    images uint8 (B, 3, 64, 64), token ids (B, L) and object masks uint8 (B, 1, 64, 64) in {0, 1};
+    seeded by step. ``to_training`` turns it into ``batch``'s floats.
 
     The first B - n F images are single frames, the last n F the frames of ``clip_count(args)``
     = n clips of F = ``--clip-frames`` frames, consecutive (a clip's frames share its caption,
@@ -292,14 +293,28 @@ def batch(step: int, args, tokenizer, device="cpu"):
         images, objects = np.concatenate([images, clip_images]), np.concatenate([objects, clip_objects])
         for caption in clip_captions:  # one dropout draw per clip
             captions += ["" if rng.random() < args.uncond else caption] * frames
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W)
     ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
                     return_tensors="pt").input_ids
-    return x.to(device), ids.to(device), torch.from_numpy(objects)[:, None].float().to(device)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
+    return x, ids, torch.from_numpy(objects.view(np.uint8))[:, None]  # objects (B, 1, H, W) uint8
+
+
+def to_training(rendered, device="cpu"):
+    """``rendered_batch``'s tensors moved to ``device`` and made floats there: images (B, 3, 64,
+    64) in [-1, 1], token ids (B, L), object masks (B, 1, 64, 64) in {0., 1.}. Moving uint8 is a
+    quarter of the bytes of floats (worker processes, pinned memory, the copy to a GPU)."""
+    x, ids, objects = (v.to(device, non_blocking=True) for v in rendered)
+    return x.float() / 127.5 - 1, ids, objects.float()
+
+
+def batch(step: int, args, tokenizer, device="cpu"):
+    """Images (B, 3, 64, 64) in [-1, 1], token ids (B, L) and object masks (B, 1, 64, 64) as
+    floats in {0, 1}, for one step: ``to_training(rendered_batch(step, ...), device)``."""
+    return to_training(rendered_batch(step, args, tokenizer), device)
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Step -> that step's batch (``batch`` on the CPU), for rendering in worker processes."""
+    """Step -> that step's ``rendered_batch`` (uint8), for rendering in worker processes."""
 
     def __init__(self, args, tokenizer):
         self.args, self.tokenizer = args, tokenizer
@@ -308,14 +323,14 @@ class _Batches(torch.utils.data.Dataset):
         return self.args.steps
 
     def __getitem__(self, step: int):
-        return batch(step, self.args, self.tokenizer)
+        return rendered_batch(step, self.args, self.tokenizer)
 
 
 def batches(steps: range, args, tokenizer):
-    """The batches of ``steps`` in order, rendered here or (``args.workers`` > 0) by worker
-    processes ahead of use; the same tensors either way, on the CPU."""
+    """The ``rendered_batch`` of each of ``steps`` in order (uint8, on the CPU), rendered here or
+    (``args.workers`` > 0) by worker processes ahead of use; the same tensors either way."""
     if not args.workers:
-        return (batch(step, args, tokenizer) for step in steps)
+        return (rendered_batch(step, args, tokenizer) for step in steps)
     loader = torch.utils.data.DataLoader(
         _Batches(args, tokenizer), batch_size=None, sampler=steps, num_workers=args.workers,
         prefetch_factor=4, pin_memory=torch.device(args.device).type == "cuda")
@@ -323,7 +338,7 @@ def batches(steps: range, args, tokenizer):
 
 
 def echoed(steps: range, args, tokenizer):
-    """The batch of every step of ``steps``: step ``s`` trains on rendered batch ``s // echo``
+    """The rendered batch of every step of ``steps``: step ``s`` trains on rendered batch ``s // echo``
     (data echoing, Choi et al. 2019: a GPU that outruns the renderer reuses each batch ``echo``
     times, each step with its own timesteps and noise); ``echo`` = 1 is ``batches(steps)``."""
     echo = args.echo
@@ -524,9 +539,9 @@ def train(argv=None) -> Path:
     singles = args.batch - n_clips * args.clip_frames
     for step in steps:
         before = time.time()
-        x0, ids, objects = next(stream)
+        rendered = next(stream)
         waited += time.time() - before  # the time the training loop waits for the renderer
-        x0, ids, objects = (v.to(device, non_blocking=True) for v in (x0, ids, objects))
+        x0, ids, objects = to_training(rendered, device)  # uint8 to the device, floats there
         cycle, first, _ = _cycle_at(step, args.cycles)
         if step == first and args.ema_restart[cycle]:  # from the EMA weights, as if --init from an export
             with torch.no_grad():
