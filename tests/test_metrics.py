@@ -694,6 +694,20 @@ def test_probe_clip_gain_compares_the_loss_with_and_without_the_other_frames(tin
     assert silent["gain"]["261"] == 0 and silent["per_frame"]["261"] == silent["spatiotemporal"]["261"]
 
 
+def test_probe_clip_gain_with_an_anchor_frame_scores_the_other_frames(tiny_pipe):
+    """With ``anchor_t`` the first frame is far less noisy and only the other frames are
+    scored: a different loss from the plain probe at the same t; a bad anchor is refused."""
+    plain = measures.measure_clip_gain(tiny_pipe, 1, frames=3, ts=(500,))
+    anchored = measures.measure_clip_gain(tiny_pipe, 1, frames=3, ts=(500,), anchor_t=50)
+    assert set(anchored) == {"per_frame", "spatiotemporal", "gain"}
+    assert anchored["per_frame"]["500"] > 0 and anchored["per_frame"]["500"] != plain["per_frame"]["500"]
+    assert anchored["gain"]["500"] == pytest.approx(
+        1 - anchored["spatiotemporal"]["500"] / anchored["per_frame"]["500"])
+    assert anchored["gain"]["500"] != 0
+    with pytest.raises(ValueError, match="anchor_t: expected None or a timestep from 0 to 999, got 1000"):
+        measures.measure_clip_gain(tiny_pipe, 1, frames=3, ts=(500,), anchor_t=1000)
+
+
 def test_probe_attention_leverage_is_how_far_self_attention_moves_the_prediction(tiny_pipe):
     """Silencing a grid's self-attention, seeing the other frames and CGA along the true motion
     each move the UNet's output of a random model; with every self-attention output projected

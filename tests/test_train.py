@@ -423,9 +423,15 @@ def test_a_batch_with_clips_keeps_its_single_frames_and_adds_whole_clips(tmp_pat
     assert train.batch(1, train._parse(["--batch", "3"]), tokenizer)[0].shape[0] == 3  # no clips: as before
 
 
-def test_clip_timesteps_give_a_clip_its_first_frames_timestep():
+def test_clip_timesteps_share_or_anchor_a_clips_timesteps():
     t = torch.tensor([5, 6, 10, 11, 12, 20, 21, 22])
     assert train.clip_timesteps(t, 2, 3).tolist() == [5, 6, 10, 10, 10, 20, 20, 20]
+    assert train.clip_timesteps(t, 2, 3, "shared").tolist() == [5, 6, 10, 10, 10, 20, 20, 20]
+    assert train.clip_timesteps(t, 2, 3, "each").tolist() == t.tolist()
+    anchored = train.clip_timesteps(t, 2, 3, "anchor")  # first frame of each clip: a quarter of its t
+    assert anchored.tolist() == [5, 6, 10 // 4, 11, 12, 20 // 4, 21, 22]
+    with pytest.raises(ValueError, match="mode: expected one of each, shared, anchor"):
+        train.clip_timesteps(t, 2, 3, "both")
 
 
 def test_predict_attends_across_the_frames_of_a_clip_only(tmp_path):

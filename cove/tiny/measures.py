@@ -730,13 +730,17 @@ def measure_cga_change(pipe, n_clips: int = 2, seed: int = 0, *, frames: int = 4
     return result
 
 
-def measure_clip_gain(pipe, n_clips: int = 4, seed: int = 0, *, frames: int = 4, ts=(261, 500)) -> dict:
+def measure_clip_gain(pipe, n_clips: int = 4, seed: int = 0, *, frames: int = 4, ts=(261, 500),
+                      anchor_t: int | None = None) -> dict:
     """Whether the model uses the other frames of a clip: its training loss on clips predicted
     frame by frame against under spatial-temporal attention, per t.
 
     Each frame of each clip is noised to ``t`` with its own noise (seeded by ``seed``, the clip
     and the frame), so another frame holds the same content under different noise; the loss is
     the mean squared error of the v-prediction (the training target) with the clips' captions.
+    With ``anchor_t``, each clip's first frame is noised to ``anchor_t`` instead (a far less
+    noisy frame, as ``train --clip-t anchor`` trains on) and the loss counts the other frames
+    only: how much the model gains where another frame shows the content almost clean.
 
     Returns:
         {"per_frame": {t: loss}, "spatiotemporal": {t: loss}, "gain": {t: 1 - spatiotemporal /
@@ -746,8 +750,12 @@ def measure_clip_gain(pipe, n_clips: int = 4, seed: int = 0, *, frames: int = 4,
     from ..processors import AttentionState, cove_attention
     from ..sd import encode_frames, encode_text
 
+    if anchor_t is not None and not 0 <= anchor_t < pipe.scheduler.config.num_train_timesteps:
+        raise ValueError(f"anchor_t: expected None or a timestep from 0 to "
+                         f"{pipe.scheduler.config.num_train_timesteps - 1}, got {anchor_t!r}")
     clips = _clips(n_clips, seed, frames, _image_size(pipe))
     unet, state = pipe.unet, AttentionState(frames=frames, mode="spatiotemporal")
+    scored = slice(None) if anchor_t is None else slice(1, None)  # the frames the loss counts
     result: dict = {"per_frame": {}, "spatiotemporal": {}, "gain": {}}
     with torch.no_grad():
         for t in ts:
@@ -757,12 +765,15 @@ def measure_clip_gain(pipe, n_clips: int = 4, seed: int = 0, *, frames: int = 4,
                 gen = torch.Generator("cpu").manual_seed(seed * 7919 + 31 * c + t)
                 noise = torch.randn(latents.shape, generator=gen).to(latents)
                 step = torch.full((len(latents),), t, dtype=torch.long)
+                if anchor_t is not None:
+                    step[0] = anchor_t
                 noisy = pipe.scheduler.add_noise(latents, noise, step)
-                target = pipe.scheduler.get_velocity(latents, noise, step).float()
+                target = pipe.scheduler.get_velocity(latents, noise, step).float()[scored]
                 text = encode_text(pipe, [clip.caption]).expand(len(latents), -1, -1)
-                sums["per_frame"] += float(((unet(noisy, t, text).sample.float() - target) ** 2).mean())
+                sums["per_frame"] += float(((unet(noisy, step, text).sample.float()[scored] - target) ** 2).mean())
                 with cove_attention(unet, state):
-                    sums["spatiotemporal"] += float(((unet(noisy, t, text).sample.float() - target) ** 2).mean())
+                    sums["spatiotemporal"] += float(
+                        ((unet(noisy, step, text).sample.float()[scored] - target) ** 2).mean())
             pf, st = sums["per_frame"] / len(clips), sums["spatiotemporal"] / len(clips)
             result["per_frame"][str(t)], result["spatiotemporal"][str(t)] = pf, st
             result["gain"][str(t)] = 1 - st / pf

@@ -31,7 +31,8 @@ recipe for a lent GPU's 10-minute commands. ``--design`` trains another architec
 token attends to every frame of its clip, as in an edit): a clip's frames are noised
 independently, so attending to the same content in the other frames is what lowers the loss,
 and each frame draws its own timestep (``--clip-t each``: a less noisy frame helps a noisier
-one) or the clip shares one (``--clip-t shared``, as in an edit).
+one), the clip shares one (``--clip-t shared``, as in an edit), or each draws its own and the
+first frame's is cut to a quarter (``--clip-t anchor``: one far less noisy frame per clip).
 """
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ EMA_RESTARTS = (0, 0, 0, 0, 0, 1)
 # --fit-minutes: the rate of the steps between these two (counted from the first step of the run)
 # sets the last cycle's length; the first steps (compilation, cudnn's search) are left out.
 FIT_STRETCH = (20, 60)
-CLIP_TS = ("each", "shared")
+CLIP_TS = ("each", "shared", "anchor")
+ANCHOR_SHARE = 4  # --clip-t anchor: a clip's first frame takes 1/ANCHOR_SHARE of its drawn timestep
 
 
 def _parse(argv=None):
@@ -122,7 +124,8 @@ def _parse(argv=None):
                    help="share of each batch rendered as clips, predicted under spatial-temporal attention")
     p.add_argument("--clip-frames", type=_clip_frames, default=4, help=f"frames of a clip (2 to {SCENE_FRAMES})")
     p.add_argument("--clip-t", choices=CLIP_TS, default="each",
-                   help="each frame of a clip its own timestep, or one timestep per clip")
+                   help="each frame of a clip its own timestep; one timestep per clip; or each its own "
+                        "with the first frame's cut to a quarter (anchor: a less noisy frame in every clip)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", type=Path, default=None,
                    help="pipeline folder (unet/, text_encoder/) whose weights start a run that has no checkpoint")
@@ -426,12 +429,22 @@ def object_weights(objects: torch.Tensor, latent_hw: tuple[int, int], weight: fl
     return 1 + (weight - 1) * cells
 
 
-def clip_timesteps(t: torch.Tensor, singles: int, frames: int) -> torch.Tensor:
-    """``--clip-t shared``: every frame of a clip takes its first frame's timestep.
+def clip_timesteps(t: torch.Tensor, singles: int, frames: int, mode: str = "shared") -> torch.Tensor:
+    """The clips' timesteps under ``--clip-t mode`` from those drawn for every image (``each``
+    keeps them): ``shared``, every frame of a clip takes its first frame's timestep; ``anchor``,
+    the first frame of a clip takes ``t // ANCHOR_SHARE`` of its own (0-249 of 0-999), so that
+    every clip holds one frame far less noisy than the others to copy from, where the content
+    can be found only by following it through the motion.
 
     t: (B,) with the clips' frames after the first ``singles`` entries, ``frames`` per clip."""
-    clips = t[singles:].view(-1, frames)[:, :1].expand(-1, frames).reshape(-1)
-    return torch.cat([t[:singles], clips])
+    if mode not in CLIP_TS:
+        raise ValueError(f"mode: expected one of {', '.join(CLIP_TS)}, got {mode!r}")
+    clips = t[singles:].view(-1, frames)
+    if mode == "shared":
+        clips = clips[:, :1].expand(-1, frames)
+    elif mode == "anchor":
+        clips = torch.cat([clips[:, :1] // ANCHOR_SHARE, clips[:, 1:]], 1)
+    return torch.cat([t[:singles], clips.reshape(-1)])
 
 
 def predict(unet, zt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, singles: int, frames: int):
@@ -550,8 +563,8 @@ def train(argv=None) -> Path:
             opt.state.clear()  # fresh moments: AdamW builds them again at its next step
         gen.manual_seed(args.seed * 7919 + step)
         t, eps = draw_noise(gen, tuple(x0.shape), len(abar), args.mid_t[cycle], args.mid_t_range)
-        if n_clips and args.clip_t == "shared":
-            t = clip_timesteps(t, singles, args.clip_frames)
+        if n_clips and args.clip_t != "each":
+            t = clip_timesteps(t, singles, args.clip_frames, args.clip_t)
         z0 = pipe.vae.encode(x0).latent_dist.mean  # (B, 3 f^2, 64 / f, 64 / f): (B, 12, 32, 32) at f = 2
         eps = pipe.vae.encode(eps).latent_dist.mean  # same reshape of the noise
         a = abar[t].view(-1, 1, 1, 1)
