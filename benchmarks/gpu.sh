@@ -19,7 +19,8 @@
 # (.whl/ is git-ignored; the script installs what it holds). Settings (environment):
 #   TOTAL_SECONDS=570 (each step's timeout is cut to what is left of it, in the order above)
 #   DEVICE=cuda  TRAIN_MINUTES=4.5  PROBE_EVERY=200  CLIPS=0.5  CLIP_FRAMES=4  CLIP_T=each  QUALITY_SECONDS=60  QUALITY_PARTS="edits correspondence probes reconstruction prompt"
-#   BENCH_SECONDS=120  WORKERS=14  BATCH=1024  FRAMES=8,16  MEMORY_FRAMES=  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
+#   BENCH_SECONDS=120  WORKERS=14  BATCH=1024  FALLBACK_BATCH=256 (a second run with what is left of the minutes,
+#   where the first exported nothing)  FRAMES=8,16  MEMORY_FRAMES=  SIZE=512  STEPS=20,10  ARCH=sd21  DTYPE=fp16
 #   BENCH_PARTS=correspondence,merging,layer,edit  STORES=auto (the PnP store the edits use: auto, host, device, recompute; the last lease measured host)
 #   (MEMORY_FRAMES=64,128 adds the long clips' peak memory, ~2.5 min on an H200: docs/benchmarks_speed_cuda.json
 #   holds them from an earlier lease; merge a new run's sections into it rather than replace it)
@@ -52,15 +53,27 @@ step machine
 #    (each rendered batch trains two steps), the cosine fitted to the minutes, an fp16 export; a share CLIPS of each batch
 #    as clips of CLIP_FRAMES frames under spatial-temporal attention (single frames alone left the attention near-uniform).
 TRAIN_MINUTES=${TRAIN_MINUTES:-4.5}
-rm -rf runs/gpu runs/gpu-export
+BATCH=${BATCH:-1024}
+FALLBACK_BATCH=${FALLBACK_BATCH:-256}
+train() {  # $1: batch, $2: minutes
+  rm -rf runs/gpu runs/gpu-export
+  timeout "$(left "$(python3 -c "print(int($2 * 60 + 100))")")" python3 -m cove.tiny.train \
+    --device "$DEVICE" --bf16 --design a --init "${INIT:-benchmarks/cove-tiny-a}" --batch "$1" --echo 2 \
+    --workers "${WORKERS:-14}" --mid-t 0.5 --lr 4e-4 --warmup 100 --steps 1000000 \
+    --clips "${CLIPS:-0.5}" --clip-frames "${CLIP_FRAMES:-4}" --clip-t "${CLIP_T:-each}" \
+    --minutes "$2" --fit-minutes --export-dtype float16 --save-every 1000000 --probe-every "${PROBE_EVERY:-200}" \
+    --work runs/gpu --out runs/gpu-export >>"$LOG" 2>&1
+  echo "train: exit $? (batch $1)" >>"$LOG"
+}
 step train
-timeout "$(left "$(python3 -c "print(int(${TRAIN_MINUTES} * 60 + 100))")")" python3 -m cove.tiny.train \
-  --device "$DEVICE" --bf16 --design a --init "${INIT:-benchmarks/cove-tiny-a}" --batch "${BATCH:-1024}" --echo 2 \
-  --workers "${WORKERS:-14}" --mid-t 0.5 --lr 4e-4 --warmup 100 --steps 1000000 \
-  --clips "${CLIPS:-0.5}" --clip-frames "${CLIP_FRAMES:-4}" --clip-t "${CLIP_T:-each}" \
-  --minutes "$TRAIN_MINUTES" --fit-minutes --export-dtype float16 --save-every 1000000 --probe-every "${PROBE_EVERY:-200}" \
-  --work runs/gpu --out runs/gpu-export >>"$LOG" 2>&1
-echo "train: exit $?" >>"$LOG"
+TRAIN_START=$SECONDS
+train "$BATCH" "$TRAIN_MINUTES"
+if [ ! -f runs/gpu-export/training.json ] && [ "$BATCH" -gt "$FALLBACK_BATCH" ]; then
+  # no export (out of memory at the first step, say): what is left of the minutes at FALLBACK_BATCH
+  REST=$(python3 -c "print(round(max(0.5, ${TRAIN_MINUTES} - ($SECONDS - $TRAIN_START) / 60), 2))")
+  echo "train: no export at batch $BATCH; again at batch $FALLBACK_BATCH for $REST min" >>"$LOG"
+  train "$FALLBACK_BATCH" "$REST"
+fi
 if [ -f runs/gpu-export/training.json ]; then
   cp runs/gpu/log.jsonl runs/gpu-export/log.jsonl
   cp runs/gpu/probes.jsonl runs/gpu-export/probes.jsonl 2>/dev/null
@@ -99,4 +112,4 @@ timeout "$(left 40)" python3 -m cove.app.cli bench profile --device "$DEVICE" --
   -o "$OUT/profile.json" >>"$LOG" 2>&1
 echo "profile: exit $?" >>"$LOG"
 step done
-grep -E "^== |exit [0-9]+$|ship|passed|failed" "$LOG" | tail -n 40
+grep -E "^== |exit [0-9]+|no export|ship|passed|failed" "$LOG" | tail -n 40
