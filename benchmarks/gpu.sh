@@ -49,7 +49,7 @@ step machine
 { date -u; nproc; nvidia-smi 2>&1 | head -15; python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)"; } >>"$LOG" 2>&1
 
 # 1. cove-tiny: design a, from INIT (the last lease's export; the shipped weights grow into it), bf16, batch 1024 (the step is
-#    launch-bound: 64 -> 256 took about as long a step; ~50 MB of activations an image, ~51 GB), data echoing x2
+#    launch-bound: 64 -> 256 took about as long a step; 26 MB of bf16 activations an image, 27 GB), data echoing x2
 #    (each rendered batch trains two steps), the cosine fitted to the minutes, an fp16 export; a share CLIPS of each batch
 #    as clips of CLIP_FRAMES frames under spatial-temporal attention (single frames alone left the attention near-uniform).
 TRAIN_MINUTES=${TRAIN_MINUTES:-4.5}
