@@ -775,3 +775,16 @@ def test_score_edit_scores_the_edit_it_runs(tiny_pipe):
     assert np.array_equal(result.frames, again.frames)
     assert scores == score_clip(again.frames, motion=clip, truth=task["truth_clip"], target_phrase=task["target"])
     assert set(scores) == {"warp_error", "psnr", "background_psnr", "object_psnr", "attribute_accuracy"}
+
+
+def test_quality_probes_record_the_anchored_clip_gain(tiny_pipe):
+    """``cove.tiny.quality``'s probes part holds the clip gain with each clip's first frame at
+    t = 50, per t, and its table prints it."""
+    from cove.tiny import quality
+
+    results = quality.run(quick=True, parts=("probes",), pipe=tiny_pipe, log=lambda *args: None)
+    anchored = results["probes"]["anchored_clip_gain"]
+    assert set(anchored["gain"]) == {str(t) for t in quality.ANCHORED_TS}
+    assert anchored == measures.measure_clip_gain(tiny_pipe, 2, 0, ts=quality.ANCHORED_TS,
+                                                  anchor_t=quality.ANCHOR_T)
+    assert "probes.anchored_clip_gain.t500" in quality.format_table(results)

@@ -379,6 +379,7 @@ def test_probe_every_writes_the_attention_curves_and_changes_no_weight(tmp_path,
         assert all(0 < v <= 1 + 1e-6 for v in line["entropy"].values())
         assert all(v > 0 for v in line["cga_change"].values())
         assert set(line["clip_gain"]) == {"261", "500"} and set(line["cove_true_moves"]) == {"16x16", "8x8"}
+        assert set(line["anchored_clip_gain"]) == {"500"} and line["anchored_clip_gain"]["500"] != 0
         assert line["spatiotemporal_moves"] > 0 and all(v > 0 for v in line["cove_true_moves"].values())
     assert not (tmp_path / "w2" / "probes.jsonl").exists()
     assert json.loads((tmp_path / "o1" / "training.json").read_text())["probe_every"] == 2

@@ -14,7 +14,8 @@ the probes and the machine they were measured on as JSON. The gates (``GATES``):
 4. no regression: DDIM inversion + reconstruction >= 30 dB.
 
 Probes without a gate: shape retention under SDEdit, PCK per decoder block and t, attention
-entropy per grid, CGA's change, the clip gain, how far self-attention moves the prediction
+entropy per grid, CGA's change, the clip gain (and with one frame almost clean, ``anchored_clip_gain``),
+how far self-attention moves the prediction
 (``measures.measure_attention_leverage``), and the edits under COVE on the true correspondence
 (``cove-true``).
 """
@@ -175,6 +176,8 @@ def format_table(results: dict) -> str:
                     row(f"probes.cga_{key}.t{t}.{grid}", value)
         for t, value in probes.get("clip_gain", {}).get("gain", {}).items():
             row(f"probes.clip_gain.t{t}", value)
+        for t, value in probes.get("anchored_clip_gain", {}).get("gain", {}).items():
+            row(f"probes.anchored_clip_gain.t{t}", value)
         leverage = probes.get("attention_leverage", {})
         for t, value in leverage.get("spatiotemporal", {}).items():
             row(f"probes.leverage_spatiotemporal.t{t}", value)
@@ -217,11 +220,16 @@ PARTS = ("prompt", "shape_retention", "reconstruction", "edits", "correspondence
 PART_KEYS = {"prompt": "prompt_following"}  # a part's key in the results, where it differs from its name
 
 
+# the anchored clip gain: each clip's first frame at ANCHOR_T, the others' loss at ANCHORED_TS
+ANCHOR_T, ANCHORED_TS = 50, (500, 750)
+
+
 def _probes(pipe, n_clips: int, seed: int) -> dict:
     return {"feature_pck": measure_feature_pck(pipe, n_clips, seed),
             "attention_entropy": measure_attention_entropy(pipe, min(n_clips, 2), seed),
             "cga_change": measure_cga_change(pipe, min(n_clips, 2), seed),
             "clip_gain": measure_clip_gain(pipe, n_clips + 1, seed),
+            "anchored_clip_gain": measure_clip_gain(pipe, n_clips + 1, seed, ts=ANCHORED_TS, anchor_t=ANCHOR_T),
             "attention_leverage": measure_attention_leverage(pipe, min(n_clips, 2), seed)}
 
 

@@ -118,7 +118,8 @@ def _parse(argv=None):
                    help="dtype of the exported weights (float16 halves the files; the loader upcasts)")
     p.add_argument("--probe-every", type=_count, default=0,
                    help="every N steps and at the end, probe the attention (train.probe_attention: entropy, "
-                        "CGA's change, the clip gain, how far attention moves the prediction) into "
+                        "CGA's change, the clip gain plain and with a frame almost clean, how far attention "
+                        "moves the prediction) into "
                         "WORK/probes.jsonl; 0 (default): never")
     p.add_argument("--clips", type=_share, default=0.0,
                    help="share of each batch rendered as clips, predicted under spatial-temporal attention")
@@ -477,7 +478,8 @@ def probe_attention(pipe, seed: int = 0) -> dict:
     (``measures.measure_attention_entropy``) and CGA's change and the outputs' spread
     (``measures.measure_cga_change``) at t = 261 on one 4-frame clip, per attention grid, and
     the clip gain (``measures.measure_clip_gain``: how much spatial-temporal attention lowers
-    the loss on two 4-frame clips, at t = 261 and 500), and how far spatial-temporal attention
+    the loss on two 4-frame clips, at t = 261 and 500, and at 500 with each clip's first frame
+    at t = 50: ``anchored_clip_gain``), and how far spatial-temporal attention
     and COVE along the true correspondence move the prediction at t = 261 on the first clip
     (``measures.measure_attention_leverage``, per grid for COVE). The UNet and text encoder are
     in eval mode meanwhile, and back in training mode after."""
@@ -490,12 +492,13 @@ def probe_attention(pipe, seed: int = 0) -> dict:
         entropy = measure_attention_entropy(pipe, 1, seed, frames=4, ts=(261,))["entropy"]["261"]
         cga = measure_cga_change(pipe, 1, seed, frames=4, ts=(261,))
         gain = measure_clip_gain(pipe, 2, seed, frames=4, ts=(261, 500))["gain"]
+        anchored = measure_clip_gain(pipe, 2, seed, frames=4, ts=(500,), anchor_t=50)["gain"]
         leverage = measure_attention_leverage(pipe, 1, seed, frames=4, ts=(261,))
     finally:
         for m in modules:
             m.train()
     return {"entropy": entropy, "cga_change": cga["change"]["261"], "spread": cga["spread"]["261"],
-            "clip_gain": gain, "spatiotemporal_moves": leverage["spatiotemporal"]["261"],
+            "clip_gain": gain, "anchored_clip_gain": anchored, "spatiotemporal_moves": leverage["spatiotemporal"]["261"],
             "cove_true_moves": leverage["cove_true"]["261"]}
 
 
@@ -621,9 +624,10 @@ def train(argv=None) -> Path:
                 probes.write(json.dumps({"step": step + 1, **figures}) + "\n")
                 probes.flush()
                 shown = {key: ", ".join(f"{g} {v:.3f}" for g, v in figures[key].items())
-                         for key in ("entropy", "cga_change", "clip_gain", "cove_true_moves")}
+                         for key in ("entropy", "cga_change", "clip_gain", "anchored_clip_gain", "cove_true_moves")}
                 print(f"probe at step {step + 1}: entropy {shown['entropy']}; CGA's change {shown['cga_change']}; "
-                      f"clip gain at t {shown['clip_gain']}; the prediction moves "
+                      f"clip gain at t {shown['clip_gain']}, with a frame at t 50 {shown['anchored_clip_gain']}; "
+                      f"the prediction moves "
                       f"{figures['spatiotemporal_moves']:.3f} under spatial-temporal attention, "
                       f"under COVE on the true correspondence {shown['cove_true_moves']}", flush=True)
         if (step + 1) % args.save_every == 0 or step == last - 1:
