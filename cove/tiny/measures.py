@@ -730,6 +730,9 @@ def measure_cga_change(pipe, n_clips: int = 2, seed: int = 0, *, frames: int = 4
     return result
 
 
+ANCHOR_T = 50  # the probes' anchored clip gain: each clip's first frame at this t (``measure_clip_gain``)
+
+
 def measure_clip_gain(pipe, n_clips: int = 4, seed: int = 0, *, frames: int = 4, ts=(261, 500),
                       anchor_t: int | None = None) -> dict:
     """Whether the model uses the other frames of a clip: its training loss on clips predicted

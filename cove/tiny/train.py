@@ -483,7 +483,8 @@ def probe_attention(pipe, seed: int = 0) -> dict:
     and COVE along the true correspondence move the prediction at t = 261 on the first clip
     (``measures.measure_attention_leverage``, per grid for COVE). The UNet and text encoder are
     in eval mode meanwhile, and back in training mode after."""
-    from .measures import measure_attention_entropy, measure_attention_leverage, measure_cga_change, measure_clip_gain
+    from .measures import (ANCHOR_T, measure_attention_entropy, measure_attention_leverage, measure_cga_change,
+                           measure_clip_gain)
 
     modules = [m for m in (pipe.unet, pipe.text_encoder) if m.training]
     for m in modules:
@@ -492,7 +493,7 @@ def probe_attention(pipe, seed: int = 0) -> dict:
         entropy = measure_attention_entropy(pipe, 1, seed, frames=4, ts=(261,))["entropy"]["261"]
         cga = measure_cga_change(pipe, 1, seed, frames=4, ts=(261,))
         gain = measure_clip_gain(pipe, 2, seed, frames=4, ts=(261, 500))["gain"]
-        anchored = measure_clip_gain(pipe, 2, seed, frames=4, ts=(500,), anchor_t=50)["gain"]
+        anchored = measure_clip_gain(pipe, 2, seed, frames=4, ts=(500,), anchor_t=ANCHOR_T)["gain"]
         leverage = measure_attention_leverage(pipe, 1, seed, frames=4, ts=(261,))
     finally:
         for m in modules:
@@ -550,14 +551,15 @@ def train(argv=None) -> Path:
     last = min(args.steps, args.stop_at or args.steps)
     steps = range(start, last)
     fit_from, fit_at = (start + k for k in FIT_STRETCH)  # the steps whose rate fits the schedule
-    stream, waited = echoed(steps, args, tokenizer), 0.0
+    stream, waited, held = echoed(steps, args, tokenizer), 0.0, None
     n_clips = clip_count(args)
     singles = args.batch - n_clips * args.clip_frames
     for step in steps:
         before = time.time()
         rendered = next(stream)
         waited += time.time() - before  # the time the training loop waits for the renderer
-        x0, ids, objects = to_training(rendered, device)  # uint8 to the device, floats there
+        if rendered is not held:  # a new rendered batch (an echoed one is on the device already)
+            held, (x0, ids, objects) = rendered, to_training(rendered, device)  # moved as uint8, floats on the device
         cycle, first, _ = _cycle_at(step, args.cycles)
         if step == first and args.ema_restart[cycle]:  # from the EMA weights, as if --init from an export
             with torch.no_grad():
