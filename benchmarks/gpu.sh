@@ -112,4 +112,4 @@ timeout "$(left 40)" python3 -m cove.app.cli bench profile --device "$DEVICE" --
   -o "$OUT/profile.json" >>"$LOG" 2>&1
 echo "profile: exit $?" >>"$LOG"
 step done
-grep -E "^== |exit [0-9]+|no export|ship|passed|failed" "$LOG" | tail -n 40
+grep -E "^== |exit [0-9]+|no export|not finite|ship|passed|failed" "$LOG" | tail -n 40

@@ -467,3 +467,55 @@ def test_training_with_clips_records_them_and_differs_from_single_frames(tmp_pat
     assert (info["clips"], info["clip_frames"], info["clip_t"], info["clips_per_batch"]) == (1.0, 2, "shared", 2)
     assert all(torch.isfinite(v).all() for v in clips.values())
     assert any(not torch.equal(clips[k], single[k]) for k in single), "--clips changed nothing"
+
+
+def _poisoned_loss(monkeypatch, bad):
+    """``train.loss_fn`` made NaN at the calls numbered in ``bad`` (a set, or None for every call)."""
+    plain, calls = train.loss_fn, []
+
+    def poisoned(pred, target, weights):
+        calls.append(len(calls))
+        loss = plain(pred, target, weights)
+        return loss * float("nan") if bad is None or calls[-1] in bad else loss
+    monkeypatch.setattr(train, "loss_fn", poisoned)
+
+
+def test_a_step_with_gradients_not_finite_is_skipped(tmp_path, monkeypatch):
+    _poisoned_loss(monkeypatch, {1})  # step 1's loss made NaN, steps 0 and 2 as they are
+    out = train.train(["--steps", "3", "--batch", "2", "--warmup", "1",
+                       "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2")])
+    assert all(torch.isfinite(v).all() for v in _unet(out).values())
+    lines = [json.loads(line) for line in (tmp_path / "w2" / "log.jsonl").read_text().splitlines()]
+    assert [line.get("skipped", False) for line in lines] == [False, True, False]
+    assert math.isnan(lines[1]["loss"])
+    info = json.loads((out / "training.json").read_text())
+    assert info["skipped_steps"] == 1 and "stopped" not in info
+    state = torch.load(tmp_path / "w2" / "checkpoint.pt")
+    assert all(v["step"].item() == 2 for v in state["opt"]["state"].values())  # AdamW took two steps
+
+
+def test_a_skipped_step_leaves_weights_and_ema_as_they_were(tmp_path, monkeypatch):
+    common = ["--steps", "2", "--batch", "2", "--warmup", "1"]
+    one = train.train([*common, "--stop-at", "1", "--work", str(tmp_path / "w1"), "--out", str(tmp_path / "o1")])
+    _poisoned_loss(monkeypatch, {1})
+    out = train.train([*common, "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2")])
+    first, both = torch.load(tmp_path / "w1" / "checkpoint.pt"), torch.load(tmp_path / "w2" / "checkpoint.pt")
+    for a, b in zip(first["params"], both["params"]):
+        assert torch.equal(a, b)
+    # the EMA of unchanged weights: step 1 decays toward the same parameters
+    decay = min(train._parse([]).ema, 2 / 11)
+    for e1, e2, p in zip(first["ema"], both["ema"], first["params"]):
+        torch.testing.assert_close(e2, decay * e1 + (1 - decay) * p)
+    assert json.loads((out / "training.json").read_text())["skipped_steps"] == 1
+
+
+def test_a_run_whose_gradients_stay_not_finite_stops_and_exports(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "MAX_SKIPPED_RUN", 3)
+    _poisoned_loss(monkeypatch, None)
+    out = train.train(["--steps", "50", "--batch", "1", "--warmup", "1",
+                       "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+    info = json.loads((out / "training.json").read_text())
+    assert info["stopped"] == "gradients not finite" and info["stopped_at"] == 11  # the log point at step 10
+    assert info["skipped_steps"] == 11
+    assert all(torch.isfinite(v).all() for v in _unet(out).values())
+    assert "gradients not finite at the last 11 steps: stopping after step 11" in capsys.readouterr().out

@@ -16,7 +16,9 @@ timesteps from ``--mid-t-range`` (default 250-750, where a shape is decided), pe
 what a run does that goes on from an exported pipeline (``--init FOLDER --start-at STEP``)
 because its checkpoint was lost, so the uninterrupted run gives the same weights.
 Batches are rendered on the fly from a per-step seed, so a resumed run sees exactly the data
-the uninterrupted run would have seen.
+the uninterrupted run would have seen. A step whose gradients are not finite is skipped (the
+weights and the EMA stay as they were; the log marks it ``"skipped"``, ``training.json`` counts
+them); after ``MAX_SKIPPED_RUN`` such steps in a row the run stops and exports what it has.
 
 For a GPU (``--device cuda``): ``--workers N`` renders the batches in N processes (the same
 batches, bit for bit), ``--bf16`` runs the forward pass under bfloat16 autocast (CUDA's fp32
@@ -71,6 +73,9 @@ EMA_RESTARTS = (0, 0, 0, 0, 0, 1)
 FIT_STRETCH = (20, 60)
 CLIP_TS = ("each", "shared", "anchor")
 ANCHOR_SHARE = 4  # --clip-t anchor: a clip's first frame takes 1/ANCHOR_SHARE of its drawn timestep
+# a step whose gradients are not finite is skipped (the weights and the EMA unchanged); this many
+# in a row, the run stops and exports what it has
+MAX_SKIPPED_RUN = 20
 
 
 def _parse(argv=None):
@@ -531,6 +536,9 @@ def train(argv=None) -> Path:
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01,
                             fused=device.type == "cuda")  # one kernel per step on a GPU
+    # no loss scaling (the scale stays 1): the scaler skips the optimiser step where a gradient is
+    # not finite, on the device (the fused AdamW reads its flag; no wait for the device a step)
+    scaler = torch.amp.GradScaler(device.type, init_scale=1.0)
     abar = pipe.scheduler.alphas_cumprod.to(device)  # (1000,)
     if args.resume and ckpt.exists():
         state = torch.load(ckpt, map_location=device)
@@ -547,7 +555,7 @@ def train(argv=None) -> Path:
     gen = torch.Generator(device=device)  # timesteps and noise drawn where they are used
     log = open(args.work / "log.jsonl", "a")
     probes = open(args.work / "probes.jsonl", "a") if args.probe_every else None
-    t0, seen, pending = time.time(), 0, []
+    t0, seen, pending, skipped, skipped_run, stopped = time.time(), 0, [], 0, 0, None
     last = min(args.steps, args.stop_at or args.steps)
     steps = range(start, last)
     fit_from, fit_at = (start + k for k in FIT_STRETCH)  # the steps whose rate fits the schedule
@@ -584,14 +592,16 @@ def train(argv=None) -> Path:
         for g in opt.param_groups:
             g["lr"] = _lr(step, args)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)  # not finite where a gradient is not
+        scaler.step(opt)  # skipped where a gradient is not finite
+        scaler.update(1.0)
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         seen += 1
-        pending.append((step, loss.detach(), time.time()))
+        pending.append((step, loss.detach(), torch.isfinite(norm), time.time()))
         if step == fit_from:
             mark = time.time()
         if args.fit_minutes and step == fit_at and step < last - 1:
@@ -605,15 +615,26 @@ def train(argv=None) -> Path:
             print(f"--minutes {args.minutes:g} spent: stopping after step {step + 1}", flush=True)
             last = step + 1
         if step % 10 == 0 or step == last - 1:  # one wait for the device every 10 steps
-            for s_, l_, t_ in pending:  # every step logged
-                log.write(json.dumps({"step": s_, "loss": l_.item(), "time": t_}) + "\n")
+            for s_, l_, ok, t_ in pending:  # every step logged
+                entry = {"step": s_, "loss": l_.item(), "time": t_}
+                if not ok.item():
+                    entry["skipped"] = True  # not finite: the weights did not move
+                    skipped, skipped_run = skipped + 1, skipped_run + 1
+                else:
+                    skipped_run = 0
+                log.write(json.dumps(entry) + "\n")
             log.flush()
             pending.clear()
             rate = seen / (time.time() - t0)
             eta = (last - step - 1) / max(rate, 1e-9) / 60
             print(f"step {step:5d}/{last} loss {loss.item():.4f} lr {_lr(step, args):.2e} "
                   f"{rate:.2f} it/s ({rate * args.batch:.0f} images/s, {waited / (time.time() - t0):.0%} "
-                  f"waiting for data) eta {eta:.0f} min", flush=True)
+                  f"waiting for data) eta {eta:.0f} min"
+                  + (f"; {skipped} steps skipped (gradients not finite)" if skipped else ""), flush=True)
+            if skipped_run >= MAX_SKIPPED_RUN and step < last - 1:
+                print(f"gradients not finite at the last {skipped_run} steps: stopping after step {step + 1}",
+                      flush=True)
+                last, stopped = step + 1, "gradients not finite"
         if probes is not None and ((step + 1) % args.probe_every == 0 or step == last - 1):
             try:  # a probe that fails must not cost the run: it says so and probing stops
                 figures = probe_attention(pipe, args.seed)
@@ -664,7 +685,9 @@ def train(argv=None) -> Path:
             "rendered_images_per_second": round(seen * args.batch / args.echo / max(elapsed, 1e-9), 1),
             "workers": args.workers, "bf16": args.bf16, "echo": args.echo, "export_dtype": args.export_dtype,
             "probe_every": args.probe_every, "clips": args.clips, "clip_frames": args.clip_frames,
-            "clip_t": args.clip_t, "clips_per_batch": n_clips}
+            "clip_t": args.clip_t, "clips_per_batch": n_clips, "skipped_steps": skipped}
+    if stopped:
+        info["stopped"] = stopped
     if args.init is not None:
         info["init"] = str(args.init)
         info["start_at"] = args.start_at
