@@ -71,6 +71,41 @@ def default_feature_layer(unet) -> str:
     return names[-1]
 
 
+def layer_grid(unet, name: str) -> int:
+    """Side of the output grid of the UNet module ``name`` at the UNet's own latent size (square
+    latents): a block (``up_blocks.u``, ``down_blocks.d``, ``mid_block``; samplers included) or
+    a module inside one (the grid it works on). A one-line ValueError for any other name."""
+    cfg, side = unet.config, latent_side(unet)
+    n = len(cfg.block_out_channels)
+    parts = name.split(".")
+    try:
+        if parts[0] == "mid_block":
+            return side // 2 ** (n - 1)
+        level = int(parts[1])
+        sampler = len(parts) > 2 and parts[2] in ("upsamplers", "downsamplers")
+        if parts[0] == "up_blocks":
+            inner = side // 2 ** (n - 1 - level)  # the grid the block works on before its upsampler
+            return block_output_grid(unet, name) if len(parts) == 2 or sampler else inner
+        if parts[0] == "down_blocks":
+            inner = side // 2**level
+            last = level == n - 1  # the last down block has no downsampler
+            return inner // 2 if (len(parts) == 2 or sampler) and not last else inner
+    except (IndexError, ValueError):
+        pass
+    raise ValueError(f"layer {name!r}: expected a UNet block (up_blocks.u, down_blocks.d, mid_block) "
+                     "or a module inside one")
+
+
+def attention_grids_at(pipe, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """(H, W) token grids of the UNet's self-attention layers for frames of ``size`` (H_img,
+    W_img), finest first: where CGA can act. cove-tiny at 64x64: [(16, 16), (8, 8)]; SD 2.1 at
+    512x512: [(64, 64), (32, 32), (16, 16)] (its 8x8 level has attention in the mid block only,
+    which CGA does not use)."""
+    side = latent_side(pipe.unet)
+    per_cell = [pipe.vae_scale_factor * side // g for g in sorted(set(attention_grids(pipe.unet).values()), reverse=True)]
+    return [(size[0] // f, size[1] // f) for f in per_cell]
+
+
 def feature_module(unet, layer: str | None = None):
     """The UNet module whose output is read as features: ``layer`` (e.g. ``"up_blocks.0"``),
     or :func:`default_feature_layer`'s when None. A one-line ValueError names the blocks when
@@ -82,12 +117,14 @@ def feature_module(unet, layer: str | None = None):
         raise ValueError(f"layer {layer!r} is not a UNet module (e.g. 'up_blocks.3'; {blocks})") from None
 
 
-def feature_grid(pipe, size: tuple[int, int]) -> tuple[int, int]:
-    """(H, W) of the default feature map (= the highest-resolution attention grid) for frames
-    of ``size`` (H_img, W_img): 64x64 for SD 2.1 at 512x512, 16x16 for cove-tiny at 64x64."""
+def feature_grid(pipe, size: tuple[int, int], layer: str | None = None) -> tuple[int, int]:
+    """(H, W) of the feature map of ``layer`` (``extract_features``' grid) for frames of ``size``
+    (H_img, W_img); ``None``: the default layer's, the highest-resolution attention grid: 64x64
+    for SD 2.1 at 512x512, 16x16 for cove-tiny at 64x64. The grid of the correspondence a
+    config computes: ``feature_grid(pipe, size, config.feature_layer)``."""
     side = latent_side(pipe.unet)
-    best = max(attention_grids(pipe.unet).values())
-    f = pipe.vae_scale_factor * side // best  # image pixels per feature cell
+    grid = max(attention_grids(pipe.unet).values()) if layer is None else layer_grid(pipe.unet, layer)
+    f = pipe.vae_scale_factor * side // grid  # image pixels per feature cell
     return size[0] // f, size[1] // f
 
 

@@ -28,7 +28,7 @@ from .config import CoveConfig
 from .correspondence import Correspondence, correspond, flow_correspondence
 from .extras.masking import blend, edit_mask, mask_scores
 from .extras.p2p import token_map
-from .features import extract_features, feature_grid
+from .features import attention_grids_at, extract_features, feature_grid
 from .processors import AttentionState, cove_attention, pnp_layers
 from .sd import (
     check_fits,
@@ -316,7 +316,7 @@ def compute_correspondence(pipe, frames, config: CoveConfig, generator=None) -> 
     timings = {}
     t0 = time.perf_counter()
     if config.correspondence == "flow":
-        corr = flow_correspondence(frames, feature_grid(pipe, frames.shape[1:3]))
+        corr = flow_correspondence(frames, feature_grid(pipe, frames.shape[1:3], config.feature_layer))
         timings["correspondence"] = time.perf_counter() - t0
         return corr, timings
     feats = extract_features(pipe, frames, t=config.feature_t, layer=config.feature_layer,
@@ -331,16 +331,21 @@ def compute_correspondence(pipe, frames, config: CoveConfig, generator=None) -> 
 
 def check_correspondence(pipe, frames: np.ndarray, correspondence) -> None:
     """Raise a one-line ValueError unless ``correspondence`` is a :class:`Correspondence` of
-    ``frames`` (F frames) on the pipeline's feature grid for their size."""
+    ``frames`` (F frames) on a grid where the UNet attends for their size
+    (``cove.features.attention_grids_at``: CGA acts in the layers of that grid)."""
     if not isinstance(correspondence, Correspondence):
         raise ValueError(f"correspondence must be a cove.Correspondence, got {type(correspondence).__name__}")
     F = len(frames)
-    grid = tuple(feature_grid(pipe, frames.shape[1:3]))
+    grids = attention_grids_at(pipe, frames.shape[1:3])
+    grid, shape = tuple(correspondence.grid), tuple(correspondence.index.shape)
+    if grid not in grids:
+        names = ", ".join(f"{h}x{w}" for h, w in grids)
+        raise ValueError(f"correspondence: expected a grid where the UNet attends ({names}), got "
+                         f"{grid[0]}x{grid[1]} (index {shape})")
     H, W = grid
-    shape = tuple(correspondence.index.shape)
-    if tuple(correspondence.grid) != grid or len(shape) != 4 or shape[:3] != (F, H * W, F):
+    if len(shape) != 4 or shape[:3] != (F, H * W, F):
         raise ValueError(f"correspondence: expected index (F, N, F, K) = ({F}, {H * W}, {F}, K) on the "
-                         f"feature grid {H}x{W}, got {shape} on {tuple(correspondence.grid)}")
+                         f"grid {H}x{W}, got {shape}")
 
 
 def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_prompt: str = "",
@@ -370,8 +375,9 @@ def edit_video(pipe, frames, prompt: str, *, source_prompt: str = "", negative_p
         cache: a :class:`cove.cache.Cache`: the correspondence and the inversion are loaded
             from it when this clip, model and settings were seen before, else computed and
             stored (``None``: always computed, nothing stored).
-        correspondence: a precomputed :class:`Correspondence` on the feature grid
-            (``cove.features.feature_grid``) used in place of stages 1-3 with
+        correspondence: a precomputed :class:`Correspondence` on a grid where the UNet
+            attends (``cove.features.attention_grids_at``; stages 1-3 give the grid of
+            ``config.feature_layer``, ``cove.features.feature_grid``) used in place of them with
             ``attention="cove"``, e.g. the true motion of a ShapesWorld clip
             (``cove.tiny.measures.true_correspondence``): COVE with perfect matches.
 

@@ -566,9 +566,19 @@ def test_edit_video_takes_a_precomputed_correspondence(tiny_pipe):
     truth = measures.true_correspondence(clip, (16, 16))
     result = edit_video(tiny_pipe, clip.frames, clip.caption, config=fast, correspondence=truth)
     assert result.correspondence is truth and "features" not in result.timings
-    with pytest.raises(ValueError, match=r"correspondence: expected index \(F, N, F, K\) = \(2, 256, 2, K\)"):
+    # any grid where the UNet attends: CGA acts in the 8x8 layers
+    coarse = edit_video(tiny_pipe, clip.frames, clip.caption, config=fast,
+                        correspondence=measures.true_correspondence(clip, (8, 8)))
+    assert coarse.correspondence.grid == (8, 8) and not np.array_equal(coarse.frames, result.frames)
+    with pytest.raises(ValueError, match=r"correspondence: expected a grid where the UNet attends \(16x16, 8x8\), "
+                                         r"got 4x4"):
         edit_video(tiny_pipe, clip.frames, clip.caption, config=fast,
-                   correspondence=measures.true_correspondence(clip, (8, 8)))
+                   correspondence=measures.true_correspondence(clip, (4, 4)))
+    longer = world.render(world.random_scene(0, frames=3, size=32))
+    with pytest.raises(ValueError, match=r"correspondence: expected index \(F, N, F, K\) = \(2, 256, 2, K\) on the "
+                                         r"grid 16x16, got \(3, 256, 3, 1\)"):
+        edit_video(tiny_pipe, clip.frames, clip.caption, config=fast,
+                   correspondence=measures.true_correspondence(longer, (16, 16)))
     with pytest.raises(ValueError, match="must be a cove.Correspondence"):
         edit_video(tiny_pipe, clip.frames, clip.caption, config=fast, correspondence=truth.index)
 

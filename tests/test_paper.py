@@ -22,6 +22,9 @@ def test_small_suite_job_list(tmp_path):
         "per-frame", "st", "cove-k1", "cove-k3", "cove-k5", "cove-k3-l3", "cove-k3-l5", "cove-k3-l15",
         "corr-l3", "corr-l5", "corr-l9", "corr-l15", "corr-flow"}  # l = 9 is Table 2's K = 3; all pairs l = 15
     assert paper.all_pairs_window("cove-tiny") == 15 and paper.feature_shape("cove-tiny") == (16, 128)
+    assert paper.feature_shape("cove-tiny", "up_blocks.1") == (32, 64)  # the suite's layer sets its grid
+    with pytest.raises(ValueError, match="expected a decoder block up_blocks.u of cove-tiny"):
+        paper.feature_shape("cove-tiny", "up_blocks.7")
     jobs = batch.check_jobs(listing["defaults"], listing["jobs"], tmp_path, tmp_path)  # no model loads
     assert all(job.config == CoveConfig(**{**DEMO_CONFIG.__dict__, "attention": job.config.attention,
                                             "k": job.config.k, "window": job.config.window})

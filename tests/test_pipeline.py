@@ -1,6 +1,7 @@
 """Engine tests on a tiny seeded SD pipeline: parity, processors, features, loading, errors."""
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 import cove
 from cove import CoveConfig
 from cove.config import EngineOptions, Extras
-from cove.features import default_feature_layer, extract_features, feature_grid
+from cove.features import attention_grids_at, default_feature_layer, extract_features, feature_grid, layer_grid
 from cove.pipeline import (
     ddim_scheduler,
     denoise,
@@ -217,6 +218,61 @@ def test_features_shape_norm_and_determinism(tiny_pipe, tiny_clip):
     assert (f3 - f1).abs().max() > 0
     coarse = extract_features(tiny_pipe, tiny_clip, layer="up_blocks.0.resnets.0")
     assert coarse.shape[-1] == 8
+
+
+def _grids_seen(unet, names: list[str]) -> dict[str, int]:
+    """The side of the output of each module of ``names`` in one forward pass of ``unet``."""
+    seen, handles = {}, []
+    for name in names:
+        def hook(_module, _inputs, output, name=name):
+            out = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+            seen[name] = out.shape[-1]
+        handles.append(unet.get_submodule(name).register_forward_hook(hook))
+    side = unet.config.sample_size
+    try:
+        with torch.no_grad():
+            unet(torch.zeros(1, unet.config.in_channels, side, side), torch.tensor([10]),
+                 torch.zeros(1, 77, unet.config.cross_attention_dim))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("arch", ["tiny", "cove-tiny a", "sd21 small"])
+def test_layer_grid_is_the_grid_each_module_outputs(arch, tiny_pipe, tmp_path):
+    if arch == "tiny":
+        unet = tiny_pipe.unet
+    elif arch == "cove-tiny a":
+        from cove import world
+        from cove.tiny.model import MAX_TOKENS, build_pipeline
+        from cove.tiny.tokenizer import build_clip_tokenizer
+
+        unet = build_pipeline(build_clip_tokenizer(world.VOCABULARY, tmp_path, max_length=MAX_TOKENS),
+                              design="a").unet
+    else:
+        from cove.eval.speed import sd21_parts
+
+        unet = sd21_parts("small")[0]
+    pattern = r"((up|down)_blocks\.\d+|mid_block)(\.(resnets|attentions|upsamplers|downsamplers)\.\d+)?"
+    blocks = [n for n, _ in unet.named_modules() if re.fullmatch(pattern, n)]  # blocks and their parts
+    seen = _grids_seen(unet, blocks)
+    assert len(seen) == len(blocks) > 10
+    assert {n: layer_grid(unet, n) for n in blocks} == seen
+    with pytest.raises(ValueError, match="expected a UNet block"):
+        layer_grid(unet, "conv_in")
+
+
+def test_feature_grid_follows_the_layer_and_attention_grids_list_where_cga_can_act(tiny_pipe):
+    assert feature_grid(tiny_pipe, (32, 32)) == feature_grid(tiny_pipe, (32, 32), "up_blocks.1") == (16, 16)
+    assert feature_grid(tiny_pipe, (32, 48), "up_blocks.0") == (16, 24)  # after its upsampler
+    assert feature_grid(tiny_pipe, (32, 32), "up_blocks.0.resnets.0") == (8, 8)
+    assert attention_grids_at(tiny_pipe, (32, 48)) == [(16, 24), (8, 12)]
+    from cove.eval.speed import build_pipeline
+
+    sd = build_pipeline("small")
+    assert attention_grids_at(sd, (512, 512)) == [(64, 64), (32, 32), (16, 16)]
+    assert feature_grid(sd, (512, 512)) == (64, 64)
 
 
 def test_features_hook_removed_and_unet_untouched(tiny_pipe, tiny_clip):

@@ -23,6 +23,7 @@ is what the docs' benchmarks page draws.
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,27 +57,32 @@ PAPER_TABLE5 = {"optical flow": 0.87, "diffusion features": 0.92}  # PCK, 10 han
 # ---------------------------------------------------------------------------- the job list
 
 
-def feature_shape(model: str) -> tuple[int, int]:
-    """``(side, C)`` of the model's default feature map at its own frame size (the largest
-    self-attention grid; the channels of the decoder block that outputs it), read from the
-    UNet's config without loading weights: (16, 128) for cove-tiny, (64, 320) for SD 2.1."""
+def feature_shape(model: str, layer: str | None = None) -> tuple[int, int]:
+    """``(side, C)`` of the model's feature map at its own frame size, read from the UNet's
+    config without loading weights: of the decoder block ``layer`` (``up_blocks.u``), or with
+    ``None`` of the default one (the largest self-attention grid): (16, 128) for cove-tiny,
+    (64, 320) for SD 2.1."""
     from diffusers import UNet2DConditionModel
 
-    from ..features import attention_grids, default_feature_layer
+    from ..features import default_feature_layer, layer_grid
     from ..loading import check_model
 
     config = UNet2DConditionModel.load_config(str(check_model(model)), subfolder="unet")
     unet = SimpleNamespace(config=SimpleNamespace(**config))
-    block = int(default_feature_layer(unet).split(".")[1])  # up_blocks.<block>
-    return max(attention_grids(unet).values()), list(reversed(config["block_out_channels"]))[block]
+    layer = layer or default_feature_layer(unet)
+    if not re.fullmatch(r"up_blocks\.\d+", layer) or int(layer.split(".")[1]) >= len(config["up_block_types"]):
+        raise ValueError(f"layer: expected a decoder block up_blocks.u of {model}, got {layer!r}")
+    block = int(layer.split(".")[1])
+    return layer_grid(unet, layer), list(reversed(config["block_out_channels"]))[block]
 
 
-def all_pairs_window(model: str) -> int:
-    """The window that covers the whole feature grid: the largest odd side that fits
-    (``cove.window.fit_window``), 15 on cove-tiny's 16 x 16 grid, 63 on SD 2.1's 64 x 64."""
+def all_pairs_window(model: str, layer: str | None = None) -> int:
+    """The window that covers the whole feature grid of ``layer`` (``feature_shape``): the largest
+    odd side that fits (``cove.window.fit_window``), 15 on cove-tiny's 16 x 16 grid, 63 on SD
+    2.1's 64 x 64."""
     from ..window import fit_window
 
-    side, _ = feature_shape(model)
+    side, _ = feature_shape(model, layer)
     return fit_window(2 * side + 1, (side, side))
 
 
@@ -112,7 +118,7 @@ def paper_jobs(suite: str = "small", model: str = "cove-tiny", seed: int = 0) ->
         raise ValueError(f"suite must be one of {tuple(SUITES)}, got {suite!r}")
     size = SUITES[suite]
     config, negative_is_source = edit_settings(model, suite)
-    all_pairs = all_pairs_window(model)
+    all_pairs = all_pairs_window(model, config.feature_layer)  # on the grid its edits use
     defaults = {"model": model, "frames": size["frames"], "seed": seed, **config.to_dict()}
     jobs, clips = [], []
     for c, clip in enumerate(moving_clips(size["clips"], seed, frames=size["frames"])):
@@ -297,7 +303,8 @@ def run(*, suite: str = "small", model: str = "cove-tiny", work="runs/bench-pape
         "minutes": (time.perf_counter() - start) / 60,
         "job_minutes": sum(row.get("seconds") or 0.0 for row in rows) / 60,
         "cpu_minutes": sum(row.get("cpu_s") or 0.0 for row in rows) / 60,
-        "sections": tables(rows, len(listing["clips"]), config.window, SUITES[suite]["frames"], feature_shape(model)),
+        "sections": tables(rows, len(listing["clips"]), config.window, SUITES[suite]["frames"],
+                           feature_shape(model, config.feature_layer)),
         "jobs": rows,
     })
 

@@ -522,7 +522,8 @@ def measure_edits(pipe, tasks: list[dict], *, config=None, modes=("per-frame", "
             clip = task["clip"]
             corr = None
             if mode == "cove-true":
-                corr = true_correspondence(clip, feature_grid(pipe, clip.frames.shape[1:3]), k=config.k)
+                grid = feature_grid(pipe, clip.frames.shape[1:3], config.feature_layer)  # diffusion's grid
+                corr = true_correspondence(clip, grid, k=config.k)
             edit = edit_video(pipe, clip.frames, task["target_prompt"], source_prompt=task["source_prompt"],
                               negative_prompt=edit_negative_prompt(task["source_prompt"], negative), config=variant,
                               generator=torch.Generator("cpu").manual_seed(seed), correspondence=corr)
