@@ -13,7 +13,7 @@ from cove import world
 from cove.features import attention_grids, default_feature_layer
 from cove.loading import TINY_PATH
 from cove.tiny import compare, train
-from cove.tiny.model import DESIGNS, MAX_TOKENS, build_pipeline, unet_config
+from cove.tiny.model import DESIGNS, MAX_TOKENS, build_pipeline, design_of, unet_config
 from cove.tiny.tokenizer import build_clip_tokenizer
 
 CANDIDATES = [name for name in DESIGNS if name != "shipped"]
@@ -61,6 +61,27 @@ def test_train_refuses_to_resume_another_design(tmp_path, capsys):
     assert json.loads((tmp_path / "o" / "training.json").read_text())["design"] == "a"
     assert train.main(base + ["--design", "b", "--resume"]) == 2
     assert "holds design 'a'" in capsys.readouterr().err
+
+
+def test_design_of_names_the_architecture_a_folder_holds(tmp_path, tokenizer, capsys):
+    for name in DESIGNS:
+        build_pipeline(tokenizer, seed=0, design=name).save_pretrained(tmp_path / name)
+        assert design_of(tmp_path / name) == name
+    assert design_of(TINY_PATH) in DESIGNS
+    config = json.loads((tmp_path / "a" / "unet" / "config.json").read_text())
+    (tmp_path / "odd" / "unet").mkdir(parents=True)
+    (tmp_path / "odd" / "unet" / "config.json").write_text(json.dumps({**config, "layers_per_block": 3}))
+    with pytest.raises(ValueError, match="holds no cove-tiny design"):
+        design_of(tmp_path / "odd")
+    with pytest.raises(ValueError, match="expected a cove-tiny pipeline folder"):
+        design_of(tmp_path / "nowhere")
+    # --init from a folder of another design says which design it holds
+    capsys.readouterr()  # saving's progress bars
+    argv = ["--init", str(tmp_path / "a"), "--design", "b", "--steps", "1", "--batch", "2",
+            "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("the folder holds design 'a' (--design)")
 
 
 def test_compare_records_curves_and_resumes(tmp_path):

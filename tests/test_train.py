@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from cove import world
 from cove.tiny import train
-from cove.tiny.model import MAX_TOKENS, build_pipeline
+from cove.tiny.model import MAX_TOKENS, build_pipeline, design_of
 from cove.tiny.tokenizer import build_clip_tokenizer
 
 
@@ -244,7 +244,7 @@ def test_minutes_stops_cleanly_and_resume_goes_on(tmp_path):
 
 def test_init_copies_a_pipeline_folders_weights(tmp_path):
     tokenizer = build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)
-    pipe = build_pipeline(tokenizer, seed=3)
+    pipe = build_pipeline(tokenizer, seed=3, design=design_of(train.WEIGHTS))
     train.init_weights(pipe.unet, pipe.text_encoder, train.WEIGHTS)
     shipped = _unet(train.WEIGHTS)
     for key, value in pipe.unet.state_dict().items():
@@ -272,15 +272,17 @@ def test_init_from_a_foreign_folder_is_one_line_and_writes_nothing(tmp_path, cap
 
 def test_start_at_goes_on_with_the_schedule_from_the_init_weights(tmp_path):
     """A run whose checkpoint is lost goes on from its exported weights at the step they stopped at."""
+    design = design_of(train.WEIGHTS)
     out = train.train(["--init", str(train.WEIGHTS), "--start-at", "2", "--cycles", "2,1", "--batch", "2",
-                       "--warmup", "1", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+                       "--warmup", "1", "--design", design, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
     info = json.loads((out / "training.json").read_text())
     assert (info["start_at"], info["stopped_at"], info["init"]) == (2, 3, str(train.WEIGHTS))
     logged = [json.loads(line)["step"] for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
     assert logged == [2]  # one step: the last of the schedule, the second cycle's first
     assert torch.load(tmp_path / "w" / "checkpoint.pt")["step"] == 3
     trained, shipped = _unet(out), _unet(train.WEIGHTS)
-    fresh = build_pipeline(build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS)).unet
+    fresh = build_pipeline(build_clip_tokenizer(world.VOCABULARY, tmp_path / "tok", max_length=MAX_TOKENS),
+                           design=design).unet
     moved = sum((trained[k] - shipped[k]).abs().sum() for k in shipped)
     apart = sum((v - shipped[k]).abs().sum() for k, v in fresh.state_dict().items())
     assert 0 < moved < 0.01 * apart  # one small step away from the weights it started from

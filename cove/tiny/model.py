@@ -21,7 +21,9 @@ pixel-space diffusion model: a noisy latent decoded is literally the noisy image
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as nnf
@@ -158,6 +160,20 @@ def _design(name: str) -> Design:
     if name not in DESIGNS:
         raise ValueError(f"design: expected one of {', '.join(DESIGNS)}, got {name!r}")
     return DESIGNS[name]
+
+
+def design_of(folder) -> str:
+    """The name in ``DESIGNS`` of the architecture a pipeline folder holds (``unet/config.json``:
+    every field a design sets must match), or a one-line ValueError."""
+    path = Path(folder) / "unet" / "config.json"
+    if not path.is_file():
+        raise ValueError(f"expected a cove-tiny pipeline folder with {path}, it is missing")
+    config = json.loads(path.read_text())
+    same = lambda a, b: list(a) == list(b) if isinstance(a, (list, tuple)) else a == b  # noqa: E731
+    for name, design in DESIGNS.items():
+        if all(key in config and same(value, config[key]) for key, value in design.unet_config().items()):
+            return name
+    raise ValueError(f"{folder} holds no cove-tiny design ({', '.join(DESIGNS)})")
 
 
 def _fold_channels(factor: int) -> tuple[int, ...]:

@@ -52,7 +52,7 @@ import torch
 
 from .. import world
 from .data import SCENE_FRAMES, sample_training_clips, sample_training_images
-from .model import DESIGNS, MAX_TOKENS, build_pipeline
+from .model import DESIGNS, MAX_TOKENS, build_pipeline, design_of
 from .tokenizer import build_clip_tokenizer
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -393,8 +393,12 @@ def init_weights(unet, text, folder: Path) -> list[str]:
         missing = sorted(own.keys() - state.keys())
         if bad or (missing and module is text):
             first = bad[0] if bad else missing[0]
+            try:
+                held = f"; the folder holds design {design_of(folder)!r} (--design)"
+            except ValueError:
+                held = ""
             raise ValueError(f"--init: {file} does not hold cove-tiny's architecture "
-                             f"({len(bad) + len(missing)} tensors differ, first {first!r})")
+                             f"({len(bad) + len(missing)} tensors differ, first {first!r}){held}")
         module.load_state_dict(state, strict=False)
         new += missing
     with torch.no_grad():  # new attention blocks start as the identity
