@@ -21,7 +21,8 @@ def test_small_suite_job_list(tmp_path):
     assert {n.split("-", 1)[1] for n in names} == {
         "per-frame", "st", "cove-k1", "cove-k3", "cove-k5", "cove-k3-l3", "cove-k3-l5", "cove-k3-l15",
         "corr-l3", "corr-l5", "corr-l9", "corr-l15", "corr-flow"}  # l = 9 is Table 2's K = 3; all pairs l = 15
-    assert paper.all_pairs_window("cove-tiny") == 15 and paper.feature_shape("cove-tiny") == (16, 128)
+    layer = DEMO_CONFIG.feature_layer  # the suite's edits read up_blocks.0: 16 x 16 x 128
+    assert paper.all_pairs_window("cove-tiny", layer) == 15 and paper.feature_shape("cove-tiny", layer) == (16, 128)
     assert paper.feature_shape("cove-tiny", "up_blocks.1") == (32, 64)  # the suite's layer sets its grid
     with pytest.raises(ValueError, match="expected a decoder block up_blocks.u of cove-tiny"):
         paper.feature_shape("cove-tiny", "up_blocks.7")
