@@ -17,8 +17,9 @@ what a run does that goes on from an exported pipeline (``--init FOLDER --start-
 because its checkpoint was lost, so the uninterrupted run gives the same weights.
 Batches are rendered on the fly from a per-step seed, so a resumed run sees exactly the data
 the uninterrupted run would have seen. A step whose gradients are not finite is skipped (the
-weights and the EMA stay as they were; the log marks it ``"skipped"``, ``training.json`` counts
-them); after ``MAX_SKIPPED_RUN`` such steps in a row the run stops and exports what it has.
+weights and AdamW's moments stay as they were, the EMA takes its step toward those weights; the
+log marks it ``"skipped"``, ``training.json`` counts them); after ``MAX_SKIPPED_RUN`` such steps
+in a row the run stops and exports what it has.
 
 For a GPU (``--device cuda``): ``--workers N`` renders the batches in N processes (the same
 batches, bit for bit), ``--bf16`` runs the forward pass under bfloat16 autocast (CUDA's fp32
@@ -73,7 +74,7 @@ EMA_RESTARTS = (0, 0, 0, 0, 0, 1)
 FIT_STRETCH = (20, 60)
 CLIP_TS = ("each", "shared", "anchor")
 ANCHOR_SHARE = 4  # --clip-t anchor: a clip's first frame takes 1/ANCHOR_SHARE of its drawn timestep
-# a step whose gradients are not finite is skipped (the weights and the EMA unchanged); this many
+# a step whose gradients are not finite is skipped (the weights and AdamW's moments unchanged); this many
 # in a row, the run stops and exports what it has
 MAX_SKIPPED_RUN = 20
 
