@@ -101,9 +101,13 @@ def attention_grids_at(pipe, size: tuple[int, int]) -> list[tuple[int, int]]:
     W_img), finest first: where CGA can act. cove-tiny at 64x64: [(16, 16), (8, 8)]; SD 2.1 at
     512x512: [(64, 64), (32, 32), (16, 16)] (its 8x8 level has attention in the mid block only,
     which CGA does not use)."""
-    side = latent_side(pipe.unet)
-    per_cell = [pipe.vae_scale_factor * side // g for g in sorted(set(attention_grids(pipe.unet).values()), reverse=True)]
-    return [(size[0] // f, size[1] // f) for f in per_cell]
+    return [_at_size(pipe, g, size) for g in sorted(set(attention_grids(pipe.unet).values()), reverse=True)]
+
+
+def _at_size(pipe, grid: int, size: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) for frames of ``size`` of a grid whose side is ``grid`` at the UNet's own latent size."""
+    f = pipe.vae_scale_factor * latent_side(pipe.unet) // grid  # image pixels per cell
+    return size[0] // f, size[1] // f
 
 
 def feature_module(unet, layer: str | None = None):
@@ -122,10 +126,8 @@ def feature_grid(pipe, size: tuple[int, int], layer: str | None = None) -> tuple
     (H_img, W_img); ``None``: the default layer's, the highest-resolution attention grid: 64x64
     for SD 2.1 at 512x512, 16x16 for cove-tiny at 64x64. The grid of the correspondence a
     config computes: ``feature_grid(pipe, size, config.feature_layer)``."""
-    side = latent_side(pipe.unet)
     grid = max(attention_grids(pipe.unet).values()) if layer is None else layer_grid(pipe.unet, layer)
-    f = pipe.vae_scale_factor * side // grid  # image pixels per feature cell
-    return size[0] // f, size[1] // f
+    return _at_size(pipe, grid, size)
 
 
 @torch.no_grad()

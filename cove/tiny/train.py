@@ -53,6 +53,7 @@ import torch
 
 from .. import world
 from .data import SCENE_FRAMES, sample_training_clips, sample_training_images
+from .measures import ANCHOR_T
 from .model import DESIGNS, MAX_TOKENS, build_pipeline, design_of
 from .tokenizer import build_clip_tokenizer
 
@@ -489,7 +490,7 @@ def probe_attention(pipe, seed: int = 0) -> dict:
     (``measures.measure_cga_change``) at t = 261 on one 4-frame clip, per attention grid, and
     the clip gain (``measures.measure_clip_gain``: how much spatial-temporal attention lowers
     the loss on two 4-frame clips, at t = 261 and 500, and at 500 with each clip's first frame
-    at t = 50: ``anchored_clip_gain``), and how far spatial-temporal attention
+    at ``measures.ANCHOR_T``: ``anchored_clip_gain``), and how far spatial-temporal attention
     and COVE along the true correspondence move the prediction at t = 261 on the first clip
     (``measures.measure_attention_leverage``, per grid for COVE). The UNet and text encoder are
     in eval mode meanwhile, and back in training mode after."""
@@ -654,7 +655,7 @@ def train(argv=None) -> Path:
                 shown = {key: ", ".join(f"{g} {v:.3f}" for g, v in figures[key].items())
                          for key in ("entropy", "cga_change", "clip_gain", "anchored_clip_gain", "cove_true_moves")}
                 print(f"probe at step {step + 1}: entropy {shown['entropy']}; CGA's change {shown['cga_change']}; "
-                      f"clip gain at t {shown['clip_gain']}, with a frame at t 50 {shown['anchored_clip_gain']}; "
+                      f"clip gain at t {shown['clip_gain']}, with a frame at t {ANCHOR_T} {shown['anchored_clip_gain']}; "
                       f"the prediction moves "
                       f"{figures['spatiotemporal_moves']:.3f} under spatial-temporal attention, "
                       f"under COVE on the true correspondence {shown['cove_true_moves']}", flush=True)
