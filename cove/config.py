@@ -227,3 +227,34 @@ class CoveConfig:
     def to_dict(self) -> dict:
         """The settings as a JSON-ready dict; ``engine`` and ``extras`` as nested dicts."""
         return asdict(self)
+
+
+def config_from_overrides(overrides: dict, base: CoveConfig | None = None) -> CoveConfig:
+    """``base`` (default ``CoveConfig()``) with flat overrides applied: ``{"k": 5,
+    "engine.frame_chunk": 4, "extras.strength": 0.5}``. An unknown key or a bad value is a
+    one-line ValueError (the validators')."""
+    base = base or CoveConfig()
+    groups = {"engine": base.engine, "extras": base.extras}
+    top, part = {}, {group: {} for group in groups}
+    for key, value in overrides.items():
+        group, _, name = key.rpartition(".")
+        owner = groups.get(group, base) if group else base
+        if group not in ("", *groups) or name not in {f.name for f in fields(owner)} or is_dataclass(getattr(owner, name)):
+            raise ValueError(f"unknown setting {key!r}: expected a CoveConfig field, engine.<field> or extras.<field>")
+        (part[group] if group else top)[name] = tuple(value) if isinstance(value, list) else value
+    return replace(base, **top, **{group: replace(groups[group], **part[group]) for group in groups})
+
+
+def overrides_of(config: CoveConfig, base: CoveConfig | None = None) -> dict:
+    """The flat overrides that turn ``base`` (default ``CoveConfig()``) into ``config``:
+    ``config_from_overrides(overrides_of(c, b), b) == c``. Tuples come back as lists (JSON)."""
+    base = base or CoveConfig()
+    out = {}
+    for f in fields(config):
+        value, default = getattr(config, f.name), getattr(base, f.name)
+        if is_dataclass(value):
+            out.update({f"{f.name}.{k}": v for k, v in overrides_of(value, default).items()})
+        elif value != default:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+

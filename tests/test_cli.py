@@ -296,6 +296,62 @@ def test_feature_options_reach_the_correspondence(tiny_pipe, tiny_folder, tmp_pa
     assert cli.config_from_args(cli.build_parser().parse_args(["edit", "in.mp4", "-p", "x"])).feature_t == 261
 
 
+def test_settings_model_starts_from_the_models_own(tiny_folder, tmp_path, monkeypatch):
+    """--settings model: unset options take the model folder's cove_settings.json (and its
+    negative-prompt policy); given options still win; --settings paper (the default) ignores it."""
+    import cove.pipeline
+    from cove.config import Extras
+    from cove.recommended import write_settings
+    from cove.tiny.presets import edit_config
+
+    parser = cli.build_parser()
+    edit = ["edit", "in.mp4", "-p", "a green star", "--model", str(tiny_folder)]
+    model = ["--settings", "model", "--source-prompt", "a red star"]
+    assert cli.config_from_args(parser.parse_args(edit + model)) == CoveConfig()  # no file: the paper's
+    own = CoveConfig(inversion_steps=3, denoise_steps=2, pnp_steps=2, k=2, window=3, feature_t=50,
+                          feature_layer="up_blocks.0", attention="per-frame", extras=Extras(strength=0.5, p2p_steps=1))
+    write_settings(tiny_folder, own, "source", "a test's")
+    assert cli.config_from_args(parser.parse_args(edit + model)) == own
+    assert cli.negative_from_args(parser.parse_args(edit + model)) == "a red star"
+    given = cli.config_from_args(parser.parse_args(edit + model + ["--k", "1", "--strength", "1", "--p2p-steps", "0"]))
+    assert (given.k, given.extras.strength, given.extras.p2p_steps, given.feature_t) == (1, 1.0, 0, 50)
+    assert cli.negative_from_args(parser.parse_args(edit + model + ["--negative-prompt", "blurry"])) == "blurry"
+    paper = parser.parse_args(edit + ["--source-prompt", "a red star"])
+    assert cli.config_from_args(paper) == CoveConfig() and cli.negative_from_args(paper) == ""
+    with pytest.raises(ValueError, match=r"the model's settings \(cove_settings.json: extras.p2p_steps = 1\) read the "
+                                         "source prompt; expected --source-prompt"):
+        cli.config_from_args(parser.parse_args(edit + ["--settings", "model"]))
+    tiny = ["edit", "in.mp4", "-p", "a green star", "--settings", "model", "--source-prompt", "a red star"]
+    assert cli.config_from_args(parser.parse_args(tiny)) == edit_config()  # cove-tiny's presets
+    # the whole command: the edit runs with the model's settings
+    seen, original = {}, cove.pipeline.edit_video
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cove.pipeline, "edit_video", recording)
+    source = io.write_video(tmp_path / "walk.gif", textured_clip(F=2, size=32))
+    assert cli.main(["edit", str(source), "-p", "a green star", "--model", str(tiny_folder), "--quiet"] + model) == 0
+    assert seen["config"] == own and seen["negative_prompt"] == "a red star"
+
+
+def test_correspond_settings_model_reads_the_models_features(tiny_folder, tmp_path):
+    from cove.recommended import write_settings
+
+    source = io.write_video(tmp_path / "walk.gif", textured_clip(F=3, size=32))
+    write_settings(tiny_folder, CoveConfig(k=2, window=3, feature_t=50, feature_layer="up_blocks.0"), "empty", "")
+    saved = {}
+    for name, extra in {"model": ["--settings", "model"],
+                        "given": ["--k", "2", "--window", "3", "--feature-t", "50", "--feature-layer", "up_blocks.0"],
+                        "paper": []}.items():
+        out = tmp_path / f"{name}.mp4"
+        assert cli.main(["correspond", str(source), "-o", str(out), "--model", str(tiny_folder)] + extra) == 0
+        saved[name] = torch.load(out.with_suffix(".pt"))
+    assert torch.equal(saved["model"]["index"], saved["given"]["index"]) and saved["model"]["window"] == 3
+    assert saved["paper"]["index"].shape[-1] == CoveConfig().k != 2
+
+
 # ---------------------------------------------------------------------------- demo
 
 

@@ -356,8 +356,29 @@ def test_quality_settings_choose_the_edits_config(tmp_path, monkeypatch):
     assert seen[0][0].extras.p2p_steps == 0 and json.loads(out.read_text())["settings"] == name
     with pytest.raises(SystemExit, match="measured with"):
         quality.main(["--out", str(out), "--update", "--only", "edits"])
-    with pytest.raises(ValueError, match="settings must be one of"):
+    with pytest.raises(ValueError, match="settings must be 'model' or one of"):
         quality.run(settings="guidance 99", pipe=object())
+
+
+def test_quality_settings_model_reads_the_export_folders_own(tmp_path, monkeypatch, tiny_folder):
+    """--settings model: an export's edits take its folder's cove_settings.json (config and
+    negative-prompt policy); on cove-tiny that is edit_config."""
+    from cove.config import CoveConfig, Extras
+    from cove.recommended import write_settings
+    from cove.tiny.presets import edit_config, edit_negative
+
+    monkeypatch.setattr(quality, "load_tiny", lambda device=None, model="cove-tiny": object())
+    monkeypatch.setattr(quality, "machine_info", lambda pipe: {"date": "today", "commit": "abc"})
+    seen = []
+    monkeypatch.setattr(quality, "measure_edits",
+                        lambda pipe, tasks, config, negative, **kw: seen.append((config, negative)) or {})
+    own = CoveConfig(feature_t=25, feature_layer="up_blocks.1", extras=Extras(strength=0.6))
+    write_settings(tiny_folder, own, "empty", "a test's")
+    out = tmp_path / "q.json"
+    quality.main(["--out", str(out), "--only", "edits", "--model", str(tiny_folder), "--settings", "model"])
+    quality.main(["--out", str(tmp_path / "t.json"), "--only", "edits", "--settings", "model"])
+    assert seen == [(own, "empty"), (edit_config(), edit_negative())]
+    assert json.loads(out.read_text())["settings"] == "model"
 
 
 def test_quality_ship_verdict_needs_better_edits_and_no_new_failure(tmp_path, capsys):
@@ -627,6 +648,59 @@ def test_edit_settings_run_edits_with_each_candidates_negative_prompt(monkeypatc
     assert seen == [(6.0, 0.5, "source", 12), (3.0, 0.8, "empty", 12)]
     assert out["candidates"]["strength 0.8 set"]["negative"] == "empty"
     assert out["verdict"]["chosen"] == "strength 0.8 set"  # more frames landed, nothing static
+
+
+def test_edit_settings_choose_the_largest_t_near_the_best_feature_pck():
+    from cove.tiny import settings
+
+    pck = {"pck": {"up_blocks.0": {"10": 0.83, "50": 0.825, "100": 0.78, "261": 0.52},
+                   "up_blocks.1": {"10": 0.80, "50": 0.70, "100": 0.60, "261": 0.819}},
+           "best": ["up_blocks.0", 10, 0.83]}
+    assert settings.choose_features(pck) == {"layer": "up_blocks.0", "t": 50, "pck": 0.825, "best": pck["best"]}
+    assert settings.choose_features(pck, tolerance=0.02)["t"] == 261  # within 0.02: up_blocks.1 at 261
+    assert settings.choose_features(pck, tolerance=0.0)["t"] == 10
+
+
+def test_edit_settings_write_the_chosen_ones_into_the_model_folder(tiny_folder, tmp_path, capsys, monkeypatch):
+    """``--write``: the feature layer and t measured on validation clips, every candidate edits
+    with them, and the chosen settings land in the folder's cove_settings.json, read back by
+    cove.recommended as the model's. The edits' figures are given (a random model freezes every
+    edit; the edits themselves are measure_edits', tested above)."""
+    from cove.recommended import SETTINGS_FILE, read_settings
+    from cove.tiny import settings
+
+    seen, static = [], {"count": 0}
+
+    def given_edits(pipe, tasks, config, modes, seed, negative):
+        seen.append((config.feature_layer, config.feature_t, len(tasks)))
+        figures = {"static_edits": static["count"], "landed": 0.75, "landed_edits": 0.5, "worst_landed": 0.0,
+                   "warp_to_truth": 2.0, "worst_warp_to_truth": 3.0}
+        return {modes[0]: figures, "config": config.to_dict(), "negative": negative, "truth_warp_error": 1.0,
+                "edits": []}
+
+    monkeypatch.setattr(settings, "measure_edits", given_edits)
+    report = tmp_path / "settings.json"
+    argv = ["--model", str(tiny_folder), "--out", str(report), "--frames", "2", "--only", "edit_config",
+            "strength 0.8 set"]
+    static["count"] = 1
+    with pytest.raises(SystemExit) as stop:  # every candidate froze an edit: nothing is written
+        settings.main(argv + ["--write"])
+    assert stop.value.code == 2 and "every candidate was rejected" in capsys.readouterr().err
+    assert not (tiny_folder / SETTINGS_FILE).exists() and report.exists()
+    static["count"], seen[:] = 0, []
+    settings.main(argv + ["--write"])
+    result = json.loads(report.read_text())
+    chosen = result["features"]["chosen"]
+    assert result["features"]["clips"] == settings.FEATURE_CLIPS and result["verdict"]["chosen"] == "edit_config"
+    assert set(result["features"]["pck"]["pck"]["up_blocks.0"]) == {str(t) for t in settings.FEATURE_TS}
+    assert seen == [(chosen["layer"], chosen["t"], 12)] * 2  # every candidate reads the chosen features
+    written = read_settings(tiny_folder)
+    assert written.path == tiny_folder / SETTINGS_FILE and f"wrote {written.path}" in capsys.readouterr().out
+    assert written.config == settings.edit_config(feature_layer=chosen["layer"], feature_t=chosen["t"])
+    assert written.negative == settings.edit_negative() and "'edit_config' of 2 candidates on 12" in written.chosen_by
+    assert f"at {chosen['layer']}, t = {chosen['t']}" in written.chosen_by
+    with pytest.raises(SystemExit):
+        settings.main(["--model", "org/some-model", "--write"])  # no folder to write into
 
 
 def test_probes_pck_per_block_and_attention_entropy(tiny_pipe):

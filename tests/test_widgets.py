@@ -149,6 +149,19 @@ def test_feature_explorer_recomputes_on_t_and_layer(tiny_pipe, tiny_clip):
     assert panel.error is None and panel.state["layer"] == "up_blocks.0"
 
 
+def test_feature_explorer_starts_at_the_models_own_feature_settings(tiny_folder, tiny_clip):
+    from cove import load_pipeline
+    from cove.recommended import write_settings
+
+    pipe = load_pipeline(tiny_folder)
+    panel = widgets.feature_explorer(pipe, tiny_clip)  # no settings file: the paper's t, SD's convention layer
+    assert (panel.state["t"], panel.state["layer"]) == (261, widgets.decoder_layers(pipe)[-1])
+    write_settings(tiny_folder, CoveConfig(feature_t=50, feature_layer="up_blocks.0"), "empty", "")
+    panel = widgets.feature_explorer(pipe, tiny_clip)
+    assert (panel.state["t"], panel.state["layer"]) == (50, "up_blocks.0")
+    assert widgets.feature_explorer(pipe, tiny_clip, t=100).state["t"] == 100  # what is given wins
+
+
 def test_edit_panel_runs_on_click_scores_and_shows_errors(tiny_pipe):
     from cove import world
 

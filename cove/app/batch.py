@@ -53,7 +53,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..config import CoveConfig, EngineOptions, Extras
+from ..config import CoveConfig, EngineOptions, Extras, config_from_overrides
 
 TASKS = ("edit", "correspond")
 JOB_KEYS = ("name", "task", "clip", "prompt", "source_prompt", "negative_prompt", "edit", "model", "frames",
@@ -127,13 +127,9 @@ def build_config(overrides: dict) -> CoveConfig:
     """A ``CoveConfig`` from ``{"k": 5, "engine.frame_chunk": 4, "extras.strength": 0.5}`` (its
     validators give the one-line errors). As ``cove edit --denoise-steps``, a new
     ``denoise_steps`` without ``pnp_steps`` keeps PnP's share of the steps."""
-    top = {k: v for k, v in overrides.items() if "." not in k}
-    part = {group: {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith(group + ".")}
-            for group in ("engine", "extras")}
     base = CoveConfig()
-    config = replace(base, **top, engine=replace(base.engine, **part["engine"]),
-                     extras=replace(base.extras, **part["extras"]))
-    if "denoise_steps" in top and "pnp_steps" not in top:
+    config = config_from_overrides(overrides, base)
+    if "denoise_steps" in overrides and "pnp_steps" not in overrides:
         config = replace(config, pnp_steps=base.with_denoise_steps(config.denoise_steps).pnp_steps)
     mask_shape = [k for k in ("extras.mask_dilate", "extras.mask_fill_holes")
                   if k in overrides and overrides[k] != getattr(base.extras, k.split(".")[1])]

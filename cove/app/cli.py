@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .. import __version__
@@ -28,16 +29,17 @@ from ..config import (
     ATTENTION_MODES,
     CORRESPONDENCE_SOURCES,
     CoveConfig,
-    EngineOptions,
     Extras,
 )
 from ..sd import check_prompts
 from .checks import check_input, check_output, fit_or_refuse
 from .common import (
+    base_settings,
     default_output,
     format_timings,
     load_frames_for,
     make_generator,
+    or_default,
     sibling,
     torch_dtype,
 )
@@ -84,38 +86,64 @@ class PhaseProgress:
 
 
 def config_from_args(args) -> CoveConfig:
-    """The ``CoveConfig`` of ``cove edit``'s options (unset options keep the paper's defaults;
-    without --pnp-steps, PnP keeps the paper's share of the steps: ``CoveConfig.with_denoise_steps``)."""
-    base = CoveConfig()
+    """The ``CoveConfig`` of ``cove edit``'s options: unset options keep the paper's defaults, or
+    with ``--settings model`` the model's own (``base_settings``); without --pnp-steps, a new
+    --denoise-steps keeps PnP's share of the steps (``CoveConfig.with_denoise_steps``)."""
+    settings = base_settings(args)
+    base = settings.config
     if args.denoise_steps is not None:
         base = base.with_denoise_steps(args.denoise_steps)
-    check_prompts(args.prompt, args.source_prompt, args.negative_prompt, mask=args.mask_threshold is not None,
-                  p2p=bool(args.p2p_steps), names=PROMPT_FLAGS)
-    if (args.mask_dilate is not None or args.mask_fill_holes) and args.mask_threshold is None:
+    default = base.extras
+    p2p_steps, mask_threshold = or_default(args.p2p_steps, default.p2p_steps), or_default(args.mask_threshold, default.mask_threshold)
+    if settings.path is not None and not args.source_prompt.strip():
+        inherited = [f"extras.{name} = {value}" for name, value, flag in
+                     (("p2p_steps", p2p_steps, args.p2p_steps), ("mask_threshold", mask_threshold, args.mask_threshold))
+                     if flag is None and value]
+        if inherited:
+            raise ValueError(f"the model's settings ({settings.path.name}: {', '.join(inherited)}) read the source "
+                             "prompt; expected --source-prompt describing the input (or --settings paper)")
+    check_prompts(args.prompt, args.source_prompt, or_default(args.negative_prompt, ""),
+                  mask=mask_threshold is not None, p2p=bool(p2p_steps), names=PROMPT_FLAGS)
+    if (args.mask_dilate is not None or args.mask_fill_holes) and mask_threshold is None:
         raise ValueError("--mask-dilate and --mask-fill-holes shape the edit mask; "
                          "expected --mask-threshold too")
-    default = base.extras
     return CoveConfig(
-        attention=args.attention,
-        k=args.k,
-        window=args.window,
-        merge_ratio=args.merge_ratio,
-        inversion_steps=args.inversion_steps if args.inversion_steps is not None else base.inversion_steps,
+        attention=or_default(args.attention, base.attention),
+        k=or_default(args.k, base.k),
+        window=or_default(args.window, base.window),
+        merge_ratio=or_default(args.merge_ratio, base.merge_ratio),
+        inversion_steps=or_default(args.inversion_steps, base.inversion_steps),
         denoise_steps=base.denoise_steps,
-        pnp_steps=args.pnp_steps if args.pnp_steps is not None else base.pnp_steps,
-        guidance_scale=args.guidance if args.guidance is not None else base.guidance_scale,
-        feature_t=args.feature_t if args.feature_t is not None else base.feature_t,
-        feature_layer=args.feature_layer,
+        pnp_steps=or_default(args.pnp_steps, base.pnp_steps),
+        guidance_scale=or_default(args.guidance, base.guidance_scale),
+        feature_t=or_default(args.feature_t, base.feature_t),
+        feature_layer=or_default(args.feature_layer, base.feature_layer),
+        feature_prompt=base.feature_prompt,
+        feature_ensemble=base.feature_ensemble,
+        correspondence=base.correspondence,
         extras=Extras(
-            strength=args.strength if args.strength is not None else default.strength,
-            mask_threshold=args.mask_threshold,
-            mask_dilate=args.mask_dilate if args.mask_dilate is not None else default.mask_dilate,
-            mask_fill_holes=args.mask_fill_holes,
-            p2p_steps=args.p2p_steps,
-            pnp_resnet_max_t=args.pnp_resnet_max_t,
+            strength=or_default(args.strength, default.strength),
+            mask_threshold=mask_threshold,
+            mask_t=default.mask_t,
+            mask_samples=default.mask_samples,
+            mask_dilate=or_default(args.mask_dilate, default.mask_dilate),
+            mask_fill_holes=args.mask_fill_holes or default.mask_fill_holes,
+            p2p_steps=p2p_steps,
+            pnp_resnet_max_t=or_default(args.pnp_resnet_max_t, default.pnp_resnet_max_t),
         ),
-        engine=EngineOptions(token_chunk=args.token_chunk, frame_chunk=args.frame_chunk),
+        engine=replace(base.engine, token_chunk=or_default(args.token_chunk, base.engine.token_chunk),
+                       frame_chunk=or_default(args.frame_chunk, base.engine.frame_chunk)),
     )
+
+
+def negative_from_args(args) -> str:
+    """--negative-prompt, else the policy of the settings the command starts from
+    (``cove.recommended.negative_prompt``: the paper's is empty)."""
+    from ..recommended import negative_prompt
+
+    if args.negative_prompt is not None:
+        return args.negative_prompt
+    return negative_prompt(args.source_prompt, base_settings(args).negative)
 
 
 # ---------------------------------------------------------------------------- cove edit
@@ -126,7 +154,7 @@ def cmd_edit(args) -> int:
 
     out = check_output(args.output or default_output(args.input))
     side = sibling(out, "side_by_side")
-    config = config_from_args(args)
+    config, negative = config_from_args(args), negative_from_args(args)
     count = check_input(args, [out, side], args.size)  # before loading a model
     timings = {}
     start = time.perf_counter()
@@ -150,7 +178,7 @@ def cmd_edit(args) -> int:
     tick = time.perf_counter()
     try:
         result = edit_video(
-            pipe, frames, args.prompt, source_prompt=args.source_prompt, negative_prompt=args.negative_prompt,
+            pipe, frames, args.prompt, source_prompt=args.source_prompt, negative_prompt=negative,
             config=config, callback=progress, generator=make_generator(pipe, args.seed),
             cache=None if args.no_cache else Cache(),
         )
@@ -197,12 +225,16 @@ class Parser(argparse.ArgumentParser):
 
 def _add_feature_options(p) -> None:
     defaults = CoveConfig()
+    p.add_argument("--settings", choices=("paper", "model"), default="paper",
+                   help="what unset options default to: the paper's settings, or the model's own, measured on it "
+                        "(its folder's cove_settings.json; cove-tiny's: cove.tiny.presets.edit_config) "
+                        "(default: paper)")
     p.add_argument("--feature-t", type=int, default=None, metavar="T",
                    help=f"noise level of the diffusion features, 0-999 (default: {defaults.feature_t}, the "
-                        "paper's for Stable Diffusion; cove-tiny's settings use 50, see cove.tiny.presets.edit_config)")
+                        "paper's for Stable Diffusion; with --settings model the model's: 50 on cove-tiny)")
     p.add_argument("--feature-layer", default=None, metavar="NAME",
                    help="UNet block whose output is the features, e.g. up_blocks.0 (default: the last decoder "
-                        "block on the finest attention grid: up_blocks.3 on SD 2.1, up_blocks.0 on cove-tiny)")
+                        "block on the finest attention grid: up_blocks.3 on SD 2.1; with --settings model the model's)")
 
 
 def _positive_int(text: str) -> int:
@@ -247,18 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("input", help="a video (.mp4 ...), a .gif, or a folder of .png/.jpg frames")
     edit.add_argument("-p", "--prompt", required=True, help="the target prompt")
     edit.add_argument("--source-prompt", default="", help="a prompt describing the input (default: empty)")
-    edit.add_argument("--negative-prompt", default="",
-                      help="the unconditional side of guidance (default: empty; the source prompt "
-                           "guides along target minus source only)")
+    edit.add_argument("--negative-prompt", default=None,
+                      help="the unconditional side of guidance (default: empty, or the model's policy with "
+                           "--settings model; the source prompt guides along target minus source only)")
     edit.add_argument("-o", "--output", type=Path, default=None,
                       help="output .mp4 or .gif (default: <input stem>_edited.mp4 next to the input)")
     _add_model_options(edit)
     defaults = CoveConfig()
-    edit.add_argument("--attention", choices=ATTENTION_MODES, default=defaults.attention)
-    edit.add_argument("--k", type=_positive_int, default=defaults.k, help="matches per frame (default: 3)")
-    edit.add_argument("--window", type=_positive_int, default=defaults.window,
-                      help="window side l (default: 9)")
-    edit.add_argument("--merge-ratio", type=float, default=defaults.merge_ratio,
+    edit.add_argument("--attention", choices=ATTENTION_MODES, default=None,
+                      help=f"default: {defaults.attention}")
+    edit.add_argument("--k", type=_positive_int, default=None, help=f"matches per frame (default: {defaults.k})")
+    edit.add_argument("--window", type=_positive_int, default=None, help=f"window side l (default: {defaults.window})")
+    edit.add_argument("--merge-ratio", type=float, default=None,
                       help="token merging ratio (default: 0, no merging; the paper: 0.5)")
     edit.add_argument("--token-chunk", type=_positive_int, default=None, metavar="N",
                       help="tokens per CGA block (default: blocks sized by CGA's memory bound)")
@@ -288,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "cove-tiny's gate and demo: 0)")
     edit.add_argument("--mask-fill-holes", action="store_true",
                       help="also edit the cells the edit mask encloses (as cove-tiny's gate and demo do)")
-    edit.add_argument("--p2p-steps", type=int, default=0, metavar="N",
+    edit.add_argument("--p2p-steps", type=int, default=None, metavar="N",
                       help="prompt-to-prompt word swap: in the first N denoising steps each word of "
                            "--prompt reuses the cross-attention map of its counterpart in "
                            "--source-prompt (needs --source-prompt; default: 0, the paper)")
@@ -304,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     corr.add_argument("input", help="a video (.mp4 ...), a .gif, or a folder of .png/.jpg frames")
     corr.add_argument("-o", "--output", type=Path, required=True, help="output .mp4 or .gif")
     _add_model_options(corr)
-    corr.add_argument("--k", type=_positive_int, default=defaults.k)
-    corr.add_argument("--window", type=_positive_int, default=defaults.window)
+    corr.add_argument("--k", type=_positive_int, default=None, help=f"matches per frame (default: {defaults.k})")
+    corr.add_argument("--window", type=_positive_int, default=None, help=f"window side l (default: {defaults.window})")
     _add_feature_options(corr)
     corr.add_argument("--source", choices=CORRESPONDENCE_SOURCES, default="diffusion",
                       help="diffusion features (COVE) or OpenCV optical flow (default: diffusion)")

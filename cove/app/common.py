@@ -46,3 +46,21 @@ def make_generator(pipe, seed: int):
     import torch
 
     return torch.Generator(device=pipe.device).manual_seed(seed)
+
+
+def or_default(value, fallback):
+    """An option's value, or ``fallback`` where it was not given (None)."""
+    return fallback if value is None else value
+
+
+def base_settings(args):
+    """The settings the command starts from: the paper's (``--settings paper``), or the model's
+    own (``--settings model``: its folder's ``cove_settings.json``, ``cove.recommended``)."""
+    from ..config import CoveConfig
+    from ..recommended import PAPER, ModelSettings, read_settings
+
+    if getattr(args, "settings", "paper") == "model":
+        from ..loading import check_model
+
+        return read_settings(check_model(args.model))  # reads a file; loads no model
+    return ModelSettings(CoveConfig(), "empty", PAPER)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import CoveConfig
 from .checks import check_input, check_output, fit_or_refuse
-from .common import format_timings, load_frames_for, make_generator, torch_dtype
+from .common import base_settings, format_timings, load_frames_for, make_generator, or_default, torch_dtype
 
 
 def query_grid(grid: tuple[int, int], points: int = 8) -> np.ndarray:
@@ -94,8 +94,11 @@ def cmd_correspond(args) -> int:
     tensors = out.with_suffix(".pt")
     if args.source == "flow" and (args.feature_t is not None or args.feature_layer is not None):
         raise ValueError("--feature-t and --feature-layer apply to --source diffusion; optical flow reads no features")
-    config = CoveConfig(window=args.window, k=args.k, feature_layer=args.feature_layer,
-                        **({} if args.feature_t is None else {"feature_t": args.feature_t}))
+    base = base_settings(args).config  # the paper's, or the model's own (--settings model)
+    config = CoveConfig(window=or_default(args.window, base.window), k=or_default(args.k, base.k),
+                        feature_t=or_default(args.feature_t, base.feature_t),
+                        feature_layer=or_default(args.feature_layer, base.feature_layer),
+                        feature_prompt=base.feature_prompt, feature_ensemble=base.feature_ensemble)
     keep = args.size or ("stored" if args.source == "flow" else None)  # flow keeps the stored size
     count = check_input(args, [out, tensors], keep)  # before loading a model
     timings = {}
@@ -133,7 +136,7 @@ def cmd_correspond(args) -> int:
 
     tick = time.perf_counter()
     picture = draw_correspondence(frames, correspondence)  # (F, H*s, W*s, 3)
-    window = fit_window(args.window, correspondence.grid) if args.source == "diffusion" else None
+    window = fit_window(config.window, correspondence.grid) if args.source == "diffusion" else None
     payload = correspondence_payload(correspondence, frames, args.source, window)
     io.write_all({out: picture, tensors: lambda path: write_tensors(path, payload)}, fps=args.fps)
     timings["write"] = time.perf_counter() - tick

@@ -89,19 +89,25 @@ def decoder_layers(pipe) -> list[str]:
     return [f"up_blocks.{u}" for u in range(len(pipe.unet.up_blocks))]
 
 
-def feature_explorer(pipe, frames, *, t: int = 261, layer: str | None = None, ensemble: int = 1,
+def feature_explorer(pipe, frames, *, t: int | None = None, layer: str | None = None, ensemble: int = 1,
                      seed: int = 0, scale: int = 3) -> Panel:
     """Noise level ``t``, decoder layer and noise ensemble as controls; features as PCA colours.
+    They start at ``t`` and ``layer``, or where unset at the model's own feature settings
+    (``cove.recommended.recommended_config(pipe)``: the paper's t = 261 and
+    ``default_feature_layer`` for a model without a ``cove_settings.json``).
 
     Calls ``cove.features.extract_features`` (cached per ``(t, layer, ensemble)``) and
     ``cove.app.viz.pca_rgb``. Top row: the frames; bottom row: their features, one PCA fitted on
     all frames so that equal colours mean similar features.
     """
     from ..features import default_feature_layer, extract_features
+    from ..recommended import recommended_config
 
     w = ipywidgets
     frames = viz.to_numpy(frames)
-    layer = layer or default_feature_layer(pipe.unet)
+    own = recommended_config(pipe)
+    t = own.feature_t if t is None else t
+    layer = layer or own.feature_layer or default_feature_layer(pipe.unet)
     controls = {
         "t": slider("noise level t", t, 0, 999, step=1),
         "layer": w.Dropdown(options=decoder_layers(pipe), value=layer, description="layer"),

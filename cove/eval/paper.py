@@ -87,17 +87,18 @@ def all_pairs_window(model: str, layer: str | None = None) -> int:
 
 
 def edit_settings(model: str, suite: str):
-    """``(CoveConfig, uses the source prompt as the negative prompt)`` of the suite's edits:
-    cove-tiny's presets (the demo's halved steps for the small suite, its negative-prompt
-    policy ``EDIT_NEGATIVE``), else the paper's."""
-    from ..config import CoveConfig
+    """``(CoveConfig, uses the source prompt as the negative prompt)`` of the suite's edits: the
+    model's recommended settings (``cove.recommended.read_settings``: cove-tiny's presets, the
+    paper's for a model without a ``cove_settings.json``); on cove-tiny the small suite halves
+    the steps as the demo does."""
+    from ..recommended import read_settings
 
-    if model != "cove-tiny":
-        return CoveConfig(), False
-    from ..app.demo import DEMO_CONFIG
-    from ..tiny.presets import EDIT_NEGATIVE, edit_config
+    settings = read_settings(model)
+    if model == "cove-tiny" and suite == "small":
+        from ..app.demo import DEMO_CONFIG
 
-    return (DEMO_CONFIG if suite == "small" else edit_config()), EDIT_NEGATIVE == "source"
+        return DEMO_CONFIG, settings.negative == "source"
+    return settings.config, settings.negative == "source"
 
 
 def _slug(text: str) -> str:

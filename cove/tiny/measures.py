@@ -26,7 +26,7 @@ import torch
 
 from .. import metrics, world
 from ..eval import judge
-from .presets import EDIT_NEGATIVE, PROMPT_GUIDANCE, PROMPT_STEPS, edit_config, edit_negative_prompt
+from .presets import PROMPT_GUIDANCE, PROMPT_STEPS, edit_config, edit_negative, edit_negative_prompt
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -490,13 +490,14 @@ def summarise_edits(rows: list[dict], landed: float = 0.9) -> dict:
 
 
 def measure_edits(pipe, tasks: list[dict], *, config=None, modes=("per-frame", "spatiotemporal", "cove"),
-                  seed: int = 0, negative: str = EDIT_NEGATIVE, log=None, return_frames: bool = False) -> dict:
+                  seed: int = 0, negative: str | None = None, log=None, return_frames: bool = False) -> dict:
     """Edit every task with ``cove.edit_video`` in each mode and score it (``score_task``).
 
     Modes: the attentions ``"per-frame"``, ``"spatiotemporal"``, ``"cove"``, and ``"cove-true"``
     (COVE on the clip's exact correspondence, ``true_correspondence`` with the config's K: the
     ceiling of what correspondence can give this model). ``negative``: the negative prompt's
-    policy (``presets.NEGATIVES``: "empty" or "source", the task's source prompt).
+    policy (``presets.NEGATIVES``: "empty" or "source", the task's source prompt; ``None``:
+    ``presets.edit_negative()``).
 
     Returns:
         {"edits": ["kind: source -> target"], "config", "negative", mode: {``summarise_edits``,
@@ -508,6 +509,7 @@ def measure_edits(pipe, tasks: list[dict], *, config=None, modes=("per-frame", "
     from ..pipeline import edit_video
 
     config = config or edit_config()
+    negative = edit_negative() if negative is None else negative
     edit_negative_prompt("", negative)  # a policy it does not know fails before any work
     result: dict = {"edits": [f"{t['kind']}: {t['source']} -> {t['target']}" for t in tasks],
                     "pans": [t["pan"] for t in tasks], "negative": negative,

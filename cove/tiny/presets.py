@@ -1,52 +1,60 @@
 """cove-tiny's recommended settings: what the demo, the notebooks and the quality gate use.
 
-Chosen on validation seeds (prompts seed 7, clips seed 100), never on the gate's; the
-comparison that chose them is in docs/method/tiny.md.
+Chosen on validation seeds (prompts seed 7, clips seed 100; edits seed 1000), never on the
+gate's; the comparison that chose them is in docs/method/tiny.md. The edit settings live in the
+weights folder's ``cove_settings.json`` (``cove.recommended``), so they ship with the weights.
 """
 from __future__ import annotations
 
 from dataclasses import replace
+
+from ..recommended import NEGATIVES, negative_prompt  # noqa: F401  (NEGATIVES: the policies)
 
 # Text to image: 50 DDIM steps at guidance 3.
 PROMPT_STEPS = 50
 PROMPT_GUIDANCE = 3.0
 
 
-# What cove-tiny's edits take as the negative prompt: "source" (the source prompt, so that
-# guidance pulls along "target minus source") or "empty" (plain classifier-free guidance). At
-# strength 0.8 "source" extrapolates a background swap past its target (sand -> stone goes on to
-# black); "empty" lands more edits there but freezes one: docs/method/tiny.md.
-NEGATIVES = ("source", "empty")
-EDIT_NEGATIVE = "source"
+def tiny_settings():
+    """cove-tiny's recommended settings (``cove.recommended.ModelSettings``): the
+    ``cove_settings.json`` that ships with its weights. A one-line FileNotFoundError when the
+    weights folder lacks it."""
+    from ..loading import TINY_PATH
+    from ..recommended import SETTINGS_FILE, read_settings
+
+    settings = read_settings(TINY_PATH)
+    if settings.path is None:
+        raise FileNotFoundError(f"cove-tiny's settings are missing: expected {TINY_PATH / SETTINGS_FILE} "
+                                "(`python -m cove.tiny.settings --write FOLDER` writes one)")
+    return settings
 
 
-def edit_negative_prompt(source_prompt: str, negative: str = EDIT_NEGATIVE) -> str:
-    """The negative prompt cove-tiny edits with under the policy ``negative`` (``NEGATIVES``):
-    "" for "empty", ``source_prompt`` for "source"."""
-    if negative not in NEGATIVES:
-        raise ValueError(f"negative: expected one of {', '.join(NEGATIVES)}, got {negative!r}")
-    return source_prompt if negative == "source" else ""
+def edit_negative() -> str:
+    """The negative-prompt policy cove-tiny edits with (``cove.recommended.NEGATIVES``):
+    "source", the source prompt, so that guidance pulls along "target minus source". At
+    strength 0.8 "source" extrapolates a background swap past its target (sand -> stone goes
+    on to black); "empty" lands more edits there but freezes one: docs/method/tiny.md."""
+    return tiny_settings().negative
+
+
+def edit_negative_prompt(source_prompt: str, negative: str | None = None) -> str:
+    """The negative prompt cove-tiny edits with under the policy ``negative``
+    (``cove.recommended.NEGATIVES``; default :func:`edit_negative`): "" for "empty",
+    ``source_prompt`` for "source"."""
+    return negative_prompt(source_prompt, edit_negative() if negative is None else negative)
 
 
 def edit_config(**overrides):
-    """The ``CoveConfig`` cove-tiny edits with, with ``overrides`` applied (``dataclasses.replace``).
+    """The ``CoveConfig`` cove-tiny edits with (its weights' ``cove_settings.json``), with
+    ``overrides`` applied (``dataclasses.replace``).
 
-    The last half of a 25-step schedule (strength 0.5) after 50 inversion steps, PnP injection
-    and prompt-to-prompt's word swap in every step run, guidance 6 with the source prompt as
-    the negative prompt (``edit_negative_prompt``), no edit mask. Chosen by
-    ``python -m cove.tiny.settings`` on 12 validation edits (``docs/edit_settings.json``): the
-    only candidate that froze none of them. Strength 0.8 at guidance 3 against the empty
-    prompt lands more of them but draws one background (bricks) fixed to the image while the
-    camera pans. Correspondence comes from ``up_blocks.0`` at t = 50:
-    on 6 validation clips (seed 1000) its PCK within 4 px is 0.83 at t = 10, 25 and 50 (the
-    largest t within 0.01 of the best is kept), 0.78 at 100 and 0.52 at SD's 261. The block is
-    named rather than left to ``default_feature_layer``, which picks the last block on the
-    finest attention grid: for a model with attention at 32x32 (training design ``a``) that is
-    the block next to the output, whose PCK is below 0.3 at every t.
+    Chosen by ``python -m cove.tiny.settings`` on 12 validation edits (``docs/edit_settings.json``;
+    ``tiny_settings().chosen_by`` says how); the shipped ones: the last half of a 25-step schedule
+    (strength 0.5) after 50 inversion steps, PnP injection and prompt-to-prompt's word swap in
+    every step run, guidance 6 with the source prompt as the negative prompt, no edit mask, and
+    correspondence from ``up_blocks.0`` at t = 50. The feature block is measured and named
+    rather than left to ``default_feature_layer``, which picks the last block on the finest
+    attention grid: for a model with attention at 32x32 (training design ``a``) that is the
+    block next to the output, whose PCK is below 0.3 at every t.
     """
-    from ..config import CoveConfig, Extras
-
-    config = CoveConfig(inversion_steps=50, denoise_steps=25, pnp_steps=25, guidance_scale=6.0, feature_t=50,
-                        feature_layer="up_blocks.0",
-                        extras=Extras(strength=0.5, p2p_steps=25, mask_threshold=None))
-    return replace(config, **overrides)
+    return replace(tiny_settings().config, **overrides)

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from ..eval.bench import jsonable, machine_info
+from ..recommended import read_settings
 from .measures import (
     ANCHOR_T,
     EDIT_MODES,
@@ -221,6 +222,7 @@ PARTS = ("prompt", "shape_retention", "reconstruction", "edits", "correspondence
 PART_KEYS = {"prompt": "prompt_following"}  # a part's key in the results, where it differs from its name
 
 
+OWN = "model"  # --settings: the model folder's own cove_settings.json (cove.recommended)
 ANCHORED_TS = (500, 750)  # the anchored clip gain: the others' loss at these t, the first frame at ANCHOR_T
 
 
@@ -238,14 +240,18 @@ def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=No
         after_part=None) -> dict:
     """Measure every part on cove-tiny (or the export ``model``); returns the results with
     "machine" and "gates". ``quick``: 12 prompts, 1 clip, 2 edits. ``settings``: the edits'
-    settings, a name of ``cove.tiny.settings.CANDIDATES`` (a model's own, chosen on the
-    validation edits). ``after_part(results)`` is called after each part with what is measured
+    settings, a name of ``cove.tiny.settings.CANDIDATES``, or ``"model"``: the model folder's
+    own ``cove_settings.json`` (chosen on the validation edits, ``cove.recommended``). ``after_part(results)`` is called after each part with what is measured
     so far (its gates checked), so that a run cut short keeps it."""
-    if settings not in CANDIDATES:
-        raise ValueError(f"settings must be one of {sorted(CANDIDATES)}, got {settings!r}")
+    if settings not in CANDIDATES and settings != OWN:
+        raise ValueError(f"settings must be {OWN!r} or one of {sorted(CANDIDATES)}, got {settings!r}")
     pipe = pipe if pipe is not None else load_tiny(device, model)
     n_prompts, n_clips, n_edits = (12, 1, 2) if quick else (96, 3, 12)
-    config = candidate_config(CANDIDATES[settings])
+    if settings == OWN:  # the model folder's cove_settings.json
+        own = read_settings(model)
+        config, negative = own.config, own.negative
+    else:
+        config, negative = candidate_config(CANDIDATES[settings]), candidate_negative(CANDIDATES[settings])
     results: dict = {"quick": quick, "seed": seed, "model": str(model), "settings": settings,
                      "machine": machine_info(pipe)}
     steps = {
@@ -253,7 +259,7 @@ def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=No
         "shape_retention": ("shape_retention", lambda: measure_shape_retention(pipe, n_prompts // 3, seed)),
         "reconstruction": ("reconstruction", lambda: measure_reconstruction(pipe, n_clips, seed)),
         "edits": ("edits", lambda: measure_edits(pipe, edit_tasks(n_edits, seed), config=config, modes=modes,
-                                                  seed=seed, negative=candidate_negative(CANDIDATES[settings]),
+                                                  seed=seed, negative=negative,
                                                   log=log)),
         "correspondence": ("correspondence", lambda: measure_correspondence(pipe, n_clips, seed, config=config)),
         "probes": ("probes", lambda: _probes(pipe, n_clips, seed)),
@@ -329,8 +335,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--modes", nargs="+", choices=EDIT_MODES, default=list(EDIT_MODES),
                         help="the edits' attention modes (cove-true: COVE on the true correspondence)")
-    parser.add_argument("--settings", choices=list(CANDIDATES), default="edit_config",
-                        help="the edits' settings (cove.tiny.settings.CANDIDATES; default edit_config)")
+    parser.add_argument("--settings", choices=[OWN, *CANDIDATES], default="edit_config",
+                        help="the edits' settings: 'model', the model folder's own cove_settings.json "
+                             "(cove.recommended), or a name of cove.tiny.settings.CANDIDATES (default edit_config)")
     parser.add_argument("--update", action="store_true",
                         help="keep the parts of --out that --only does not measure (same model, seed, size)")
     parser.add_argument("--compare", metavar="CANDIDATE.json",

@@ -7,6 +7,12 @@ swaps and recolours, half under a camera pan; the quality gate's come from seed 
 a static artifact is rejected; of the rest, the one whose edits land on the most frames wins,
 then the lower median flicker against the true edit. Writes every candidate's mean and worst
 figures, per edit, and the verdict as JSON (``--out``, default ``docs/edit_settings.json``).
+
+With ``--write``, the feature layer and t are measured first (``choose_features``: PCK within
+4 px on validation clips, every decoder block and ``FEATURE_TS``), every candidate edits with
+them, and the chosen settings go into the model folder's ``cove_settings.json``
+(``cove.recommended``): what ``cove.tiny.presets.edit_config`` reads for cove-tiny, so a model
+ships with the settings measured on it.
 """
 from __future__ import annotations
 
@@ -21,12 +27,15 @@ from pathlib import Path
 
 from ..eval.bench import jsonable, machine_info
 from .measures import edit_tasks, measure_edits
-from .presets import EDIT_NEGATIVE, edit_config
+from .presets import edit_config, edit_negative
 
 VALIDATION_SEED = 1000  # the gate's edits come from seed 0
+FEATURE_CLIPS = 6  # validation clips (VALIDATION_SEED) the feature layer and t are measured on
+FEATURE_TS = (10, 25, 50, 100, 261)
+FEATURE_TOLERANCE = 0.01  # PCK within this of the best counts as the best
 
 # name -> overrides of edit_config(): top-level fields, "extras" as a dict of Extras fields, and
-# "negative" (a policy of presets.NEGATIVES; default presets.EDIT_NEGATIVE)
+# "negative" (a policy of presets.NEGATIVES; default presets.edit_negative())
 MASK = {"mask_threshold": 0.4, "mask_dilate": 0, "mask_fill_holes": True}
 # "strength 0.8 set": strength 0.8, guidance 3 against the empty prompt, PnP's ResNet features
 # only below t = 300 (the word swap as edit_config's); its variants change one thing
@@ -56,10 +65,10 @@ CANDIDATES: dict[str, dict] = {
 }
 
 
-def candidate_config(overrides: dict):
-    """``edit_config`` with a candidate's overrides ({"extras": {...}} replaces Extras fields;
-    "negative" is not a config field: ``candidate_negative``)."""
-    base = edit_config()
+def candidate_config(overrides: dict, base=None):
+    """``base`` (default ``edit_config()``) with a candidate's overrides ({"extras": {...}}
+    replaces Extras fields; "negative" is not a config field: ``candidate_negative``)."""
+    base = base or edit_config()
     extras = dataclasses.replace(base.extras, **overrides.get("extras", {}))
     fields = {k: v for k, v in overrides.items() if k not in ("extras", "negative")}
     return dataclasses.replace(base, extras=extras, **fields)
@@ -67,7 +76,7 @@ def candidate_config(overrides: dict):
 
 def candidate_negative(overrides: dict) -> str:
     """A candidate's negative-prompt policy (``presets.NEGATIVES``)."""
-    return overrides.get("negative", EDIT_NEGATIVE)
+    return overrides.get("negative") or edit_negative()
 
 
 def choose(results: dict) -> dict:
@@ -80,19 +89,42 @@ def choose(results: dict) -> dict:
     return {"chosen": ranked[0] if ranked else None, "ranking": ranked, "rejected": rejected}
 
 
+def choose_features(pck: dict, tolerance: float = FEATURE_TOLERANCE) -> dict:
+    """The feature layer and t from ``measures.measure_feature_pck``'s result: of the (block,
+    t) pairs whose PCK lies within ``tolerance`` of the best, the one with the largest t (then
+    the higher PCK). Returns {"layer", "t", "pck", "best": [layer, t, PCK]}."""
+    best = max(v for row in pck["pck"].values() for v in row.values())
+    near = [(int(t), v, layer) for layer, row in pck["pck"].items() for t, v in row.items() if v >= best - tolerance]
+    t, value, layer = max(near, key=lambda item: (item[0], item[1]))
+    return {"layer": layer, "t": t, "pck": value, "best": pck["best"]}
+
+
+def measure_features(pipe, *, n_clips: int = FEATURE_CLIPS, seed: int = VALIDATION_SEED, ts=FEATURE_TS,
+                     frames: int = 8) -> dict:
+    """PCK within 4 px per decoder block and t on validation clips, and ``choose_features``'
+    choice: {"pck": ``measure_feature_pck``'s result, "chosen": ``choose_features``'}."""
+    from .measures import measure_feature_pck
+
+    pck = measure_feature_pck(pipe, n_clips, seed, frames=frames, ts=ts)
+    return {"clips": n_clips, "seed": seed, "pck": pck, "chosen": choose_features(pck)}
+
+
 def _finite(value: float) -> float:
     return math.inf if value is None or math.isnan(value) else value
 
 
 def run(pipe, *, names=tuple(CANDIDATES), n: int = 12, frames: int = 8, attention: str = "per-frame",
-        seed: int = VALIDATION_SEED, log=functools.partial(print, flush=True)) -> dict:
-    """Edit the validation edits with every named candidate in one attention mode."""
+        seed: int = VALIDATION_SEED, features: dict | None = None,
+        log=functools.partial(print, flush=True)) -> dict:
+    """Edit the validation edits with every named candidate in one attention mode; with
+    ``features`` (``measure_features``' result) every candidate reads its chosen layer and t."""
     tasks = edit_tasks(n, seed, frames=frames)
+    base = _base(features)
     out: dict = {"machine": machine_info(pipe), "seed": seed, "edits": n, "frames": frames,
-                 "attention": attention, "candidates": {}}
+                 "attention": attention, "features": features, "candidates": {}}
     for name in names:
         start = time.perf_counter()
-        config = candidate_config(CANDIDATES[name])
+        config = candidate_config(CANDIDATES[name], base)
         r = measure_edits(pipe, tasks, config=config, modes=(attention,), seed=0,
                           negative=candidate_negative(CANDIDATES[name]))
         row = {**r[attention], "config": r["config"], "negative": r["negative"],
@@ -107,6 +139,35 @@ def run(pipe, *, names=tuple(CANDIDATES), n: int = 12, frames: int = 8, attentio
     return out
 
 
+def _base(features: dict | None):
+    """``edit_config()``, reading the feature layer and t ``measure_features`` chose if given."""
+    if features is None:
+        return edit_config()
+    return edit_config(feature_layer=features["chosen"]["layer"], feature_t=features["chosen"]["t"])
+
+
+def chosen_settings(result: dict):
+    """``(CoveConfig, negative policy, chosen_by)`` of ``run``'s verdict, for
+    ``cove.recommended.write_settings``; a one-line ValueError when every candidate was rejected."""
+    name = result["verdict"]["chosen"]
+    if name is None:
+        raise ValueError(f"every candidate was rejected ({'; '.join(f'{n}: {why}' for n, why in result['verdict']['rejected'].items())}); "
+                         "nothing to write")
+    row = result["candidates"][name]
+    config = candidate_config(CANDIDATES[name], _base(result.get("features")))
+    chosen_by = (f"python -m cove.tiny.settings --write ({result['machine'].get('date', '')[:10]}): "
+                 f"'{name}' of {len(result['candidates'])} candidates on {result['edits']} validation edits "
+                 f"(seed {result['seed']}, {result['attention']}): frames landed {row['landed']:.2f}, median "
+                 f"warp error {row['warp_to_truth']:.2f}x the true edit's, none static")
+    features = result.get("features")
+    if features:
+        f = features["chosen"]
+        chosen_by += (f"; features: PCK within 4 px {f['pck']:.2f} at {f['layer']}, t = {f['t']} on "
+                      f"{features['clips']} validation clips (seed {features['seed']}; the largest t within "
+                      f"{FEATURE_TOLERANCE} of the best, {f['best'][2]:.2f} at {f['best'][0]}, t = {f['best'][1]})")
+    return config, row["negative"], chosen_by
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cove.tiny.settings", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/edit_settings.json")
@@ -115,17 +176,32 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--attention", default="per-frame", choices=("per-frame", "spatiotemporal", "cove"))
     parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--write", action="store_true",
+                        help="measure the feature layer and t first, and write the chosen settings into the "
+                             "model folder's cove_settings.json")
     args = parser.parse_args(argv)
     if args.edits < 12:
         parser.error(f"--edits: expected at least 12 validation edits, got {args.edits}")
-    from ..loading import load_pipeline
+    from ..loading import check_model, load_pipeline
+    from ..recommended import write_settings
 
+    folder = Path(check_model(args.model))
+    if args.write and not folder.is_dir():
+        parser.error(f"--write: expected a model folder to write into, got {args.model}")
     pipe = load_pipeline(args.model)
-    result = run(pipe, names=tuple(args.only), n=args.edits, frames=args.frames, attention=args.attention)
+    features = measure_features(pipe, frames=args.frames) if args.write else None
+    result = run(pipe, names=tuple(args.only), n=args.edits, frames=args.frames, attention=args.attention,
+                 features=features)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(jsonable(result, 4), indent=2) + "\n")
     print(f"chosen: {result['verdict']['chosen']}; wrote {out}")
+    if args.write:
+        try:
+            chosen = chosen_settings(result)
+        except ValueError as error:
+            parser.exit(2, f"{parser.prog}: error: {error}\n")
+        print(f"wrote {write_settings(folder, *chosen)}")
     return 0
 
 
