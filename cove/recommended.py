@@ -16,8 +16,10 @@ edits). A model folder in diffusers format may carry its own, measured on valida
 (a hub id, a folder without it) has the paper's settings and the empty negative prompt.
 
 cove-tiny's file ships with its weights, so a new model ships with its own settings:
-``cove.tiny.presets.edit_config`` is ``recommended_config("cove-tiny")``, and ``cove edit`` /
-``cove correspond --settings model`` and the feature explorer start from a model's file.
+``cove.tiny.presets.edit_config`` is ``recommended_config("cove-tiny")``. What starts from a
+model's file: ``cove edit`` and ``cove correspond --settings model``, job lists with
+``settings: model``, ``python -m cove.tiny.quality --settings model`` and the feature explorer.
+``python -m cove.tiny.settings --write`` measures and writes one.
 """
 from __future__ import annotations
 
@@ -44,6 +46,12 @@ class ModelSettings:
     negative: str
     chosen_by: str
     path: Path | None = None
+
+
+def paper_settings() -> ModelSettings:
+    """The paper's settings (``CoveConfig()``) and the empty negative prompt: what a model
+    without a ``cove_settings.json`` has."""
+    return ModelSettings(CoveConfig(), "empty", PAPER)
 
 
 def negative_prompt(source_prompt: str, negative: str) -> str:
@@ -74,7 +82,7 @@ def read_settings(model) -> ModelSettings:
     folder = model_folder(model)
     path = None if folder is None else folder / SETTINGS_FILE
     if path is None or not path.is_file():
-        return ModelSettings(CoveConfig(), "empty", PAPER)
+        return paper_settings()
     stat = path.stat()
     return _read(path, stat.st_mtime_ns, stat.st_size)  # read again when the file changes
 

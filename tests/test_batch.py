@@ -82,6 +82,28 @@ def test_job_list_merges_defaults_and_resolves_clips(tmp_path):
     assert (job.name, job.frames, job.world) == ("a", 2, 4)
 
 
+def test_settings_model_starts_a_job_from_the_models_own(tiny_folder, tmp_path):
+    """``settings: model``: the keys a job leaves unset, and its negative prompt, come from the
+    model folder's cove_settings.json; ``paper`` (the default) ignores it."""
+    from cove.config import Extras
+    from cove.recommended import write_settings
+
+    own = CoveConfig(inversion_steps=4, denoise_steps=10, pnp_steps=10, feature_t=50, extras=Extras(strength=0.5))
+    write_settings(tiny_folder, own, "source", "a test's")
+    listing = tmp_path / "jobs.yaml"
+    listing.write_text(yaml.safe_dump({"defaults": {"model": str(tiny_folder), "settings": "model"}, "jobs": [
+        {"clip": {"world": 1}, "edit": "green star -> yellow star"},
+        {"clip": {"world": 1}, "edit": "green star -> yellow star", "k": 1, "denoise_steps": 5,
+         "negative_prompt": "blurry"},
+        {"clip": {"world": 1}, "edit": "green star -> yellow star", "settings": "paper"}]}))
+    mine, given, paper = batch.read_jobs(listing, tmp_path / "out")
+    assert mine.config == own and mine.negative_prompt == mine.source_prompt == "a green star on sand"
+    assert (given.config.k, given.config.denoise_steps, given.config.pnp_steps, given.config.feature_t) == (1, 5, 5, 50)
+    assert given.negative_prompt == "blurry"
+    assert paper.config == CoveConfig() and paper.negative_prompt == ""
+    assert len({mine.inputs_hash, given.inputs_hash, paper.inputs_hash}) == 3
+
+
 BAD_LISTS = [
     ("jobs: []", "holds no jobs"),
     (": bad: [", "not valid YAML"),
@@ -98,6 +120,8 @@ BAD_LISTS = [
     ("defaults: {engine: {frame_chunk: 0}}\njobs: [{clip: {world: 1}, prompt: x}]", "frame_chunk must be"),
     ("- {clip: {world: 1}, extras.mask_dilate: 0, prompt: x}", "expected extras.mask_threshold too"),
     ("- {clip: {world: 1}, extras: {mask_fill_holes: true}, prompt: x}", "expected extras.mask_threshold too"),
+    ("- {clip: {world: 1}, prompt: x, settings: own}", "settings: expected one of ('paper', 'model')"),
+    ("- {clip: {world: 1}, prompt: x, settings: model, source_prompt: ''}", "extras.p2p_steps needs a source_prompt"),
 ]
 
 

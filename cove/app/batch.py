@@ -7,6 +7,7 @@ A job list is YAML (or JSONL: one job per line, an optional first line ``{"defau
 
     defaults:                        # every job's starting point; a job's own keys win
       model: cove-tiny
+      settings: model                # unset settings: the model's own (default: paper)
       inversion_steps: 20            # CoveConfig overrides: top level,
       extras.strength: 0.5           # extras.* and engine.* (dotted, or nested dicts)
     jobs:
@@ -56,13 +57,14 @@ import numpy as np
 from ..config import CoveConfig, EngineOptions, Extras, config_from_overrides
 
 TASKS = ("edit", "correspond")
-JOB_KEYS = ("name", "task", "clip", "prompt", "source_prompt", "negative_prompt", "edit", "model", "frames",
-            "size", "seed", "fps")
+JOB_KEYS = ("name", "task", "clip", "prompt", "source_prompt", "negative_prompt", "edit", "model", "settings",
+            "frames", "size", "seed", "fps")
+SETTINGS = ("paper", "model")  # what unset CoveConfig keys default to (``cove edit --settings``)
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(CoveConfig) if f.name not in ("engine", "extras")) \
     + tuple(f"engine.{f.name}" for f in dataclasses.fields(EngineOptions)) \
     + tuple(f"extras.{f.name}" for f in dataclasses.fields(Extras))
-DEFAULTS = {"task": "edit", "prompt": "", "source_prompt": None, "negative_prompt": "", "edit": None,
-            "model": "cove-tiny", "frames": None, "size": None, "seed": 0, "fps": 8.0}
+DEFAULTS = {"task": "edit", "prompt": "", "source_prompt": None, "negative_prompt": None, "edit": None,
+            "model": "cove-tiny", "settings": "paper", "frames": None, "size": None, "seed": 0, "fps": 8.0}
 WORLD_FRAMES = 8  # frames of a ShapesWorld clip unless the job says
 # How ``check_prompts`` names a job's keys.
 PROMPT_KEYS = {"prompt": "prompt", "source_prompt": "source_prompt", "negative_prompt": "negative_prompt",
@@ -123,11 +125,12 @@ def _unknown(key: str) -> str:
     return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
-def build_config(overrides: dict) -> CoveConfig:
-    """A ``CoveConfig`` from ``{"k": 5, "engine.frame_chunk": 4, "extras.strength": 0.5}`` (its
-    validators give the one-line errors). As ``cove edit --denoise-steps``, a new
-    ``denoise_steps`` without ``pnp_steps`` keeps PnP's share of the steps."""
-    base = CoveConfig()
+def build_config(overrides: dict, base: CoveConfig | None = None) -> CoveConfig:
+    """A ``CoveConfig`` from ``{"k": 5, "engine.frame_chunk": 4, "extras.strength": 0.5}`` over
+    ``base`` (default: the paper's ``CoveConfig()``; its validators give the one-line errors).
+    As ``cove edit --denoise-steps``, a new ``denoise_steps`` without ``pnp_steps`` keeps PnP's
+    share of the steps."""
+    base = base or CoveConfig()
     config = config_from_overrides(overrides, base)
     if "denoise_steps" in overrides and "pnp_steps" not in overrides:
         config = replace(config, pnp_steps=base.with_denoise_steps(config.denoise_steps).pnp_steps)
@@ -173,6 +176,7 @@ def make_job(entry: dict, index: int, base: Path, out: Path) -> Job:
     (FileNotFoundError for a missing clip) on the first problem. Reads only headers."""
     from .. import world
     from ..loading import check_model
+    from ..recommended import negative_prompt, paper_settings, read_settings
     from ..sd import check_prompts
     from .checks import check_input
 
@@ -180,7 +184,12 @@ def make_job(entry: dict, index: int, base: Path, out: Path) -> Job:
     if unknown:
         raise ValueError(_unknown(unknown[0]))
     job = {**DEFAULTS, **{k: v for k, v in entry.items() if k in JOB_KEYS}}
-    config = build_config({k: v for k, v in entry.items() if k in CONFIG_KEYS})
+    if job["settings"] not in SETTINGS:
+        raise ValueError(f"settings: expected one of {SETTINGS}, got {job['settings']!r}")
+    model = _check_type("model", job["model"], str)
+    check_model(model)
+    own = read_settings(model) if job["settings"] == "model" else paper_settings()
+    config = build_config({k: v for k, v in entry.items() if k in CONFIG_KEYS}, own.config)
     name = _check_type("name", job.get("name", f"{index:03d}"), str)
     if not NAME.fullmatch(name):
         raise ValueError(f"name: expected letters, digits, '.', '_' or '-' (a folder name), got {name!r}")
@@ -193,8 +202,6 @@ def make_job(entry: dict, index: int, base: Path, out: Path) -> Job:
     fps = _check_type("fps", job["fps"], (int, float))
     if not 0 < fps < math.inf:
         raise ValueError(f"fps: expected a finite number > 0, got {fps}")
-    model = _check_type("model", job["model"], str)
-    check_model(model)
     clip, seed_world, edit = job.get("clip"), None, None
     source_prompt = job["source_prompt"]
     prompt = _check_type("prompt", job["prompt"], str)
@@ -216,10 +223,12 @@ def make_job(entry: dict, index: int, base: Path, out: Path) -> Job:
     else:
         raise ValueError(f"clip: expected a path or {{world: SEED}}, got {clip!r}")
     source_prompt = "" if source_prompt is None else source_prompt
+    negative = job["negative_prompt"]
+    negative = negative_prompt(source_prompt, own.negative) if negative is None else negative
     if job["task"] == "edit":
         if not prompt:
             raise ValueError("prompt: expected a target prompt (or, for a ShapesWorld clip, an edit)")
-        check_prompts(prompt, source_prompt, job["negative_prompt"], mask=config.extras.mask_threshold is not None,
+        check_prompts(prompt, source_prompt, negative, mask=config.extras.mask_threshold is not None,
                       p2p=config.extras.p2p_steps > 0, names=PROMPT_KEYS)
     elif config.attention == "cove" and job["frames"] == 1:
         raise ValueError("frames: a correspondence needs at least 2 frames")
@@ -232,7 +241,7 @@ def make_job(entry: dict, index: int, base: Path, out: Path) -> Job:
         check_input(args, outputs, job["size"])
         inputs_hash.update(clip_hash(clip).encode())
     made = Job(index=index, name=name, task=job["task"], clip=clip, world=seed_world, prompt=prompt,
-               source_prompt=source_prompt, negative_prompt=job["negative_prompt"], edit=edit, model=model,
+               source_prompt=source_prompt, negative_prompt=negative, edit=edit, model=model,
                frames=job["frames"], size=job["size"], seed=seed, fps=float(fps), config=config)
     inputs_hash.update(json.dumps(made.spec(), sort_keys=True).encode())
     return replace(made, inputs_hash=inputs_hash.hexdigest())

@@ -170,7 +170,7 @@ def cmd_edit(args) -> int:
     frames = load_frames_for(pipe, args)  # (F, H, W, 3)
     timings["read video"] = time.perf_counter() - tick
     F, H, W, _ = frames.shape
-    print(f"cove edit: {F} frames of {H}x{W}, model {args.model}, attention {config.attention}")
+    print(f"cove edit: {F} frames of {H}x{W}, model {args.model}, {args.settings}'s settings, attention {config.attention}")
 
     progress = PhaseProgress(
         {"invert": len(inversion_timesteps(pipe, config)), "denoise": len(denoise_timesteps(pipe, config))}, disable=args.quiet

@@ -56,11 +56,10 @@ def or_default(value, fallback):
 def base_settings(args):
     """The settings the command starts from: the paper's (``--settings paper``), or the model's
     own (``--settings model``: its folder's ``cove_settings.json``, ``cove.recommended``)."""
-    from ..config import CoveConfig
-    from ..recommended import PAPER, ModelSettings, read_settings
+    from ..recommended import paper_settings, read_settings
 
     if getattr(args, "settings", "paper") == "model":
         from ..loading import check_model
 
         return read_settings(check_model(args.model))  # reads a file; loads no model
-    return ModelSettings(CoveConfig(), "empty", PAPER)
+    return paper_settings()
