@@ -85,6 +85,8 @@ def test_job_list_merges_defaults_and_resolves_clips(tmp_path):
 def test_settings_model_starts_a_job_from_the_models_own(tiny_folder, tmp_path):
     """``settings: model``: the keys a job leaves unset, and its negative prompt, come from the
     model folder's cove_settings.json; ``paper`` (the default) ignores it."""
+    from dataclasses import replace
+
     from cove.config import Extras
     from cove.recommended import write_settings
 
@@ -102,6 +104,11 @@ def test_settings_model_starts_a_job_from_the_models_own(tiny_folder, tmp_path):
     assert given.negative_prompt == "blurry"
     assert paper.config == CoveConfig() and paper.negative_prompt == ""
     assert len({mine.inputs_hash, given.inputs_hash, paper.inputs_hash}) == 3
+    write_settings(tiny_folder, replace(own, extras=Extras(p2p_steps=5)), "source", "a test's")
+    listing.write_text(yaml.safe_dump({"jobs": [{"model": str(tiny_folder), "settings": "model", "clip": {"world": 1},
+                                                 "prompt": "x", "source_prompt": ""}]}))
+    with pytest.raises(ValueError, match="extras.p2p_steps needs a source_prompt"):  # the model's word swap
+        batch.read_jobs(listing, tmp_path / "out")
 
 
 BAD_LISTS = [
@@ -121,7 +128,6 @@ BAD_LISTS = [
     ("- {clip: {world: 1}, extras.mask_dilate: 0, prompt: x}", "expected extras.mask_threshold too"),
     ("- {clip: {world: 1}, extras: {mask_fill_holes: true}, prompt: x}", "expected extras.mask_threshold too"),
     ("- {clip: {world: 1}, prompt: x, settings: own}", "settings: expected one of ('paper', 'model')"),
-    ("- {clip: {world: 1}, prompt: x, settings: model, source_prompt: ''}", "extras.p2p_steps needs a source_prompt"),
 ]
 
 

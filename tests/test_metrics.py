@@ -645,9 +645,10 @@ def test_edit_settings_run_edits_with_each_candidates_negative_prompt(monkeypatc
     monkeypatch.setattr(settings, "measure_edits", fake_edits)
     monkeypatch.setattr(settings, "machine_info", lambda pipe: {})
     out = settings.run(object(), names=("edit_config", "strength 0.8 set"), log=lambda line: None)
-    assert seen == [(6.0, 0.5, "source", 12), (3.0, 0.8, "empty", 12)]
+    shipped = settings.edit_config()
+    assert seen == [(shipped.guidance_scale, shipped.extras.strength, settings.edit_negative(), 12), (3.0, 0.8, "empty", 12)]
     assert out["candidates"]["strength 0.8 set"]["negative"] == "empty"
-    assert out["verdict"]["chosen"] == "strength 0.8 set"  # more frames landed, nothing static
+    assert shipped.extras.strength < 0.8 and out["verdict"]["chosen"] == "strength 0.8 set"  # more frames landed
 
 
 def test_edit_settings_choose_the_largest_t_near_the_best_feature_pck():

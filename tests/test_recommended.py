@@ -80,12 +80,17 @@ def test_cove_tiny_ships_its_settings_with_its_weights(monkeypatch, tmp_path):
     assert presets.edit_config() == settings.config == recommended_config("cove-tiny")
     assert presets.edit_negative() == settings.negative
     assert presets.edit_config(k=1) == replace(settings.config, k=1)
-    # what the file holds today (the figures quoted in docs/method/tiny.md)
+    monkeypatch.setattr("cove.loading.TINY_PATH", tmp_path)
+    with pytest.raises(FileNotFoundError, match="cove-tiny's settings are missing"):
+        presets.edit_config()
+
+
+def test_the_shipped_settings_are_those_the_docs_quote():
+    """docs/method/tiny.md and edit_config's docstring describe these; a new model's settings
+    change them together."""
+    settings = read_settings("cove-tiny")
     config = presets.edit_config()
     assert (config.inversion_steps, config.denoise_steps, config.pnp_steps, config.guidance_scale) == (50, 25, 25, 6.0)
     assert (config.feature_layer, config.feature_t, config.extras.strength, config.extras.p2p_steps) == \
         ("up_blocks.0", 50, 0.5, 25)
     assert settings.negative == "source" and config.extras.mask_threshold is None
-    monkeypatch.setattr("cove.loading.TINY_PATH", tmp_path)
-    with pytest.raises(FileNotFoundError, match="cove-tiny's settings are missing"):
-        presets.edit_config()
