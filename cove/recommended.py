@@ -1,8 +1,9 @@
 """A model's recommended settings: the ``cove_settings.json`` its folder holds.
 
-The settings that edit well differ from model to model (cove-tiny edits with half of a 25-step
-schedule and reads its features at t = 50; the paper's Stable Diffusion settings freeze its
-edits). A model folder in diffusers format may carry its own, measured on validation edits::
+The settings that edit well differ from model to model (cove-tiny edits with the last half of a
+25-step schedule and reads its features at t = 50, where the paper's are for Stable Diffusion:
+the whole 50-step schedule, t = 261). A model folder in diffusers format may carry its own,
+measured on validation edits::
 
     {
       "config": {"feature_t": 50, "feature_layer": "up_blocks.0", "extras.strength": 0.5},

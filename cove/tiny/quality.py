@@ -241,7 +241,8 @@ def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=No
     """Measure every part on cove-tiny (or the export ``model``); returns the results with
     "machine" and "gates". ``quick``: 12 prompts, 1 clip, 2 edits. ``settings``: the edits'
     settings, a name of ``cove.tiny.settings.CANDIDATES``, or ``"model"``: the model folder's
-    own ``cove_settings.json`` (chosen on the validation edits, ``cove.recommended``). ``after_part(results)`` is called after each part with what is measured
+    own ``cove_settings.json`` (chosen on the validation edits, ``cove.recommended``).
+    ``after_part(results)`` is called after each part with what is measured
     so far (its gates checked), so that a run cut short keeps it."""
     if settings not in CANDIDATES and settings != OWN:
         raise ValueError(f"settings must be {OWN!r} or one of {sorted(CANDIDATES)}, got {settings!r}")
