@@ -218,7 +218,8 @@ def test_edit_end_to_end(tiny_pipe, tiny_folder, tmp_path, capsys):
     assert source.read_bytes() == before  # the input is untouched
 
 
-def test_edit_passes_source_and_negative_prompts(tiny_folder, tmp_path, monkeypatch):
+def record_edit_video(monkeypatch) -> dict:
+    """The keyword arguments ``cove edit`` passes to ``edit_video`` (which still runs)."""
     import cove.pipeline
 
     seen, original = {}, cove.pipeline.edit_video
@@ -228,6 +229,11 @@ def test_edit_passes_source_and_negative_prompts(tiny_folder, tmp_path, monkeypa
         return original(*args, **kwargs)
 
     monkeypatch.setattr(cove.pipeline, "edit_video", recording)
+    return seen
+
+
+def test_edit_passes_source_and_negative_prompts(tiny_folder, tmp_path, monkeypatch):
+    seen = record_edit_video(monkeypatch)
     source = io.write_video(tmp_path / "walk.gif", textured_clip(F=2, size=32))
     argv = ["edit", str(source), "-p", "a green star", "--source-prompt", "a red star", "--negative-prompt",
             "a red star", "--model", str(tiny_folder), "--attention", "per-frame", "--inversion-steps", "2",
@@ -299,7 +305,6 @@ def test_feature_options_reach_the_correspondence(tiny_pipe, tiny_folder, tmp_pa
 def test_settings_model_starts_from_the_models_own(tiny_folder, tmp_path, monkeypatch):
     """--settings model: unset options take the model folder's cove_settings.json (and its
     negative-prompt policy); given options still win; --settings paper (the default) ignores it."""
-    import cove.pipeline
     from cove.config import Extras
     from cove.recommended import write_settings
     from cove.tiny.presets import edit_config
@@ -324,13 +329,7 @@ def test_settings_model_starts_from_the_models_own(tiny_folder, tmp_path, monkey
     tiny = ["edit", "in.mp4", "-p", "a green star", "--settings", "model", "--source-prompt", "a red star"]
     assert cli.config_from_args(parser.parse_args(tiny)) == edit_config()  # cove-tiny's presets
     # the whole command: the edit runs with the model's settings
-    seen, original = {}, cove.pipeline.edit_video
-
-    def recording(*args, **kwargs):
-        seen.update(kwargs)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(cove.pipeline, "edit_video", recording)
+    seen = record_edit_video(monkeypatch)
     source = io.write_video(tmp_path / "walk.gif", textured_clip(F=2, size=32))
     assert cli.main(["edit", str(source), "-p", "a green star", "--model", str(tiny_folder), "--quiet"] + model) == 0
     assert seen["config"] == own and seen["negative_prompt"] == "a red star"

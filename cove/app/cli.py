@@ -21,7 +21,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from .. import __version__
@@ -29,7 +28,7 @@ from ..config import (
     ATTENTION_MODES,
     CORRESPONDENCE_SOURCES,
     CoveConfig,
-    Extras,
+    config_from_overrides,
 )
 from ..sd import check_prompts
 from .checks import check_input, check_output, fit_or_refuse
@@ -85,6 +84,15 @@ class PhaseProgress:
         self.phase, self.bar = None, None
 
 
+# ``cove edit``'s options -> the CoveConfig settings they set (``cove.config.config_from_overrides``).
+FLAG_SETTINGS = {"attention": "attention", "k": "k", "window": "window", "merge_ratio": "merge_ratio",
+                 "inversion_steps": "inversion_steps", "pnp_steps": "pnp_steps", "guidance": "guidance_scale",
+                 "feature_t": "feature_t", "feature_layer": "feature_layer", "strength": "extras.strength",
+                 "mask_threshold": "extras.mask_threshold", "mask_dilate": "extras.mask_dilate",
+                 "p2p_steps": "extras.p2p_steps", "pnp_resnet_max_t": "extras.pnp_resnet_max_t",
+                 "token_chunk": "engine.token_chunk", "frame_chunk": "engine.frame_chunk"}
+
+
 def config_from_args(args) -> CoveConfig:
     """The ``CoveConfig`` of ``cove edit``'s options: unset options keep the paper's defaults, or
     with ``--settings model`` the model's own (``base_settings``); without --pnp-steps, a new
@@ -92,7 +100,7 @@ def config_from_args(args) -> CoveConfig:
     settings = base_settings(args)
     base = settings.config
     if args.denoise_steps is not None:
-        base = base.with_denoise_steps(args.denoise_steps)
+        base = base.with_denoise_steps(args.denoise_steps)  # the options below may still set pnp_steps
     default = base.extras
     p2p_steps, mask_threshold = or_default(args.p2p_steps, default.p2p_steps), or_default(args.mask_threshold, default.mask_threshold)
     if settings.path is not None and not args.source_prompt.strip():
@@ -107,33 +115,10 @@ def config_from_args(args) -> CoveConfig:
     if (args.mask_dilate is not None or args.mask_fill_holes) and mask_threshold is None:
         raise ValueError("--mask-dilate and --mask-fill-holes shape the edit mask; "
                          "expected --mask-threshold too")
-    return CoveConfig(
-        attention=or_default(args.attention, base.attention),
-        k=or_default(args.k, base.k),
-        window=or_default(args.window, base.window),
-        merge_ratio=or_default(args.merge_ratio, base.merge_ratio),
-        inversion_steps=or_default(args.inversion_steps, base.inversion_steps),
-        denoise_steps=base.denoise_steps,
-        pnp_steps=or_default(args.pnp_steps, base.pnp_steps),
-        guidance_scale=or_default(args.guidance, base.guidance_scale),
-        feature_t=or_default(args.feature_t, base.feature_t),
-        feature_layer=or_default(args.feature_layer, base.feature_layer),
-        feature_prompt=base.feature_prompt,
-        feature_ensemble=base.feature_ensemble,
-        correspondence=base.correspondence,
-        extras=Extras(
-            strength=or_default(args.strength, default.strength),
-            mask_threshold=mask_threshold,
-            mask_t=default.mask_t,
-            mask_samples=default.mask_samples,
-            mask_dilate=or_default(args.mask_dilate, default.mask_dilate),
-            mask_fill_holes=args.mask_fill_holes or default.mask_fill_holes,
-            p2p_steps=p2p_steps,
-            pnp_resnet_max_t=or_default(args.pnp_resnet_max_t, default.pnp_resnet_max_t),
-        ),
-        engine=replace(base.engine, token_chunk=or_default(args.token_chunk, base.engine.token_chunk),
-                       frame_chunk=or_default(args.frame_chunk, base.engine.frame_chunk)),
-    )
+    given = {key: getattr(args, flag) for flag, key in FLAG_SETTINGS.items() if getattr(args, flag) is not None}
+    if args.mask_fill_holes:
+        given["extras.mask_fill_holes"] = True
+    return config_from_overrides(given, base)
 
 
 def negative_from_args(args) -> str:
