@@ -541,6 +541,20 @@ def test_edit_tasks_alternate_kinds_pan_in_pairs_and_the_judge_reads_the_truth()
         assert not measures.landed_frames(task["clip"].frames, task).any()
         row = measures.score_task(task["truth"].frames, task)
         assert row["landed"] == 1.0 and row["warp_to_truth"] == 1.0 and not row["static"]
+        assert row["static_kind"] is None and row["change_to_truth"] == 1.0
+
+
+def test_static_edits_are_counted_by_kind():
+    task = measures.edit_tasks(1, seed=1000)[0]  # a background swap under a camera pan
+    truth = task["truth"].frames
+    rows = [measures.score_task(frames, task) for frames in
+            (truth, np.repeat(truth[:1], len(truth), 0), (truth * 0.1).astype(np.uint8), np.zeros_like(truth))]
+    assert [r["static_kind"] for r in rows] == [None, "fixed", "faint", "faint"]
+    figures = measures.summarise_edits(rows)
+    assert (figures["static_edits"], figures["fixed_edits"], figures["faint_edits"]) == (3, 1, 2)
+    assert measures.static_count(figures) == "3 (1 fixed, 2 faint)"
+    assert measures.static_count(measures.summarise_edits(rows[:1])) == "0"
+    assert measures.static_count({"static_edits": 2}) == "2"  # a record from before the kinds
 
 
 def test_motion_following_tells_a_frozen_pattern_from_a_moving_one():
@@ -548,12 +562,16 @@ def test_motion_following_tells_a_frozen_pattern_from_a_moving_one():
     truth, clip = task["truth"].frames, task["clip"]
     moving = metrics.motion_following(truth, clip, truth)
     frozen = metrics.motion_following(np.repeat(truth[:1], len(truth), 0), clip, truth)
-    assert not moving["static"] and moving["ratio"] > 2 and moving["pixels"] > 1000
-    assert frozen["static"] and frozen["still"] == 0.0 and frozen["along"] > 1.0
+    assert not moving["static"] and moving["kind"] is None and moving["ratio"] > 2 and moving["pixels"] > 1000
+    assert moving["change"] == 1.0  # the reference changes as much as itself
+    assert frozen["static"] and frozen["kind"] == "fixed" and frozen["still"] == 0.0 and frozen["along"] > 1.0
     black = metrics.motion_following(np.zeros_like(truth), clip, truth)  # a saturated edit: 0 both ways
-    assert black["static"] and black["along"] == black["still"] == 0.0 and black["reference_still"] > 10
+    assert black["static"] and black["kind"] == "faint" and black["along"] == black["still"] == 0.0
+    assert black["reference_still"] > 10 and black["change"] == 0.0
     faint = metrics.motion_following((truth * 0.1).astype(np.uint8), clip, truth)  # moves, but barely changes
-    assert faint["static"] and faint["ratio"] > 2
+    assert faint["static"] and faint["kind"] == "faint" and faint["ratio"] > 2
+    assert faint["change"] == pytest.approx(0.1, abs=0.02)
+    assert not metrics.motion_following((truth * 0.1).astype(np.uint8), clip, truth, faint=0.05)["static"]
     still_scene = measures.edit_tasks(4, seed=1000)[2]["clip"]  # no pan: only the objects move
     flat = np.full_like(still_scene.frames, 128)
     nothing = metrics.motion_following(flat, still_scene, flat)  # nothing visibly moves
@@ -607,12 +625,13 @@ def test_edit_video_takes_a_precomputed_correspondence(tiny_pipe):
 def test_edit_settings_reject_static_artifacts_then_rank_by_landing():
     from cove.tiny import settings
 
-    figures = {"a": {"static_edits": 1, "landed": 1.0, "warp_to_truth": 1.0},
+    figures = {"a": {"static_edits": 1, "fixed_edits": 0, "faint_edits": 1, "landed": 1.0, "warp_to_truth": 1.0},
                "b": {"static_edits": 0, "landed": 0.5, "warp_to_truth": 1.2},
                "c": {"static_edits": 0, "landed": 0.5, "warp_to_truth": 1.1},
                "d": {"static_edits": 0, "landed": 0.4, "warp_to_truth": 0.5}}
     verdict = settings.choose(figures)
-    assert verdict["chosen"] == "c" and verdict["ranking"] == ["c", "b", "d"] and list(verdict["rejected"]) == ["a"]
+    assert verdict["chosen"] == "c" and verdict["ranking"] == ["c", "b", "d"]
+    assert verdict["rejected"] == {"a": "static edits: 1 (1 faint)"}
     overrides = {"guidance_scale": 5.0, "extras": {"p2p_steps": 0}, "negative": "empty"}
     config = settings.candidate_config(overrides)
     assert config.guidance_scale == 5.0 and config.extras.p2p_steps == 0
@@ -665,8 +684,8 @@ def test_edit_settings_choose_the_largest_t_near_the_best_feature_pck():
 def test_edit_settings_write_the_chosen_ones_into_the_model_folder(tiny_folder, tmp_path, capsys, monkeypatch):
     """``--write``: the feature layer and t measured on validation clips, every candidate edits
     with them, and the chosen settings land in the folder's cove_settings.json, read back by
-    cove.recommended as the model's. The edits' figures are given (a random model freezes every
-    edit; the edits themselves are measure_edits', tested above)."""
+    cove.recommended as the model's. The edits' figures are given (a random model turns every
+    edit static; the edits themselves are measure_edits', tested above)."""
     from cove.recommended import SETTINGS_FILE, read_settings
     from cove.tiny import settings
 
@@ -684,7 +703,7 @@ def test_edit_settings_write_the_chosen_ones_into_the_model_folder(tiny_folder, 
     argv = ["--model", str(tiny_folder), "--out", str(report), "--frames", "2", "--only", "edit_config",
             "strength 0.8 set"]
     static["count"] = 1
-    with pytest.raises(SystemExit) as stop:  # every candidate froze an edit: nothing is written
+    with pytest.raises(SystemExit) as stop:  # every candidate has a static edit: nothing is written
         settings.main(argv + ["--write"])
     assert stop.value.code == 2 and "every candidate was rejected" in capsys.readouterr().err
     assert not (tiny_folder / SETTINGS_FILE).exists() and report.exists()

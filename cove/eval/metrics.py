@@ -223,8 +223,8 @@ def warp_error(frames, motion, gt_visible=None, *, reduce: bool = True):
     return float(sum(e * c for e, c in zip(errors, counts) if c) / total)
 
 
-def motion_following(frames, motion, reference, *, threshold: float = 10.0, frozen: float = 0.25) -> dict:
-    """Does a clip move with the scene, or stand still in the image? (A "static artifact".)
+def motion_following(frames, motion, reference, *, threshold: float = 10.0, faint: float = 0.25) -> dict:
+    """Does a clip move with the scene, stand still in the image, or barely change? (Static artifacts.)
 
     Over the pixels where ``reference`` (the true edited clip) changes between consecutive
     frames at the same place by more than ``threshold`` (mean over channels, [0, 255]), that
@@ -232,7 +232,8 @@ def motion_following(frames, motion, reference, *, threshold: float = 10.0, froz
     (``warp_error``'s: frame i against frame i + 1 sampled where each pixel moves to) and
     standing still (frame i against frame i + 1 at the same pixel). A clip that follows the
     motion scores far less along it; a pattern fixed to the image, while the scene pans,
-    scores less standing still.
+    scores less standing still; a faint one (a washed-out texture, a blank frame) changes little
+    either way, next to the reference standing still.
 
     Args:
         frames: uint8 (F, H, W, 3); motion: the ShapesWorld ``Clip`` with the true motion;
@@ -240,9 +241,11 @@ def motion_following(frames, motion, reference, *, threshold: float = 10.0, froz
 
     Returns:
         {"along": error along the motion, "still": error standing still, "ratio": still /
-         along, "reference_still": the reference's error standing still, "static": ``still <=
-         along`` or ``still < frozen * reference_still``, "pixels": pixels counted}; with no
-        such pixel (nothing visibly moves) ``nan`` errors and ``static`` False.
+         along, "reference_still": the reference's error standing still, "change": still /
+         reference_still, "kind": "faint" where both errors are below ``faint *
+         reference_still``, else "fixed" where ``still <= along``, else None; "static": ``kind``
+         is not None, "pixels": pixels counted}; with no such pixel (nothing visibly moves)
+        ``nan`` errors, ``kind`` None and ``static`` False.
     """
     frames, reference = as_numpy(frames), as_numpy(reference)
     if frames.ndim != 4 or frames.shape != reference.shape or frames.shape[-1] != 3:
@@ -263,11 +266,13 @@ def motion_following(frames, motion, reference, *, threshold: float = 10.0, froz
         count += int(moving.sum())
     if not count:
         return {"along": math.nan, "still": math.nan, "ratio": math.nan, "reference_still": math.nan,
-                "static": False, "pixels": 0}
+                "change": math.nan, "kind": None, "static": False, "pixels": 0}
     along, still, reference_still = along / count, still / count, reference_still / count
+    kind = ("faint" if max(along, still) < faint * reference_still
+            else "fixed" if still <= along else None)
     return {"along": along, "still": still, "ratio": still / along if along else math.inf,
-            "reference_still": reference_still,
-            "static": bool(still <= along or still < frozen * reference_still), "pixels": count}
+            "reference_still": reference_still, "change": still / reference_still if reference_still else math.nan,
+            "kind": kind, "static": kind is not None, "pixels": count}
 
 
 # ---------------------------------------------------------------------------------------------

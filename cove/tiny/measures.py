@@ -461,8 +461,9 @@ def score_task(frames: np.ndarray, task: dict) -> dict:
     Returns:
         {"landed": share of frames whose target the judge reads, "warp_error" (flicker along
          the true motion), "truth_warp_error" (the true edit's), "warp_to_truth" (their ratio),
-         "static" and "still_to_motion" (``cove.eval.metrics.motion_following``), "psnr"
-         against the true edit}.
+         "static", "static_kind" ("fixed" to the image, "faint" or None), "still_to_motion"
+         and "change_to_truth" (``cove.eval.metrics.motion_following``'s "static", "kind",
+         "ratio" and "change"), "psnr" against the true edit}.
     """
     clip, truth = task["clip"], task["truth"]
     warp = metrics.warp_error(frames, clip)
@@ -470,14 +471,16 @@ def score_task(frames: np.ndarray, task: dict) -> dict:
     following = metrics.motion_following(frames, clip, truth.frames)
     return {"landed": float(landed_frames(frames, task).mean()), "warp_error": warp,
             "truth_warp_error": truth_warp, "warp_to_truth": warp / truth_warp if truth_warp > 0 else math.nan,
-            "static": following["static"], "still_to_motion": following["ratio"],
+            "static": following["static"], "static_kind": following["kind"],
+            "still_to_motion": following["ratio"], "change_to_truth": following["change"],
             "psnr": metrics.psnr(frames, truth.frames)}
 
 
 def summarise_edits(rows: list[dict], landed: float = 0.9) -> dict:
     """Figures over edits (``score_task`` rows): "landed_edits" (share of edits landing on at
     least ``landed`` of their frames), "landed" (mean share of frames), "warp_error" and "psnr"
-    (means), "warp_to_truth" (median) and "worst_warp_to_truth", "static_edits" (count)."""
+    (means), "warp_to_truth" (median) and "worst_warp_to_truth", "static_edits" (count) and
+    of them "fixed_edits" and "faint_edits" (``score_task``'s "static_kind")."""
     ratios = [r["warp_to_truth"] for r in rows]
     return {"landed_edits": float(np.mean([r["landed"] >= landed for r in rows])),
             "landed": _mean([r["landed"] for r in rows]),
@@ -485,8 +488,18 @@ def summarise_edits(rows: list[dict], landed: float = 0.9) -> dict:
             "warp_to_truth": float(np.nanmedian(ratios)) if rows else math.nan,
             "worst_warp_to_truth": float(np.nanmax(ratios)) if rows else math.nan,
             "static_edits": int(sum(bool(r["static"]) for r in rows)),
+            "fixed_edits": int(sum(r.get("static_kind") == "fixed" for r in rows)),
+            "faint_edits": int(sum(r.get("static_kind") == "faint" for r in rows)),
             "psnr": _mean([r["psnr"] for r in rows]),
             "worst_landed": float(min(r["landed"] for r in rows)) if rows else math.nan}
+
+
+def static_count(figures: dict) -> str:
+    """``summarise_edits``' static edits as text, "2 (1 fixed, 1 faint)"; the count alone where
+    it is 0 or the kinds were not recorded."""
+    n = figures["static_edits"]
+    kinds = [f"{figures[f'{kind}_edits']} {kind}" for kind in ("fixed", "faint") if figures.get(f"{kind}_edits")]
+    return f"{n} ({', '.join(kinds)})" if n and kinds else f"{n}"
 
 
 def measure_edits(pipe, tasks: list[dict], *, config=None, modes=("per-frame", "spatiotemporal", "cove"),
@@ -535,7 +548,7 @@ def measure_edits(pipe, tasks: list[dict], *, config=None, modes=("per-frame", "
             if log:
                 log(f"[edits] {mode} {result['edits'][len(rows) - 1]}: landed {rows[-1]['landed']:.2f}, "
                     f"warp {rows[-1]['warp_error']:.2f} ({rows[-1]['warp_to_truth']:.2f}x truth)"
-                    f"{', STATIC' if rows[-1]['static'] else ''} ({seconds[-1]:.0f} s)")
+                    f"{', STATIC (' + rows[-1]['static_kind'] + ')' if rows[-1]['static'] else ''} ({seconds[-1]:.0f} s)")
         result[mode] = {**summarise_edits(rows), "seconds": _mean(seconds), "per_edit": rows}
     result["truth_warp_error"] = _mean([metrics.warp_error(t["truth"].frames, t["clip"]) for t in tasks])
     for name, a, b in (("cove_to_spatiotemporal", "cove", "spatiotemporal"),

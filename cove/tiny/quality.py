@@ -8,7 +8,7 @@ the probes and the machine they were measured on as JSON. The gates (``GATES``):
    half under a camera pan), COVE's target is read on >= 90% of the frames of >= 90% of the
    edits; text-to-image draws the asked colour, shape and background >= 90% of the time;
 2. edits are steady: COVE's warp error <= 1.5x the true edited clip's (median over edits),
-   and no edit is a static artifact (``cove.metrics.motion_following``);
+   and no edit is a static artifact, fixed to the image or faint (``cove.metrics.motion_following``);
 3. COVE's claims: diffusion PCK within 4 px >= 0.85 at the model's feature layer and t;
    COVE's warp error <= 0.8x spatial-temporal attention's, which is <= per-frame editing's;
 4. no regression: DDIM inversion + reconstruction >= 30 dB.
@@ -45,6 +45,7 @@ from .measures import (
     measure_prompt_following,
     measure_reconstruction,
     measure_shape_retention,
+    static_count,
 )
 from .settings import CANDIDATES, candidate_config, candidate_negative
 
@@ -147,7 +148,8 @@ def format_table(results: dict) -> str:
         for mode in EDIT_MODES:
             if mode in edits:
                 for key, digits in (("landed_edits", 3), ("landed", 3), ("warp_error", 2), ("warp_to_truth", 2),
-                                    ("worst_warp_to_truth", 2), ("static_edits", 0), ("psnr", 2)):
+                                    ("worst_warp_to_truth", 2), ("static_edits", 0), ("fixed_edits", 0),
+                                    ("faint_edits", 0), ("psnr", 2)):
                     if key in edits[mode]:
                         row(f"edits.{mode}.{key}", edits[mode][key], digits)
         if "truth_warp_error" in edits:
@@ -210,7 +212,7 @@ def _headline(figures: dict) -> str:
     for key, value in figures.items():
         if isinstance(value, dict) and "landed_edits" in value:  # an attention mode of the edits
             shown.append(f"{key} landed {value['landed']:.2f} warp {value['warp_error']:.2f} "
-                         f"({value['warp_to_truth']:.2f}x truth) static {value['static_edits']}")
+                         f"({value['warp_to_truth']:.2f}x truth) static {static_count(value)}")
         elif key == "shape" and isinstance(value, dict):  # shape retention per strength
             shown.append("shape " + " ".join(f"{s}: {v:.2f}" for s, v in value.items()))
         elif isinstance(value, float) and key not in ("total_seconds", "seconds", "guidance_scale", "threshold"):

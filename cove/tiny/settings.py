@@ -4,7 +4,8 @@ Each candidate of ``CANDIDATES`` (a name and overrides of ``cove.tiny.presets.ed
 edits the same validation edits (``cove.tiny.measures.edit_tasks`` from seed 1000: background
 swaps and recolours, half under a camera pan; the quality gate's come from seed 0), scored by
 ``cove.tiny.measures.score_task``. The rule (``choose``): a candidate that turns any edit into
-a static artifact is rejected; of the rest, the one whose edits land on the most frames wins,
+a static artifact (fixed to the image, or faint: ``cove.eval.metrics.motion_following``) is
+rejected; of the rest, the one whose edits land on the most frames wins,
 then the lower median flicker against the true edit. Writes every candidate's mean and worst
 figures, per edit, and the verdict as JSON (``--out``, default ``docs/edit_settings.json``).
 
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 from ..eval.bench import jsonable, machine_info
-from .measures import edit_tasks, measure_edits
+from .measures import edit_tasks, measure_edits, static_count
 from .presets import edit_config, edit_negative
 
 VALIDATION_SEED = 1000  # the gate's edits come from seed 0
@@ -83,7 +84,7 @@ def choose(results: dict) -> dict:
     """The verdict over {name: ``measure_edits`` mode figures}: {"chosen": name or None,
     "rejected": {name: why}} (static artifacts reject; then most frames landed, lower median
     warp error against the true edit)."""
-    rejected = {name: f"{r['static_edits']} static edit(s)" for name, r in results.items() if r["static_edits"]}
+    rejected = {name: f"static edits: {static_count(r)}" for name, r in results.items() if r["static_edits"]}
     kept = [name for name in results if name not in rejected]
     ranked = sorted(kept, key=lambda n: (-results[n]["landed"], _finite(results[n]["warp_to_truth"])))
     return {"chosen": ranked[0] if ranked else None, "ranking": ranked, "rejected": rejected}
@@ -133,7 +134,7 @@ def run(pipe, *, names=tuple(CANDIDATES), n: int = 12, frames: int = 8, attentio
         out["candidates"][name] = row
         log(f"[settings] {name}: landed {row['landed']:.2f} (worst {row['worst_landed']:.2f}, edits landing "
             f"{row['landed_edits']:.2f}), warp/truth median {row['warp_to_truth']:.2f} (worst "
-            f"{row['worst_warp_to_truth']:.2f}), static {row['static_edits']} "
+            f"{row['worst_warp_to_truth']:.2f}), static {static_count(row)} "
             f"({time.perf_counter() - start:.0f} s)")
     out["verdict"] = choose(out["candidates"])
     return out
