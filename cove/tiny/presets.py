@@ -32,9 +32,9 @@ def tiny_settings():
 def edit_negative() -> str:
     """The negative-prompt policy cove-tiny edits with (``cove.recommended.NEGATIVES``); the
     shipped one is "source", the source prompt, so that guidance pulls along "target minus
-    source". At
-    strength 0.8 "source" extrapolates a background swap past its target (sand -> stone goes
-    on to black); "empty" lands more edits there but freezes one: docs/method/tiny.md."""
+    source". At strength 0.8 "source" extrapolates a background swap past its target (sand ->
+    stone goes on to black); "empty" lands more edits there but leaves one faint:
+    docs/method/tiny.md."""
     return tiny_settings().negative
 
 
