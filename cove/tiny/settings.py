@@ -63,6 +63,12 @@ CANDIDATES: dict[str, dict] = {
     "strength 0.8 set, no word swap": _late(extras={"p2p_steps": 0}),
     "strength 0.8 set, edit mask": _late(extras=MASK),
     "strength 0.8 set, the source prompt as negative": _late(negative="source"),
+    # PnP's features injected in the first n denoising steps only (edit_config: in every step; strength
+    # 0.8 runs 20 of the 25, strength 0.5 runs 12, so "edit_config, PnP for 12 steps" is edit_config)
+    "strength 0.8 set, PnP for 12 steps": _late(pnp_steps=12),
+    "strength 0.8 set, PnP for 6 steps": _late(pnp_steps=6),
+    "strength 0.8 set, no PnP": _late(pnp_steps=0),
+    "edit_config, PnP for 12 steps": {"pnp_steps": 12},
 }
 
 
