@@ -48,6 +48,27 @@ class ModelSettings:
     chosen_by: str
     path: Path | None = None
 
+    def describe(self) -> str:
+        """The settings in one line of words, e.g. "50 inversion steps, the last 20 of 25
+        denoising steps (strength 0.8), PnP injection in the first 12 of them, ...": what a
+        notebook prints instead of quoting numbers that a new ``--write`` would change."""
+        c, x = self.config, self.config.extras
+        run = max(1, round(x.strength * c.denoise_steps))
+        steps = (f"the last {run} of {c.denoise_steps} denoising steps (strength {x.strength:g})"
+                 if run < c.denoise_steps else f"{c.denoise_steps} denoising steps")
+        pnp, swap = min(c.pnp_steps, run), min(x.p2p_steps, run)
+        injection = ("no PnP injection" if pnp == 0 else
+                     f"PnP injection in {'every step' if pnp == run else f'the first {pnp} of them'}")
+        if pnp and x.pnp_resnet_max_t is not None:
+            injection += f" (its ResNet features only below t = {x.pnp_resnet_max_t})"
+        words = ("no word swap" if swap == 0 else
+                 f"prompt-to-prompt's word swap in {'every step' if swap == run else f'the first {swap} steps'}")
+        mask = "no edit mask" if x.mask_threshold is None else f"an edit mask at threshold {x.mask_threshold:g}"
+        layer = c.feature_layer or "the default feature layer"
+        return (f"{c.inversion_steps} inversion steps, {steps}, {injection}, {words}, guidance "
+                f"{c.guidance_scale:g} against the {'empty' if self.negative == 'empty' else 'source'} prompt, "
+                f"{mask}, correspondence from {layer} at t = {c.feature_t}")
+
 
 def paper_settings() -> ModelSettings:
     """The paper's settings (``CoveConfig()``) and the empty negative prompt: what a model

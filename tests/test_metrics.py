@@ -519,7 +519,7 @@ def test_quality_reconstruction_and_edits_run_on_a_tiny_pipeline(tiny_pipe):
         assert set(row) >= {"landed_edits", "landed", "warp_error", "warp_to_truth", "static_edits", "psnr"}
         assert len(row["per_edit"]) == 2 and edits["frames"][mode][0].shape == (2, 32, 32, 3)
         assert row["warp_error"] > edits["truth_warp_error"]  # an untrained model flickers
-    assert edits["config"] == fast.to_dict() and edits["negative"] == "source"  # settings recorded with the figures
+    assert edits["config"] == fast.to_dict() and edits["negative"] == presets.edit_negative()  # recorded with the figures
     assert edits["edits"][0].startswith("background: on ") and edits["edits"][1].startswith("colour: ")
     assert edits["cove_to_spatiotemporal"] == edits["cove"]["warp_error"] / edits["spatiotemporal"]["warp_error"]
     with pytest.raises(ValueError, match="mode: expected one of"):
@@ -632,17 +632,17 @@ def test_edit_settings_reject_static_artifacts_then_rank_by_landing():
     verdict = settings.choose(figures)
     assert verdict["chosen"] == "c" and verdict["ranking"] == ["c", "b", "d"]
     assert verdict["rejected"] == {"a": "static edits: 1 (1 faint)"}
-    overrides = {"guidance_scale": 5.0, "extras": {"p2p_steps": 0}, "negative": "empty"}
+    overrides = {"guidance_scale": 5.0, "extras": {"p2p_steps": 0}, "negative": "source"}
     config = settings.candidate_config(overrides)
     assert config.guidance_scale == 5.0 and config.extras.p2p_steps == 0
     assert config.extras.mask_threshold == settings.edit_config().extras.mask_threshold
-    assert settings.candidate_negative(overrides) == "empty" and settings.candidate_negative({}) == "source"
+    assert settings.candidate_negative(overrides) == "source" and settings.candidate_negative({}) == settings.edit_negative()
     assert all(settings.candidate_negative(o) in presets.NEGATIVES for o in settings.CANDIDATES.values())
     late = settings.candidate_config(settings.CANDIDATES["strength 0.8 set, edit mask"])  # a variant keeps the set
     assert (late.guidance_scale, late.extras.strength, late.extras.pnp_resnet_max_t) == (3.0, 0.8, 300)
     assert late.extras.mask_threshold == settings.MASK["mask_threshold"]
-    assert presets.edit_negative_prompt("a red star on sand") == "a red star on sand"
-    assert presets.edit_negative_prompt("a red star on sand", "empty") == ""
+    assert presets.edit_negative_prompt("a red star on sand") == ""  # the shipped policy: "empty"
+    assert presets.edit_negative_prompt("a red star on sand", "source") == "a red star on sand"
     with pytest.raises(ValueError, match="negative: expected one of source, empty, got 'target'"):
         presets.edit_negative_prompt("a red star on sand", "target")
     with pytest.raises(SystemExit):
@@ -663,11 +663,12 @@ def test_edit_settings_run_edits_with_each_candidates_negative_prompt(monkeypatc
 
     monkeypatch.setattr(settings, "measure_edits", fake_edits)
     monkeypatch.setattr(settings, "machine_info", lambda pipe: {})
-    out = settings.run(object(), names=("edit_config", "strength 0.8 set"), log=lambda line: None)
+    out = settings.run(object(), names=("edit_config", "strength 0.5 set", "strength 0.8 set"), log=lambda line: None)
     shipped = settings.edit_config()
-    assert seen == [(shipped.guidance_scale, shipped.extras.strength, settings.edit_negative(), 12), (3.0, 0.8, "empty", 12)]
+    assert seen == [(shipped.guidance_scale, shipped.extras.strength, settings.edit_negative(), 12),
+                    (6.0, 0.5, "source", 12), (3.0, 0.8, "empty", 12)]
     assert out["candidates"]["strength 0.8 set"]["negative"] == "empty"
-    assert shipped.extras.strength < 0.8 and out["verdict"]["chosen"] == "strength 0.8 set"  # more frames landed
+    assert out["verdict"]["ranking"][-1] == "strength 0.5 set"  # fewest frames landed
 
 
 def test_edit_settings_choose_the_largest_t_near_the_best_feature_pck():

@@ -10,6 +10,8 @@ from cove.app import batch, cli
 from cove.app.demo import DEMO_CONFIG
 from cove.config import CoveConfig
 from cove.eval import paper
+from cove.recommended import negative_prompt
+from cove.tiny.presets import edit_negative
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +33,8 @@ def test_small_suite_job_list(tmp_path):
                                             "k": job.config.k, "window": job.config.window})
                for job in jobs if job.task == "edit")
     edit = next(job for job in jobs if job.name == "c0-cove-k3")
-    assert edit.negative_prompt == edit.source_prompt == listing["clips"][0]["caption"]  # cove-tiny's preset
+    assert edit.source_prompt == listing["clips"][0]["caption"]
+    assert edit.negative_prompt == negative_prompt(edit.source_prompt, edit_negative())  # cove-tiny's preset
     assert edit.prompt != edit.source_prompt and edit.edit is not None
     assert len({job.world for job in jobs}) == 3
     with pytest.raises(ValueError, match="suite must be one of"):

@@ -1,6 +1,7 @@
 """Tests of cove.recommended: the settings a model folder carries, and how they ship."""
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -90,7 +91,46 @@ def test_the_shipped_settings_are_those_the_docs_quote():
     change them together."""
     settings = read_settings("cove-tiny")
     config = presets.edit_config()
-    assert (config.inversion_steps, config.denoise_steps, config.pnp_steps, config.guidance_scale) == (50, 25, 25, 6.0)
+    assert (config.inversion_steps, config.denoise_steps, config.pnp_steps, config.guidance_scale) == (50, 25, 12, 3.0)
     assert (config.feature_layer, config.feature_t, config.extras.strength, config.extras.p2p_steps) == \
-        ("up_blocks.0", 50, 0.5, 25)
-    assert settings.negative == "source" and config.extras.mask_threshold is None
+        ("up_blocks.0", 50, 0.8, 25)
+    assert config.extras.pnp_resnet_max_t == 300
+    assert settings.negative == "empty" and config.extras.mask_threshold is None
+
+
+@pytest.mark.parametrize("record", ["edit_settings.json", "edit_settings_cove_tiny_a.json"])
+def test_the_edit_settings_records_name_the_candidates_of_the_code(record):
+    """Every candidate a record of ``python -m cove.tiny.settings`` names is, in the code, the
+    settings it measured (the features it chose included), so a name means one thing in the
+    docs, the records and ``--settings`` ("edit_config", the model's settings of the day, is
+    recorded only when no other candidate holds them); the shipped record's choice is
+    cove-tiny's settings."""
+    from cove.tiny import settings
+
+    result = json.loads((Path(__file__).resolve().parents[1] / "docs" / record).read_text())
+    base = settings._base(result["features"])
+    for name, row in result["candidates"].items():
+        assert settings.candidate_config(settings.CANDIDATES[name], base).to_dict() == row["config"], name
+        assert settings.candidate_negative(settings.CANDIDATES[name]) == row["negative"], name
+    if record == "edit_settings.json":
+        chosen = result["candidates"][result["verdict"]["chosen"]]
+        assert presets.edit_config().to_dict() == chosen["config"] and presets.edit_negative() == chosen["negative"]
+        assert settings.distinct(("edit_config", result["verdict"]["chosen"])) == (result["verdict"]["chosen"],)
+        assert settings.distinct(("edit_config", "strength 0.5 set")) == ("edit_config", "strength 0.5 set")
+
+
+def test_settings_describe_themselves_in_words():
+    """``ModelSettings.describe``: steps run, PnP and the word swap counted in steps run."""
+    late = CoveConfig(inversion_steps=50, denoise_steps=25, pnp_steps=12, guidance_scale=3.0, feature_t=50,
+                      feature_layer="up_blocks.0", extras=Extras(strength=0.8, pnp_resnet_max_t=300, p2p_steps=25))
+    assert replace(read_settings("cove-tiny"), config=late, negative="empty").describe() == (
+        "50 inversion steps, the last 20 of 25 denoising steps (strength 0.8), PnP injection in the first 12 of "
+        "them (its ResNet features only below t = 300), prompt-to-prompt's word swap in every step, guidance 3 "
+        "against the empty prompt, no edit mask, correspondence from up_blocks.0 at t = 50")
+    early = replace(late, pnp_steps=25, extras=Extras(strength=0.5, p2p_steps=3, mask_threshold=0.4))
+    text = replace(read_settings("cove-tiny"), config=early, negative="source").describe()
+    assert "the last 12 of 25 denoising steps (strength 0.5), PnP injection in every step, prompt-to-prompt's " \
+           "word swap in the first 3 steps, guidance 3 against the source prompt, an edit mask at threshold 0.4" in text
+    paper = CoveConfig()
+    assert replace(read_settings("cove-tiny"), config=replace(paper, pnp_steps=0)).describe().startswith(
+        f"{paper.inversion_steps} inversion steps, {paper.denoise_steps} denoising steps, no PnP injection, no word swap")

@@ -15,14 +15,16 @@ from cove.eval import judge
 from cove.features import extract_features
 from cove.loading import TINY_PATH
 from cove.pipeline import edit_video, reconstruct
-from cove.tiny import measures, presets
+from cove.tiny import measures
+from cove.tiny.settings import CANDIDATES, candidate_config
 
 
 def masked_config(**overrides) -> CoveConfig:
     """The edit settings the mask, word-swap and ResNet-injection figures below were measured
-    with: ``presets.edit_config()``'s schedule at guidance 12, with the edit mask at threshold
-    0.4, not grown, holes filled."""
-    base = presets.edit_config(guidance_scale=12.0)
+    with: the "strength 0.5 set" of ``cove.tiny.settings`` (the last half of a 25-step schedule,
+    PnP in every step) at guidance 12, with the edit mask at threshold 0.4, not grown, holes
+    filled."""
+    base = dataclasses.replace(candidate_config(CANDIDATES["strength 0.5 set"]), guidance_scale=12.0)
     extras = dataclasses.replace(base.extras, mask_threshold=0.4, mask_dilate=0, mask_fill_holes=True)
     return dataclasses.replace(base, extras=extras, **overrides)
 
@@ -106,8 +108,8 @@ def test_generation_follows_the_background(pipe):
 
 
 def test_source_caption_as_negative_prompt_keeps_the_background(pipe):
-    """An edit setting of the demo and the quality gate: guidance away from the source caption
-    changes the background less than guidance away from "" (measured on these two edits, 10
+    """The "source" negative-prompt policy of the strength 0.5 set: guidance away from the source
+    caption changes the background less than guidance away from "" (measured on these two edits, 10
     steps, no mask: background PSNR 23.9 dB against 19.6 dB; with the 12000-step model, on the 6
     validation clips at strength 0.7, guidance 7.5, 50/25 steps: 25.2 against 21.2 dB, with 65%
     against 40% of the object recoloured)."""

@@ -22,12 +22,11 @@ from ..eval.bench import dumps, jsonable, machine_info
 from ..eval.scoring import score_clip, score_correspondence, score_edit
 from ..tiny.presets import edit_config, edit_negative_prompt
 
-# cove-tiny's edit settings (``cove.tiny.presets.edit_config``: the last half of a 25-step
-# schedule, PnP and the word swap in every step run, guidance 6 with the source prompt as the
-# negative prompt, no edit mask) with the steps halved so that the demo runs in well under a
-# minute on 2 CPU cores. Cost: each edit makes (inversion steps run + 2 * denoising steps run)
-# * F UNet passes (guidance doubles the batch): (9 + 2 * 5) * 8 here.
-DEMO_CONFIG = replace(edit_config(), inversion_steps=20, denoise_steps=10, pnp_steps=10)
+# cove-tiny's edit settings (``cove.tiny.presets.edit_config``) with the steps halved so that the
+# demo runs in about a minute on 2 CPU cores (``with_denoise_steps`` keeps PnP's share of the
+# schedule). Cost: each edit makes (inversion steps run + 2 * denoising steps run) * F UNet
+# passes (guidance doubles the batch); at strength s, s * 20 + 2 * s * 10 a frame.
+DEMO_CONFIG = replace(edit_config().with_denoise_steps(10), inversion_steps=20)
 # A smoke test (tests, ``cove demo --quick``): 4 frames, a few steps; its numbers are not a result.
 QUICK_CONFIG = CoveConfig(inversion_steps=3, denoise_steps=2, pnp_steps=1)
 QUICK_FRAMES = 4

@@ -31,9 +31,9 @@ def tiny_settings():
 
 def edit_negative() -> str:
     """The negative-prompt policy cove-tiny edits with (``cove.recommended.NEGATIVES``); the
-    shipped one is "source", the source prompt, so that guidance pulls along "target minus
-    source". At strength 0.8 "source" extrapolates a background swap past its target (sand ->
-    stone goes on to black); "empty" lands more edits there but leaves one faint:
+    shipped one is "empty", the empty prompt. "source" (the source prompt) makes guidance pull
+    along "target minus source": at strength 0.5 that keeps the background, at strength 0.8 it
+    extrapolates a background swap past its target (sand -> stone goes on to black):
     docs/method/tiny.md."""
     return tiny_settings().negative
 
@@ -50,12 +50,13 @@ def edit_config(**overrides):
     ``overrides`` applied (``dataclasses.replace``).
 
     Chosen by ``python -m cove.tiny.settings`` on 12 validation edits (``docs/edit_settings.json``;
-    ``tiny_settings().chosen_by`` says how); the shipped ones: the last half of a 25-step schedule
-    (strength 0.5) after 50 inversion steps, PnP injection and prompt-to-prompt's word swap in
-    every step run, guidance 6 with the source prompt as the negative prompt, no edit mask, and
-    correspondence from ``up_blocks.0`` at t = 50. The feature block is measured and named
-    rather than left to ``default_feature_layer``, which picks the last block on the finest
-    attention grid: for a model with attention at 32x32 (training design ``a``) that is the
-    block next to the output, whose PCK is below 0.3 at every t.
+    ``tiny_settings().chosen_by`` says how); the shipped ones ("strength 0.8 set, PnP for 12
+    steps"): the last 20 steps of a 25-step schedule (strength 0.8) after 50 inversion steps,
+    PnP injection in the first 12 of them (its ResNet features only below t = 300),
+    prompt-to-prompt's word swap in every step, guidance 3 against the empty negative prompt,
+    no edit mask, and correspondence from ``up_blocks.0`` at t = 50. The feature block is
+    measured and named rather than left to ``default_feature_layer``, which picks the last
+    block on the finest attention grid: for a model with attention at 32x32 (training design
+    ``a``) that is the block next to the output, whose PCK is below 0.3 at every t.
     """
     return replace(tiny_settings().config, **overrides)

@@ -38,21 +38,35 @@ FEATURE_TOLERANCE = 0.01  # PCK within this of the best counts as the best
 # name -> overrides of edit_config(): top-level fields, "extras" as a dict of Extras fields, and
 # "negative" (a policy of presets.NEGATIVES; default presets.edit_negative())
 MASK = {"mask_threshold": 0.4, "mask_dilate": 0, "mask_fill_holes": True}
-# "strength 0.8 set": strength 0.8, guidance 3 against the empty prompt, PnP's ResNet features
-# only below t = 300 (the word swap as edit_config's); its variants change one thing
-LATE = {"guidance_scale": 3.0, "negative": "empty", "extras": {"strength": 0.8, "pnp_resnet_max_t": 300}}
+# Every candidate but "edit_config" (the model's own settings, whatever they are) names all the
+# fields the candidates vary, so a name means the same settings on every model and after every
+# --write. "strength 0.5 set": strength 0.5, guidance 6 against the source prompt, PnP in every
+# step run, ResNet features at every t, the word swap in every step (cove-tiny's settings until
+# PnP for 12 steps was chosen). "strength 0.8 set": strength 0.8, guidance 3 against the empty
+# prompt, PnP in every step run, its ResNet features only below t = 300. Their variants change
+# one thing.
+EARLY = {"guidance_scale": 6.0, "negative": "source", "pnp_steps": 25,
+         "extras": {"strength": 0.5, "pnp_resnet_max_t": None, "p2p_steps": 25}}
+LATE = {"guidance_scale": 3.0, "negative": "empty", "pnp_steps": 25,
+        "extras": {"strength": 0.8, "pnp_resnet_max_t": 300, "p2p_steps": 25}}
+
+
+def _variant(base: dict, **changes) -> dict:
+    """``base`` with ``changes`` (top-level fields, "negative", and "extras" merged into its extras)."""
+    extras = {**base["extras"], **changes.pop("extras", {})}
+    return {**base, **changes, "extras": extras}
 
 
 def _late(**changes) -> dict:
-    """``LATE`` with ``changes`` (top-level fields, "negative", and "extras" merged into its extras)."""
-    extras = {**LATE["extras"], **changes.pop("extras", {})}
-    return {**LATE, **changes, "extras": extras}
+    """``LATE`` with ``changes``."""
+    return _variant(LATE, **changes)
 
 
 CANDIDATES: dict[str, dict] = {
     "edit_config": {},
+    "strength 0.5 set": EARLY,
     # cove-tiny-a's own (docs/edit_settings_cove_tiny_a.json, benchmarks/cove-tiny-a/cove_settings.json)
-    "guidance 7.5, no word swap": {"guidance_scale": 7.5, "extras": {"p2p_steps": 0}},
+    "guidance 7.5, no word swap": _variant(EARLY, guidance_scale=7.5, extras={"p2p_steps": 0}),
     "strength 0.8 set": _late(),
     "strength 0.8 set, guidance 1.5": _late(guidance_scale=1.5),
     "strength 0.8 set, guidance 4.5": _late(guidance_scale=4.5),
@@ -63,12 +77,11 @@ CANDIDATES: dict[str, dict] = {
     "strength 0.8 set, no word swap": _late(extras={"p2p_steps": 0}),
     "strength 0.8 set, edit mask": _late(extras=MASK),
     "strength 0.8 set, the source prompt as negative": _late(negative="source"),
-    # PnP's features injected in the first n denoising steps only (edit_config: in every step; strength
-    # 0.8 runs 20 of the 25, strength 0.5 runs 12, so "edit_config, PnP for 12 steps" is edit_config)
+    # PnP's features injected in the first n denoising steps run only (of the 20 that strength 0.8
+    # runs; strength 0.5 runs 12, so PnP for 12 steps there is the strength 0.5 set)
     "strength 0.8 set, PnP for 12 steps": _late(pnp_steps=12),
     "strength 0.8 set, PnP for 6 steps": _late(pnp_steps=6),
     "strength 0.8 set, no PnP": _late(pnp_steps=0),
-    "edit_config, PnP for 12 steps": {"pnp_steps": 12},
 }
 
 
@@ -127,6 +140,7 @@ def run(pipe, *, names=tuple(CANDIDATES), n: int = 12, frames: int = 8, attentio
     ``features`` (``measure_features``' result) every candidate reads its chosen layer and t."""
     tasks = edit_tasks(n, seed, frames=frames)
     base = _base(features)
+    names = distinct(names, base)
     out: dict = {"machine": machine_info(pipe), "seed": seed, "edits": n, "frames": frames,
                  "attention": attention, "features": features, "candidates": {}}
     for name in names:
@@ -144,6 +158,17 @@ def run(pipe, *, names=tuple(CANDIDATES), n: int = 12, frames: int = 8, attentio
             f"({time.perf_counter() - start:.0f} s)")
     out["verdict"] = choose(out["candidates"])
     return out
+
+
+def distinct(names, base=None) -> tuple:
+    """``names`` without "edit_config" where another of them holds the same settings (config on
+    ``base`` and negative): after a ``--write`` the model's settings are a named candidate, and
+    the record names them so."""
+    def settings(name):
+        return candidate_config(CANDIDATES[name], base).to_dict(), candidate_negative(CANDIDATES[name])
+
+    same = "edit_config" in names and any(settings(n) == settings("edit_config") for n in names if n != "edit_config")
+    return tuple(n for n in names if not (same and n == "edit_config"))
 
 
 def _base(features: dict | None):
