@@ -95,6 +95,9 @@ def test_the_shipped_settings_are_those_the_docs_quote():
     assert (config.feature_layer, config.feature_t, config.extras.strength, config.extras.p2p_steps) == \
         ("up_blocks.0", 50, 0.8, 25)
     assert config.extras.pnp_resnet_max_t == 300
+    from cove.pipeline import denoise_timesteps
+    steps = denoise_timesteps(load_pipeline("cove-tiny"), config)  # PnP's steps end above t = 300: no ResNet
+    assert len(steps) == 20 and (steps[0], steps[config.pnp_steps - 1]) == (761, 321)
     assert settings.negative == "empty" and config.extras.mask_threshold is None
 
 
