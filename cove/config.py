@@ -216,6 +216,12 @@ class CoveConfig:
             raise ValueError(f"extras must be a cove.config.Extras, got {type(self.extras).__name__}")
         check_fields(self)
 
+    @property
+    def denoise_steps_run(self) -> int:
+        """How many of the ``denoise_steps`` an edit runs: the last ``max(1, round(strength *
+        denoise_steps))`` (all of them at strength 1)."""
+        return max(1, round(self.extras.strength * self.denoise_steps))
+
     def with_denoise_steps(self, steps: int) -> "CoveConfig":
         """This config with ``steps`` denoising steps and ``pnp_steps`` rescaled to the same
         share of the schedule (the paper's 40 of 50 -> 8 of 10), rounded, at most ``steps``."""

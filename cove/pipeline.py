@@ -134,10 +134,10 @@ def _timesteps(scheduler: DDIMScheduler, steps: int) -> list[int]:
 def denoise_timesteps(pipe, config: CoveConfig) -> list[int]:
     """The DDIM timesteps an edit denoises through, descending (50 steps: 981, 961, ..., 1).
 
-    With ``config.extras.strength`` s < 1 only the last ``max(1, round(s * denoise_steps))`` of them.
+    With ``config.extras.strength`` s < 1 only the last ``config.denoise_steps_run`` of them.
     """
     steps = _timesteps(ddim_scheduler(pipe), config.denoise_steps)
-    return steps[len(steps) - max(1, round(config.extras.strength * len(steps))):]
+    return steps[len(steps) - config.denoise_steps_run:]
 
 
 def inversion_timesteps(pipe, config: CoveConfig) -> list[int]:

@@ -53,7 +53,7 @@ class ModelSettings:
         denoising steps (strength 0.8), PnP injection in the first 12 of them, ...": what a
         notebook prints instead of quoting numbers that a new ``--write`` would change."""
         c, x = self.config, self.config.extras
-        run = max(1, round(x.strength * c.denoise_steps))
+        run = c.denoise_steps_run
         steps = (f"the last {run} of {c.denoise_steps} denoising steps (strength {x.strength:g})"
                  if run < c.denoise_steps else f"{c.denoise_steps} denoising steps")
         pnp, swap = min(c.pnp_steps, run), min(x.p2p_steps, run)

@@ -167,8 +167,9 @@ def distinct(names, base=None) -> tuple:
     def settings(name):
         return candidate_config(CANDIDATES[name], base).to_dict(), candidate_negative(CANDIDATES[name])
 
-    same = "edit_config" in names and any(settings(n) == settings("edit_config") for n in names if n != "edit_config")
-    return tuple(n for n in names if not (same and n == "edit_config"))
+    if "edit_config" in names and any(settings(n) == settings("edit_config") for n in names if n != "edit_config"):
+        return tuple(n for n in names if n != "edit_config")
+    return tuple(names)
 
 
 def _base(features: dict | None):
