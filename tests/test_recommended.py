@@ -137,3 +137,18 @@ def test_settings_describe_themselves_in_words():
     paper = CoveConfig()
     assert replace(read_settings("cove-tiny"), config=replace(paper, pnp_steps=0)).describe().startswith(
         f"{paper.inversion_steps} inversion steps, {paper.denoise_steps} denoising steps, no PnP injection, no word swap")
+
+
+def test_the_settings_command_lists_its_candidates_in_words(capsys):
+    """``python -m cove.tiny.settings --list`` loads no model: each candidate's name, then its
+    settings in words, so a user picks a ``--settings`` or ``--only`` name knowing what it runs."""
+    from cove.tiny import settings
+
+    assert settings.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    blocks = dict(block.split(":\n  ") for block in out.strip().split("\n\n"))
+    assert list(blocks) == list(settings.CANDIDATES)
+    assert blocks["edit_config"] == read_settings("cove-tiny").describe()
+    assert "(strength 0.5)" in blocks["strength 0.5 set"] and "against the source prompt" in blocks["strength 0.5 set"]
+    assert "no PnP injection" in blocks["strength 0.8 set, no PnP"]
+    assert "an edit mask at threshold 0.4" in blocks["strength 0.8 set, edit mask"]

@@ -338,9 +338,10 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--modes", nargs="+", choices=EDIT_MODES, default=list(EDIT_MODES),
                         help="the edits' attention modes (cove-true: COVE on the true correspondence)")
-    parser.add_argument("--settings", choices=[OWN, *CANDIDATES], default="edit_config",
+    parser.add_argument("--settings", choices=[OWN, *CANDIDATES], default="edit_config", metavar="NAME",
                         help="the edits' settings: 'model', the model folder's own cove_settings.json "
-                             "(cove.recommended), or a name of cove.tiny.settings.CANDIDATES (default edit_config)")
+                             "(cove.recommended), or a name of cove.tiny.settings.CANDIDATES "
+                             "(python -m cove.tiny.settings --list prints them; default edit_config)")
     parser.add_argument("--update", action="store_true",
                         help="keep the parts of --out that --only does not measure (same model, seed, size)")
     parser.add_argument("--compare", metavar="CANDIDATE.json",

@@ -99,6 +99,17 @@ def candidate_negative(overrides: dict) -> str:
     return overrides.get("negative") or edit_negative()
 
 
+def describe_candidates(base=None) -> str:
+    """Every candidate's name and its settings in words (``ModelSettings.describe``), one
+    candidate a paragraph: what ``python -m cove.tiny.settings --list`` prints. ``base``
+    (default ``edit_config()``) is what the overrides apply to."""
+    from ..recommended import ModelSettings
+
+    return "\n\n".join(
+        f"{name}:\n  {ModelSettings(candidate_config(o, base), candidate_negative(o), name).describe()}"
+        for name, o in CANDIDATES.items())
+
+
 def choose(results: dict) -> dict:
     """The verdict over {name: ``measure_edits`` mode figures}: {"chosen": name or None,
     "rejected": {name: why}} (static artifacts reject; then most frames landed, lower median
@@ -203,16 +214,22 @@ def chosen_settings(result: dict):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cove.tiny.settings", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/edit_settings.json")
+    parser.add_argument("--out", default="docs/edit_settings.json", help="where to write the JSON figures")
     parser.add_argument("--model", default="cove-tiny", help="cove-tiny or a folder of an export")
-    parser.add_argument("--edits", type=int, default=12)
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--attention", default="per-frame", choices=("per-frame", "spatiotemporal", "cove"))
-    parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--edits", type=int, default=12, help="validation edits (at least 12)")
+    parser.add_argument("--frames", type=int, default=8, help="frames a clip")
+    parser.add_argument("--attention", default="per-frame", choices=("per-frame", "spatiotemporal", "cove"),
+                        help="the edits' attention mode")
+    parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES), metavar="NAME",
+                        help="candidates to measure, by name (--list prints them; default: all)")
+    parser.add_argument("--list", action="store_true", help="print every candidate's name and settings, and exit")
     parser.add_argument("--write", action="store_true",
                         help="measure the feature layer and t first, and write the chosen settings into the "
                              "model folder's cove_settings.json")
     args = parser.parse_args(argv)
+    if args.list:
+        print(describe_candidates())
+        return 0
     if args.edits < 12:
         parser.error(f"--edits: expected at least 12 validation edits, got {args.edits}")
     from ..loading import check_model, load_pipeline
