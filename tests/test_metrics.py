@@ -354,8 +354,16 @@ def test_quality_settings_choose_the_edits_config(tmp_path, monkeypatch):
     quality.main(["--out", str(out), "--only", "edits", "--settings", name])
     assert seen == [(candidate_config(CANDIDATES[name]), "source")] and seen[0][0].guidance_scale == 7.5
     assert seen[0][0].extras.p2p_steps == 0 and json.loads(out.read_text())["settings"] == name
-    with pytest.raises(SystemExit, match="measured with"):
-        quality.main(["--out", str(out), "--update", "--only", "edits"])
+    # --update keeps a part measured with other settings only where the settings do not change it
+    monkeypatch.setattr(quality, "measure_reconstruction", lambda pipe, n, seed: {"psnr": 35.0})
+    with pytest.raises(SystemExit, match="edits were measured with settings 'guidance 7.5, no word swap', not "
+                                         "'edit_config'; measure them too"):
+        quality.main(["--out", str(out), "--update", "--only", "reconstruction"])
+    quality.main(["--out", str(out), "--update", "--only", "reconstruction", "--settings", name])
+    quality.main(["--out", str(out), "--update", "--only", "edits"])  # the other settings' edits, replaced
+    saved = json.loads(out.read_text())
+    assert saved["settings"] == "edit_config" and saved["reconstruction"]["psnr"] == 35.0
+    assert seen[-1] == (presets.edit_config(), presets.edit_negative())
     with pytest.raises(ValueError, match="settings must be 'model' or one of"):
         quality.run(settings="guidance 99", pipe=object())
 

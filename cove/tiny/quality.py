@@ -222,6 +222,7 @@ def _headline(figures: dict) -> str:
 
 PARTS = ("prompt", "shape_retention", "reconstruction", "edits", "correspondence", "probes")
 PART_KEYS = {"prompt": "prompt_following"}  # a part's key in the results, where it differs from its name
+SETTINGS_PARTS = ("edits", "correspondence")  # the parts whose figures depend on the edit settings (config, negative)
 
 
 OWN = "model"  # --settings: the model folder's own cove_settings.json (cove.recommended)
@@ -294,16 +295,22 @@ def merge(previous: dict, results: dict) -> dict:
 
 def _previous(out: Path, args) -> dict:
     """The figures of ``out`` that ``--update`` keeps, or a one-line exit when they cannot be
-    merged (missing, unreadable, or measured on another model, seed or size)."""
+    merged (missing, unreadable, measured on another model, seed or size, or keeping a part that
+    depends on the edit settings, ``SETTINGS_PARTS``, measured with other settings)."""
     try:
         previous = json.loads(out.read_text())
     except (OSError, ValueError) as error:
         raise SystemExit(f"--update: cannot read {out} ({error}); run without --update first") from None
-    mine = {"model": str(args.model), "seed": args.seed, "quick": args.quick, "settings": args.settings}
+    mine = {"model": str(args.model), "seed": args.seed, "quick": args.quick}
     absent = {"model": "cove-tiny", "settings": "edit_config"}
     theirs = {key: previous.get(key, absent.get(key)) for key in mine}
     if theirs != mine:
         raise SystemExit(f"--update: {out} was measured with {theirs}, not {mine}; run without --update")
+    settings = previous.get("settings", absent["settings"])
+    kept = [part for part in SETTINGS_PARTS if part not in args.only and PART_KEYS.get(part, part) in previous]
+    if settings != args.settings and kept:
+        raise SystemExit(f"--update: {out}'s {' and '.join(kept)} were measured with settings {settings!r}, not "
+                         f"{args.settings!r}; measure them too (--only ... {' '.join(kept)}) or run without --update")
     return previous
 
 
@@ -343,7 +350,8 @@ def main(argv=None) -> int:
                              "(cove.recommended), or a name of cove.tiny.settings.CANDIDATES "
                              "(python -m cove.tiny.settings --list prints them; default edit_config)")
     parser.add_argument("--update", action="store_true",
-                        help="keep the parts of --out that --only does not measure (same model, seed, size)")
+                        help="keep the parts of --out that --only does not measure (same model, seed, size; "
+                             "edits and correspondence only if measured with the same --settings)")
     parser.add_argument("--compare", metavar="CANDIDATE.json",
                         help="measure nothing: say whether the figures of CANDIDATE.json may ship in place "
                              "of --out's (exit 0 if they may)")

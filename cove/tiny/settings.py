@@ -65,7 +65,7 @@ def _late(**changes) -> dict:
 CANDIDATES: dict[str, dict] = {
     "edit_config": {},
     "strength 0.5 set": EARLY,
-    # cove-tiny-a's own (docs/edit_settings_cove_tiny_a.json, benchmarks/cove-tiny-a/cove_settings.json)
+    # chosen for cove-tiny-a among the first 12 candidates (docs/edit_settings_cove_tiny_a.json holds it)
     "guidance 7.5, no word swap": _variant(EARLY, guidance_scale=7.5, extras={"p2p_steps": 0}),
     "strength 0.8 set": _late(),
     "strength 0.8 set, guidance 1.5": _late(guidance_scale=1.5),
