@@ -347,8 +347,9 @@ def test_quality_settings_choose_the_edits_config(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "load_tiny", lambda device=None, model="cove-tiny": object())
     monkeypatch.setattr(quality, "machine_info", lambda pipe: {"date": "today", "commit": "abc"})
     seen = []
-    monkeypatch.setattr(quality, "measure_edits",
-                        lambda pipe, tasks, config, negative, **kw: seen.append((config, negative)) or {})
+    monkeypatch.setattr(quality, "measure_edits",  # records what it edited with, as measures.measure_edits does
+                        lambda pipe, tasks, config, negative, **kw: seen.append((config, negative))
+                        or {"config": config.to_dict(), "negative": negative})
     name = "guidance 7.5, no word swap"
     out = tmp_path / "q.json"
     quality.main(["--out", str(out), "--only", "edits", "--settings", name])
@@ -356,10 +357,15 @@ def test_quality_settings_choose_the_edits_config(tmp_path, monkeypatch):
     assert seen[0][0].extras.p2p_steps == 0 and json.loads(out.read_text())["settings"] == name
     # --update keeps a part measured with other settings only where the settings do not change it
     monkeypatch.setattr(quality, "measure_reconstruction", lambda pipe, n, seed: {"psnr": 35.0})
-    with pytest.raises(SystemExit, match="edits were measured with settings 'guidance 7.5, no word swap', not "
-                                         "'edit_config'; measure them too"):
+    with pytest.raises(SystemExit, match="edits were measured with other edit settings than 'edit_config' "
+                                         r"\(the file names 'guidance 7.5, no word swap'\); measure them too"):
         quality.main(["--out", str(out), "--update", "--only", "reconstruction"])
     quality.main(["--out", str(out), "--update", "--only", "reconstruction", "--settings", name])
+    # the name alone is not enough: edits recorded with another config are refused under the same name
+    saved = json.loads(out.read_text())
+    out.write_text(json.dumps({**saved, "edits": {**saved["edits"], "negative": "empty"}}))
+    with pytest.raises(SystemExit, match="other edit settings"):
+        quality.main(["--out", str(out), "--update", "--only", "reconstruction", "--settings", name])
     quality.main(["--out", str(out), "--update", "--only", "edits"])  # the other settings' edits, replaced
     saved = json.loads(out.read_text())
     assert saved["settings"] == "edit_config" and saved["reconstruction"]["psnr"] == 35.0

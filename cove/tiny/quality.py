@@ -238,6 +238,15 @@ def _probes(pipe, n_clips: int, seed: int) -> dict:
             "attention_leverage": measure_attention_leverage(pipe, min(n_clips, 2), seed)}
 
 
+def edit_settings(model: str, settings: str):
+    """The edits' (config, negative-prompt policy) under ``--settings``: the model folder's own
+    ``cove_settings.json`` for ``"model"``, else a candidate of ``cove.tiny.settings``."""
+    if settings == OWN:
+        own = read_settings(model)
+        return own.config, own.negative
+    return candidate_config(CANDIDATES[settings]), candidate_negative(CANDIDATES[settings])
+
+
 def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=None, model: str = "cove-tiny",
         modes=EDIT_MODES, settings: str = "edit_config", log=functools.partial(print, flush=True),
         after_part=None) -> dict:
@@ -251,11 +260,7 @@ def run(*, quick: bool = False, seed: int = 0, device=None, parts=PARTS, pipe=No
         raise ValueError(f"settings must be {OWN!r} or one of {sorted(CANDIDATES)}, got {settings!r}")
     pipe = pipe if pipe is not None else load_tiny(device, model)
     n_prompts, n_clips, n_edits = (12, 1, 2) if quick else (96, 3, 12)
-    if settings == OWN:  # the model folder's cove_settings.json
-        own = read_settings(model)
-        config, negative = own.config, own.negative
-    else:
-        config, negative = candidate_config(CANDIDATES[settings]), candidate_negative(CANDIDATES[settings])
+    config, negative = edit_settings(model, settings)
     results: dict = {"quick": quick, "seed": seed, "model": str(model), "settings": settings,
                      "machine": machine_info(pipe)}
     steps = {
@@ -306,12 +311,25 @@ def _previous(out: Path, args) -> dict:
     theirs = {key: previous.get(key, absent.get(key)) for key in mine}
     if theirs != mine:
         raise SystemExit(f"--update: {out} was measured with {theirs}, not {mine}; run without --update")
-    settings = previous.get("settings", absent["settings"])
-    kept = [part for part in SETTINGS_PARTS if part not in args.only and PART_KEYS.get(part, part) in previous]
-    if settings != args.settings and kept:
-        raise SystemExit(f"--update: {out}'s {' and '.join(kept)} were measured with settings {settings!r}, not "
-                         f"{args.settings!r}; measure them too (--only ... {' '.join(kept)}) or run without --update")
+    config, negative = edit_settings(args.model, args.settings)
+    kept = {part: previous[part] for part in SETTINGS_PARTS if part not in args.only and part in previous}
+    stale = [part for part, figures in kept.items() if not _measured_with(part, figures, config, negative)]
+    if stale:
+        parts = " and ".join(stale)
+        raise SystemExit(f"--update: {out}'s {parts} were measured with other edit settings than {args.settings!r} "
+                         f"(the file names {previous.get('settings', absent['settings'])!r}); measure them too "
+                         f"(--only ... {' '.join(stale)}) or run without --update")
     return previous
+
+
+def _measured_with(part: str, figures: dict, config, negative: str) -> bool:
+    """Whether a settings-dependent part's figures were measured with ``config`` and
+    ``negative``: the edits' recorded config and negative prompt, the correspondence's feature
+    layer and t (the file's settings name is not enough: ``"model"`` reads a file that
+    ``cove.tiny.settings --write`` rewrites)."""
+    if part == "edits":
+        return figures.get("config") == config.to_dict() and figures.get("negative") == negative
+    return figures.get("t") == config.feature_t and config.feature_layer in (None, figures.get("layer"))
 
 
 def _compare(candidate: Path, shipped: Path) -> int:
