@@ -1,6 +1,7 @@
 """Tests of cove.metrics: PCK, warp error, PSNR, edit fidelity and the ShapesWorld judge."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -425,6 +426,37 @@ def test_quality_ship_verdict_needs_better_edits_and_no_new_failure(tmp_path, ca
             in capsys.readouterr().out)
     with pytest.raises(SystemExit, match="cannot read"):
         quality.main(["--compare", str(tmp_path / "missing.json"), "--out", str(tmp_path / "shipped.json")])
+
+
+def test_quality_compare_pairs_the_edits_both_models_land(tmp_path, capsys):
+    names = ["colour: a -> b", "background: c -> d", "colour: e -> f", "background: g -> h", "colour: i -> j"]
+
+    def figures(landed, warp):  # per edit: share of frames landed, flicker over the true edit's
+        rows = [{"landed": a, "warp_to_truth": w} for a, w in zip(landed, warp)]
+        return {"edits": {"edits": names, "cove": {"per_edit": rows}}}
+
+    candidate = figures([1.0, 0.9, 1.0, 1.0, 0.5], [2.0, 3.0, 4.0, 9.0, 1.0])
+    shipped = figures([1.0, 1.0, 0.8, 1.0, 1.0], [4.0, 3.0, 1.0, 6.0, 5.0])
+    paired = quality.paired_edits(candidate, shipped)
+    # both land edits 0, 1 and 3: ratios 0.5, 1.0, 1.5; edit 2 only the candidate, edit 4 only the shipped model
+    assert paired["both_landed"] == 3 and paired["ratio"] == 1.0
+    assert (paired["lower"], paired["higher"], paired["equal"]) == (1, 1, 1)
+    assert paired["only_candidate"] == ["colour: e -> f"] and paired["only_shipped"] == ["colour: i -> j"]
+    low, high = paired["interval"]
+    assert 0.5 <= low <= paired["ratio"] <= high <= 1.5 and low < high
+    assert quality.paired_edits(candidate, shipped) == paired  # seeded
+    assert quality.ship_verdict(candidate, shipped)["paired"] == paired
+    assert quality.paired_edits(candidate, {"edits": {**shipped["edits"], "edits": names[::-1]}}) is None
+    assert quality.paired_edits(candidate, {"edits": {}}) is None
+    alone = quality.paired_edits(figures([1.0] * 5, [2.0] * 5), figures([0.0] * 5, [1.0] * 5))
+    assert alone["both_landed"] == 0 and math.isnan(alone["ratio"]) and alone["interval"] is None
+    assert "none of them lands on both models" in quality.paired_text(alone)
+    for name, value in (("candidate.json", candidate), ("shipped.json", shipped)):
+        (tmp_path / name).write_text(json.dumps(value))
+    quality.main(["--compare", str(tmp_path / "candidate.json"), "--out", str(tmp_path / "shipped.json")])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("edit by edit"))
+    assert ("on the 3 both models land, the candidate's flicker is 1.00x the shipped model's" in line
+            and "only the candidate lands 1 (colour: e -> f); only the shipped model lands 1 (colour: i -> j)" in line)
 
 
 def test_quality_moving_clips_move():
@@ -907,3 +939,16 @@ def test_quality_probes_record_the_anchored_clip_gain(tiny_pipe):
     assert anchored == measures.measure_clip_gain(tiny_pipe, 2, 0, ts=quality.ANCHORED_TS,
                                                   anchor_t=quality.ANCHOR_T)
     assert "probes.anchored_clip_gain.t500" in quality.format_table(results)
+
+
+def test_the_paired_figures_the_docs_quote_are_the_records():
+    """tiny.md and the benchmarks page quote cove-tiny-a's paired flicker against the shipped model."""
+    root = Path(__file__).resolve().parents[1] / "docs"
+    records = [json.loads((root / name).read_text()) for name in ("quality_cove_tiny_a_own_settings.json", "quality.json")]
+    paired = quality.paired_edits(*records)
+    ratio, (low, high) = f"{paired['ratio']:.2f}", (f"{v:.2f}" for v in paired["interval"])
+    for page in ("method/tiny.md", "benchmarks.md"):
+        text = " ".join((root / page).read_text().split())
+        assert f"on those {paired['both_landed']} edits is {ratio}×" in text or \
+            f"on the {paired['both_landed']} edits both models land, its flicker is {ratio}×" in text, page
+        assert f"interval {low}–{high}" in text, page

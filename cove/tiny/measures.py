@@ -476,7 +476,10 @@ def score_task(frames: np.ndarray, task: dict) -> dict:
             "psnr": metrics.psnr(frames, truth.frames)}
 
 
-def summarise_edits(rows: list[dict], landed: float = 0.9) -> dict:
+LANDED = 0.9  # an edit lands where the judge reads its target on at least this share of its frames
+
+
+def summarise_edits(rows: list[dict], landed: float = LANDED) -> dict:
     """Figures over edits (``score_task`` rows): "landed_edits" (share of edits landing on at
     least ``landed`` of their frames), "landed" (mean share of frames), "warp_error" and "psnr"
     (means), "warp_to_truth" (median) and "worst_warp_to_truth", "static_edits" (count) and

@@ -29,11 +29,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..eval.bench import jsonable, machine_info
 from ..recommended import read_settings
 from .measures import (
     ANCHOR_T,
     EDIT_MODES,
+    LANDED,
     edit_tasks,
     measure_attention_entropy,
     measure_attention_leverage,
@@ -120,7 +123,59 @@ def ship_verdict(candidate: dict, shipped: dict) -> dict:
             for name, b in zip(EDIT_GATES, edit) if b is False]
     if not any(edit) and not why:
         why.append("no edit gate better than the shipped model's")
-    return {"ships": not why, "why": why, "gates": gates}
+    return {"ships": not why, "why": why, "gates": gates, "paired": paired_edits(candidate, shipped)}
+
+
+def paired_edits(candidate: dict, shipped: dict, mode: str = "cove", landed: float = LANDED,
+                 resamples: int = 2000, seed: int = 0) -> dict | None:
+    """The two models' edits side by side, edit by edit: on the edits both land (target read on
+    at least ``landed`` of the frames), the candidate's flicker over the shipped model's
+    (``warp_to_truth`` per edit; their median and a 90% bootstrap interval of that median over
+    ``resamples`` draws of those edits), how many are lower, higher and equal, and which edits
+    only one of them lands. The gate's median flicker runs over every edit, so an edit that one
+    model lands and the other leaves unchanged counts against the one that lands it; this reads
+    flicker where both changed the clip. It informs; ``ship_verdict`` decides by the gates.
+
+    ``None`` when either side lacks the mode's per-edit rows or the two did not edit the same
+    edits. Returns {"mode", "edits": n, "both_landed", "ratio": median or NaN, "interval":
+    [low, high] or None (fewer than 2 edits), "lower", "higher", "equal", "only_candidate",
+    "only_shipped": [edit names]}."""
+    sides = [(f.get("edits") or {}) for f in (candidate, shipped)]
+    rows = [(side.get(mode) or {}).get("per_edit") for side in sides]
+    names = sides[0].get("edits")
+    if not rows[0] or not rows[1] or names is None or names != sides[1].get("edits") or not (
+            len(rows[0]) == len(rows[1]) == len(names)):
+        return None
+    lands = [[r["landed"] >= landed for r in side] for side in rows]
+    both = [i for i, (a, b) in enumerate(zip(*lands)) if a and b]
+    ratios = np.array([rows[0][i]["warp_to_truth"] / rows[1][i]["warp_to_truth"] for i in both])
+    interval = None
+    if len(ratios) >= 2:
+        draws = np.random.default_rng(seed).integers(0, len(ratios), (resamples, len(ratios)))
+        interval = [float(v) for v in np.quantile(np.median(ratios[draws], axis=1), (0.05, 0.95))]
+    return {"mode": mode, "edits": len(names), "both_landed": len(both),
+            "ratio": float(np.median(ratios)) if len(ratios) else math.nan, "interval": interval,
+            "lower": int((ratios < 1).sum()), "higher": int((ratios > 1).sum()), "equal": int((ratios == 1).sum()),
+            "only_candidate": [n for n, a, b in zip(names, *lands) if a and not b],
+            "only_shipped": [n for n, a, b in zip(names, *lands) if b and not a]}
+
+
+def paired_text(paired: dict | None) -> str:
+    """``paired_edits``' figures as one line, or why there are none."""
+    if paired is None:
+        return "edit by edit: the two files did not edit the same edits, so no edit can be paired"
+    p = paired
+    if not p["both_landed"]:
+        shared = "none of them lands on both models"
+    else:
+        interval = ("" if p["interval"] is None else
+                    f", 90% bootstrap interval {p['interval'][0]:.2f}-{p['interval'][1]:.2f}")
+        shared = (f"on the {p['both_landed']} both models land, the candidate's flicker is {p['ratio']:.2f}x "
+                  f"the shipped model's (median of the per-edit ratios{interval}), lower on {p['lower']}, "
+                  f"higher on {p['higher']}, equal on {p['equal']}")
+    only = "; ".join(f"only the {who} lands {len(names)}" + (f" ({', '.join(names)})" if names else "")
+                     for who, names in (("candidate", p["only_candidate"]), ("shipped model", p["only_shipped"])))
+    return f"edit by edit ({p['mode']}, {p['edits']} edits): {shared}; {only}"
 
 
 def format_table(results: dict) -> str:
@@ -348,6 +403,7 @@ def _compare(candidate: Path, shipped: Path) -> int:
         shown = ["-" if v is None else f"{v:.4g}" for v in (row["candidate"], row["shipped"])]
         better = {True: "yes", False: "NO", None: ""}[row["better"]]
         print(f"{name:<40}{shown[0]:>11}{shown[1]:>10}  {better}")
+    print(paired_text(verdict["paired"]))
     print(f"{candidate} {'ships' if verdict['ships'] else 'does not ship'} in place of {shipped}"
           + ("" if verdict["ships"] else ": " + "; ".join(verdict["why"])))
     return 0 if verdict["ships"] else 1
