@@ -451,6 +451,9 @@ def test_quality_compare_pairs_the_edits_both_models_land(tmp_path, capsys):
     alone = quality.paired_edits(figures([1.0] * 5, [2.0] * 5), figures([0.0] * 5, [1.0] * 5))
     assert alone["both_landed"] == 0 and math.isnan(alone["ratio"]) and alone["interval"] is None
     assert "none of them lands on both models" in quality.paired_text(alone)
+    assert quality.paired_text(None).startswith("edit by edit: nothing to pair")
+    unmeasured = quality.paired_edits(figures([1.0] * 5, [math.nan, 2.0, 2.0, 2.0, 2.0]), figures([1.0] * 5, [1.0] * 5))
+    assert unmeasured["both_landed"] == 4 and unmeasured["ratio"] == 2.0
     for name, value in (("candidate.json", candidate), ("shipped.json", shipped)):
         (tmp_path / name).write_text(json.dumps(value))
     quality.main(["--compare", str(tmp_path / "candidate.json"), "--out", str(tmp_path / "shipped.json")])

@@ -137,7 +137,7 @@ def paired_edits(candidate: dict, shipped: dict, mode: str = "cove", landed: flo
     flicker where both changed the clip. It informs; ``ship_verdict`` decides by the gates.
 
     ``None`` when either side lacks the mode's per-edit rows or the two did not edit the same
-    edits. Returns {"mode", "edits": n, "both_landed", "ratio": median or NaN, "interval":
+    edits; an edit whose flicker ratio is not finite is not paired. Returns {"mode", "edits": n, "both_landed", "ratio": median or NaN, "interval":
     [low, high] or None (fewer than 2 edits), "lower", "higher", "equal", "only_candidate",
     "only_shipped": [edit names]}."""
     sides = [(f.get("edits") or {}) for f in (candidate, shipped)]
@@ -147,7 +147,8 @@ def paired_edits(candidate: dict, shipped: dict, mode: str = "cove", landed: flo
             len(rows[0]) == len(rows[1]) == len(names)):
         return None
     lands = [[r["landed"] >= landed for r in side] for side in rows]
-    both = [i for i, (a, b) in enumerate(zip(*lands)) if a and b]
+    finite = [all(math.isfinite(side[i]["warp_to_truth"]) for side in rows) for i in range(len(names))]
+    both = [i for i, (a, b) in enumerate(zip(*lands)) if a and b and finite[i]]
     ratios = np.array([rows[0][i]["warp_to_truth"] / rows[1][i]["warp_to_truth"] for i in both])
     interval = None
     if len(ratios) >= 2:
@@ -163,7 +164,7 @@ def paired_edits(candidate: dict, shipped: dict, mode: str = "cove", landed: flo
 def paired_text(paired: dict | None) -> str:
     """``paired_edits``' figures as one line, or why there are none."""
     if paired is None:
-        return "edit by edit: the two files did not edit the same edits, so no edit can be paired"
+        return "edit by edit: nothing to pair (a file without COVE's per-edit rows, or two files of different edits)"
     p = paired
     if not p["both_landed"]:
         shared = "none of them lands on both models"
