@@ -432,7 +432,8 @@ def test_quality_compare_pairs_the_edits_both_models_land(tmp_path, capsys):
     names = ["colour: a -> b", "background: c -> d", "colour: e -> f", "background: g -> h", "colour: i -> j"]
 
     def figures(landed, warp):  # per edit: share of frames landed, flicker over the true edit's
-        rows = [{"landed": a, "warp_to_truth": w} for a, w in zip(landed, warp)]
+        rows = [{"landed": a, "warp_to_truth": w, "warp_error": w, "static": False, "psnr": 20.0}
+                for a, w in zip(landed, warp)]
         return {"edits": {"edits": names, "cove": {"per_edit": rows}}}
 
     candidate = figures([1.0, 0.9, 1.0, 1.0, 0.5], [2.0, 3.0, 4.0, 9.0, 1.0])
@@ -452,6 +453,16 @@ def test_quality_compare_pairs_the_edits_both_models_land(tmp_path, capsys):
     assert alone["both_landed"] == 0 and math.isnan(alone["ratio"]) and alone["interval"] is None
     assert "none of them lands on both models" in quality.paired_text(alone)
     assert quality.paired_text(None).startswith("edit by edit: nothing to pair")
+    other = {**figures([1.0] * 5, [3.0] * 5), "seed": 1}  # five more edits of the same model, another seed
+    pooled = quality.pool_edits([{**candidate, "seed": 0}, other])
+    assert pooled["edits"]["edits"][0] == "seed 0: colour: a -> b" and len(pooled["edits"]["edits"]) == 10
+    assert pooled["edits"]["cove"]["landed_edits"] == 0.9 and pooled["edits"]["cove"]["warp_to_truth"] == 3.0
+    with pytest.raises(ValueError, match="different seeds"):
+        quality.pool_edits([other, other])
+    with pytest.raises(ValueError, match="other models or edit settings"):
+        quality.pool_edits([{**candidate, "seed": 0}, {**other, "model": "runs/gpu-export"}])
+    with pytest.raises(ValueError, match="no cove per-edit rows"):
+        quality.pool_edits([{"edits": {}, "seed": 2}])
     unmeasured = quality.paired_edits(figures([1.0] * 5, [math.nan, 2.0, 2.0, 2.0, 2.0]), figures([1.0] * 5, [1.0] * 5))
     assert unmeasured["both_landed"] == 4 and unmeasured["ratio"] == 2.0
     for name, value in (("candidate.json", candidate), ("shipped.json", shipped)):
@@ -955,3 +966,30 @@ def test_the_paired_figures_the_docs_quote_are_the_records():
         assert f"on those {paired['both_landed']} edits is {ratio}×" in text or \
             f"on the {paired['both_landed']} edits both models land, its flicker is {ratio}×" in text, page
         assert f"interval {low}–{high}" in text, page
+
+
+def test_the_pooled_figures_the_docs_quote_are_the_records():
+    """tiny.md and the benchmarks page quote cove-tiny-a against the shipped model on 36 edits."""
+    root = Path(__file__).resolve().parents[1]
+    extra = root / "benchmarks" / "cove-tiny-a-vs-shipped"
+
+    def pooled(gate, name):
+        paths = [root / "docs" / gate] + [extra / f"{name}_{seed}.json" for seed in (2000, 3000)]
+        return quality.pool_edits([json.loads(p.read_text()) for p in paths])
+
+    a, shipped = pooled("quality_cove_tiny_a_own_settings.json", "a"), pooled("quality.json", "shipped")
+    mine, theirs = a["edits"]["cove"], shipped["edits"]["cove"]
+    paired = quality.paired_edits(a, shipped)
+    tiny = " ".join((root / "docs" / "method" / "tiny.md").read_text().split())
+    bench = " ".join((root / "docs" / "benchmarks.md").read_text().split())
+    assert (f"36 edits in all: cove-tiny-a lands {mine['landed_edits']:.0%} of them (the shipped model "
+            f"{theirs['landed_edits']:.0%}) and {mine['landed']:.0%} of their frames ({theirs['landed']:.0%})") in tiny
+    assert (f"its median flicker is {mine['warp_to_truth']:.2f}× the true edit's ({theirs['warp_to_truth']:.2f}×), "
+            f"and {paired['ratio']:.2f}× the shipped model's on the {paired['both_landed']} edits both land "
+            f"(90% bootstrap interval {paired['interval'][0]:.2f}–{paired['interval'][1]:.2f})") in tiny
+    assert (f"but {mine['static_edits']} of its edits are static ({theirs['static_edits']}), and "
+            f"{mine['fixed_edits']} of those {mine['static_edits']} are patterns fixed to the image") in tiny
+    assert theirs["fixed_edits"] == 0 and theirs["faint_edits"] == theirs["static_edits"]
+    assert (f"its median flicker is {mine['warp_to_truth']:.2f}× the true edit's against the shipped model's "
+            f"{theirs['warp_to_truth']:.2f}×, but {mine['fixed_edits']} of its edits are patterns fixed") in bench
+    assert not quality.ship_verdict(a, shipped)["ships"]

@@ -49,6 +49,7 @@ from .measures import (
     measure_reconstruction,
     measure_shape_retention,
     static_count,
+    summarise_edits,
 )
 from .settings import CANDIDATES, candidate_config, candidate_negative
 
@@ -159,6 +160,31 @@ def paired_edits(candidate: dict, shipped: dict, mode: str = "cove", landed: flo
             "lower": int((ratios < 1).sum()), "higher": int((ratios > 1).sum()), "equal": int((ratios == 1).sum()),
             "only_candidate": [n for n, a, b in zip(names, *lands) if a and not b],
             "only_shipped": [n for n, a, b in zip(names, *lands) if b and not a]}
+
+
+def pool_edits(records: list[dict], mode: str = "cove") -> dict:
+    """Several quality records' edits (of one model and settings, on other seeds: other edits)
+    as one record of all of them: {"edits": {"edits": ["seed S: name"], mode: summarise_edits
+    of every per-edit row, with "per_edit"}}, which ``paired_edits`` and ``check_gates`` read
+    like a gate's. Raises ``ValueError`` where a record lacks the mode's per-edit rows, where
+    the records differ in model or edit settings, or where two share a seed (the same edits)."""
+    def measured(record):
+        edits = record.get("edits") or {}
+        return record.get("model"), edits.get("config"), edits.get("negative")
+
+    if len({repr(measured(r)) for r in records}) > 1:
+        raise ValueError("pool_edits: the records were measured with other models or edit settings")
+    seeds = [r.get("seed") for r in records]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"pool_edits: expected records of different seeds, got seeds {seeds}")
+    names, rows = [], []
+    for record in records:
+        edits = record.get("edits") or {}
+        if not (edits.get(mode) or {}).get("per_edit"):
+            raise ValueError(f"pool_edits: a record of seed {record.get('seed')!r} has no {mode} per-edit rows")
+        names += [f"seed {record.get('seed')}: {name}" for name in edits["edits"]]
+        rows += edits[mode]["per_edit"]
+    return {"edits": {"edits": names, mode: {**summarise_edits(rows), "per_edit": rows}}}
 
 
 def paired_text(paired: dict | None) -> str:
