@@ -138,18 +138,17 @@ def paired_edits(candidate: dict, shipped: dict, mode: str = "cove", landed: flo
     flicker where both changed the clip. It informs; ``ship_verdict`` decides by the gates.
 
     ``None`` when either side lacks the mode's per-edit rows or the two did not edit the same
-    edits; an edit whose flicker ratio is not finite is not paired. Returns {"mode", "edits": n, "both_landed", "ratio": median or NaN, "interval":
-    [low, high] or None (fewer than 2 edits), "lower", "higher", "equal", "only_candidate",
-    "only_shipped": [edit names]}."""
-    sides = [(f.get("edits") or {}) for f in (candidate, shipped)]
-    rows = [(side.get(mode) or {}).get("per_edit") for side in sides]
-    names = sides[0].get("edits")
-    if not rows[0] or not rows[1] or names is None or names != sides[1].get("edits") or not (
+    edits; an edit whose flicker ratio is not finite is not paired. Returns {"mode", "edits": n,
+    "both_landed", "ratio": median or NaN, "interval": [low, high] or None (fewer than 2 edits),
+    "lower", "higher", "equal", "only_candidate", "only_shipped": [edit names]}."""
+    rows = [_per_edit(record, mode) for record in (candidate, shipped)]
+    names = (candidate.get("edits") or {}).get("edits")
+    if not rows[0] or not rows[1] or names is None or names != (shipped.get("edits") or {}).get("edits") or not (
             len(rows[0]) == len(rows[1]) == len(names)):
         return None
     lands = [[r["landed"] >= landed for r in side] for side in rows]
-    finite = [all(math.isfinite(side[i]["warp_to_truth"]) for side in rows) for i in range(len(names))]
-    both = [i for i, (a, b) in enumerate(zip(*lands)) if a and b and finite[i]]
+    both = [i for i, (a, b) in enumerate(zip(*lands))
+            if a and b and all(math.isfinite(side[i]["warp_to_truth"]) for side in rows)]
     ratios = np.array([rows[0][i]["warp_to_truth"] / rows[1][i]["warp_to_truth"] for i in both])
     interval = None
     if len(ratios) >= 2:
@@ -179,19 +178,23 @@ def pool_edits(records: list[dict], mode: str = "cove") -> dict:
         raise ValueError(f"pool_edits: expected records of different seeds, got seeds {seeds}")
     names, rows = [], []
     for record in records:
-        edits = record.get("edits") or {}
-        if not (edits.get(mode) or {}).get("per_edit"):
+        per_edit = _per_edit(record, mode)
+        if not per_edit:
             raise ValueError(f"pool_edits: a record of seed {record.get('seed')!r} has no {mode} per-edit rows")
-        names += [f"seed {record.get('seed')}: {name}" for name in edits["edits"]]
-        rows += edits[mode]["per_edit"]
+        names += [f"seed {record.get('seed')}: {name}" for name in record["edits"]["edits"]]
+        rows += per_edit
     return {"edits": {"edits": names, mode: {**summarise_edits(rows), "per_edit": rows}}}
 
 
-def paired_text(paired: dict | None) -> str:
+def _per_edit(record: dict, mode: str) -> list[dict] | None:
+    """A quality record's per-edit rows of ``mode`` (``None`` where it has none)."""
+    return ((record.get("edits") or {}).get(mode) or {}).get("per_edit")
+
+
+def paired_text(p: dict | None) -> str:
     """``paired_edits``' figures as one line, or why there are none."""
-    if paired is None:
+    if p is None:
         return "edit by edit: nothing to pair (a file without COVE's per-edit rows, or two files of different edits)"
-    p = paired
     if not p["both_landed"]:
         shared = "none of them lands on both models"
     else:
