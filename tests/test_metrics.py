@@ -1,4 +1,5 @@
 """Tests of cove.metrics: PCK, warp error, PSNR, edit fidelity and the ShapesWorld judge."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cove import metrics
+from cove import metrics, world
 from cove.eval import judge
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +196,6 @@ def test_edit_fidelity_rejects_mismatched_shapes():
 # with ShapesWorld
 # ---------------------------------------------------------------------------------------------
 
-from cove import world  # noqa: E402
 from cove.eval.bench import jsonable  # noqa: E402
 from cove.tiny import measures, presets, quality  # noqa: E402
 
@@ -415,6 +415,13 @@ def test_quality_ship_verdict_needs_better_edits_and_no_new_failure(tmp_path, ca
     assert quality.ship_verdict(partial, shipped)["why"] == ["reconstruction.psnr not measured"]
     static = quality.ship_verdict(figures(0.5, 3.0, static=1), shipped)
     assert not static["ships"] and "edits.cove.static_edits fails" in static["why"][0]
+    judged_now = figures(0.4, 3.0)
+    judged_now["edits"]["static_rule"] = metrics.MOTION_FOLLOWING_RULE
+    assert quality.static_rule(judged_now) == "regions" and quality.static_rule(shipped) == "pairs"
+    assert quality.static_rule({"edits": None}) is None
+    other_rules = quality.ship_verdict(judged_now, shipped)  # static counts of two rules do not compare
+    assert not other_rules["ships"] and other_rules["why"] == [
+        "static edits judged by other rules ('regions' against 'pairs'): measure the shipped model's edits again"]
     for name, value in (("candidate.json", figures(0.4, 3.0)), ("shipped.json", shipped)):
         (tmp_path / name).write_text(json.dumps(value))
     args = ["--compare", str(tmp_path / "candidate.json"), "--out", str(tmp_path / "shipped.json")]
@@ -463,6 +470,9 @@ def test_quality_compare_pairs_the_edits_both_models_land(tmp_path, capsys):
         quality.pool_edits([{**candidate, "seed": 0}, {**other, "model": "runs/gpu-export"}])
     with pytest.raises(ValueError, match="no cove per-edit rows"):
         quality.pool_edits([{"edits": {}, "seed": 2}])
+    assert pooled["edits"]["static_rule"] == "pairs"  # records without a rule's name
+    with pytest.raises(ValueError, match="other rules"):
+        quality.pool_edits([{**candidate, "seed": 0}, {**other, "edits": {**other["edits"], "static_rule": "regions"}}])
     unmeasured = quality.paired_edits(figures([1.0] * 5, [math.nan, 2.0, 2.0, 2.0, 2.0]), figures([1.0] * 5, [1.0] * 5))
     assert unmeasured["both_landed"] == 4 and unmeasured["ratio"] == 2.0
     for name, value in (("candidate.json", candidate), ("shipped.json", shipped)):
@@ -580,6 +590,7 @@ def test_quality_reconstruction_and_edits_run_on_a_tiny_pipeline(tiny_pipe):
         assert len(row["per_edit"]) == 2 and edits["frames"][mode][0].shape == (2, 32, 32, 3)
         assert row["warp_error"] > edits["truth_warp_error"]  # an untrained model flickers
     assert edits["config"] == fast.to_dict() and edits["negative"] == presets.edit_negative()  # recorded with the figures
+    assert edits["static_rule"] == metrics.MOTION_FOLLOWING_RULE
     assert edits["edits"][0].startswith("background: on ") and edits["edits"][1].startswith("colour: ")
     assert edits["cove_to_spatiotemporal"] == edits["cove"]["warp_error"] / edits["spatiotemporal"]["warp_error"]
     with pytest.raises(ValueError, match="mode: expected one of"):
@@ -610,6 +621,7 @@ def test_static_edits_are_counted_by_kind():
     rows = [measures.score_task(frames, task) for frames in
             (truth, np.repeat(truth[:1], len(truth), 0), (truth * 0.1).astype(np.uint8), np.zeros_like(truth))]
     assert [r["static_kind"] for r in rows] == [None, "fixed", "faint", "faint"]
+    assert rows[0]["static_where"] == [] and "background" in rows[1]["static_where"]
     figures = measures.summarise_edits(rows)
     assert (figures["static_edits"], figures["fixed_edits"], figures["faint_edits"]) == (3, 1, 2)
     assert measures.static_count(figures) == "3 (1 fixed, 2 faint)"
@@ -638,6 +650,51 @@ def test_motion_following_tells_a_frozen_pattern_from_a_moving_one():
     assert nothing["pixels"] == 0 and not nothing["static"] and math.isnan(nothing["ratio"])
     with pytest.raises(ValueError, match="same shape"):
         metrics.motion_following(truth[:2], clip, truth)
+    with pytest.raises(ValueError, match="ShapesWorld Clip"):
+        metrics.motion_following(truth, clip.frames, truth)
+    with pytest.raises(ValueError, match="gap"):
+        metrics.motion_following(truth, clip, truth, gap=len(truth))
+    with pytest.raises(ValueError, match="tolerance >= 0"):
+        metrics.motion_following(truth, clip, truth, tolerance=-1)
+
+
+def _resized(task, scale):
+    """The true edit with the edited object drawn ``scale`` times its size: it moves as the truth does."""
+    scene = task["truth"].scene
+    objects = list(scene.objects)
+    o = objects[task["object"]]
+    objects[task["object"]] = dataclasses.replace(o, diameter=(o.diameter[0] * scale, o.diameter[1] * scale))
+    return world.render(dataclasses.replace(scene, objects=tuple(objects))).frames
+
+
+def test_motion_following_forgives_an_edited_object_of_another_size_but_not_one_left_behind():
+    task = measures.edit_tasks(4, seed=1000)[3]  # a recolour, no pan: only the objects move
+    assert task["kind"] == "colour" and task["pan"] == 0.0
+    clip, truth = task["clip"], task["truth"].frames
+    for scale in (0.6, 0.8, 1.2):  # moves with the scene, drawn smaller or larger than the truth
+        following = metrics.motion_following(_resized(task, scale), clip, truth)
+        assert not following["static"] and following["ratio"] > 1.5, scale
+        assert following["regions"]["objects"]["judged"] and not following["regions"]["background"]["judged"]
+    held = np.repeat(truth[:1], len(truth), 0)  # the recoloured object stays where it was
+    assert metrics.motion_following(held, clip, truth)["static"]
+    noisy = np.clip(held + np.random.default_rng(0).integers(-12, 13, held.shape), 0, 255).astype(np.uint8)
+    assert metrics.motion_following(noisy, clip, truth)["static"]  # pixel noise is no motion
+    assert metrics.motion_following(truth, clip, truth, gap=1)["kind"] is None
+
+
+def test_motion_following_judges_the_background_apart_from_the_objects():
+    task = measures.edit_tasks(1, seed=1000)[0]  # a background swap under a camera pan
+    truth = task["truth"]
+    empty = world.render(dataclasses.replace(truth.scene, objects=(), caption_order=None)).frames
+    on_object = truth.masks.any(1)[..., None]  # (F, H, W, 1)
+    held_background = np.where(on_object, truth.frames, empty[:1])  # the objects move, the ground stays put
+    following = metrics.motion_following(held_background, task["clip"], truth.frames)
+    assert following["kind"] == "fixed" and following["regions"]["background"]["kind"] == "fixed"
+    assert following["regions"]["objects"]["kind"] is None
+    flat = np.where(on_object, truth.frames, empty.mean((0, 1, 2), keepdims=True).astype(np.uint8))
+    assert metrics.motion_following(flat, task["clip"], truth.frames)["kind"] == "faint"
+
+
 
 
 def test_true_correspondence_is_the_clips_motion():
@@ -973,11 +1030,10 @@ def test_the_pooled_figures_the_docs_quote_are_the_records():
     root = Path(__file__).resolve().parents[1]
     extra = root / "benchmarks" / "cove-tiny-a-vs-shipped"
 
-    def pooled(gate, name):
-        paths = [root / "docs" / gate] + [extra / f"{name}_{seed}.json" for seed in (2000, 3000)]
-        return quality.pool_edits([json.loads(p.read_text()) for p in paths])
+    def pooled(name):  # the gate's edits (seed 0) and 24 more
+        return quality.pool_edits([json.loads((extra / f"{name}_{seed}.json").read_text()) for seed in (0, 2000, 3000)])
 
-    a, shipped = pooled("quality_cove_tiny_a_own_settings.json", "a"), pooled("quality.json", "shipped")
+    a, shipped = pooled("a"), pooled("shipped")
     mine, theirs = a["edits"]["cove"], shipped["edits"]["cove"]
     paired = quality.paired_edits(a, shipped)
     tiny = " ".join((root / "docs" / "method" / "tiny.md").read_text().split())
@@ -993,3 +1049,43 @@ def test_the_pooled_figures_the_docs_quote_are_the_records():
     assert (f"its median flicker is {mine['warp_to_truth']:.2f}× the true edit's against the shipped model's "
             f"{theirs['warp_to_truth']:.2f}×, but {mine['fixed_edits']} of its edits are patterns fixed") in bench
     assert not quality.ship_verdict(a, shipped)["ships"]
+
+
+def test_the_static_rule_figures_the_docs_quote_are_the_record():
+    """tiny.md quotes benchmarks/static-rule/static_rule.json: both rules on clips whose answer is known."""
+    root = Path(__file__).resolve().parents[1]
+    record = json.loads((root / "benchmarks" / "static-rule" / "static_rule.json").read_text())
+    now, before = record[metrics.MOTION_FOLLOWING_RULE], record["0a31491"]
+    for clip, row in now.items():  # today's rule is right on every clip
+        assert row["static"] == (row["of"] if row["should"] == "static" else 0), clip
+    tiny = " ".join((root / "docs" / "method" / "tiny.md").read_text().split())
+    sizes = ", ".join(f"{s}: {before[f'object at {s}'.replace(':', '')]['static']}"
+                      for s in ("60%", "80%", "120%"))
+    assert (f"read as static on {before['object at 70%']['static']} of {before['object at 70%']['of']} by "
+            f"the earlier rule (at {sizes}, shifted by 2 pixels: {before['object shifted 2 px']['static']})") in tiny
+    held = [before[f"background {k}"]["static"] for k in ("held", "flat", "half held, half flat")]
+    assert f"(the earlier: {held[0]}, {held[1]} and {held[2]} of {before['background held']['of']})" in tiny
+    assert f"every one of the {now['first frame held']['of']} edits held at its first frame" in tiny
+
+
+
+def test_the_regions_figures_the_docs_quote_are_the_records():
+    """tiny.md quotes cove-tiny-a's gate edits judged by today's static rule (COVE's rows)."""
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "benchmarks" / "cove-tiny-a-vs-shipped" / "regions"
+    a, shipped = (json.loads((folder / f"{name}_0.json").read_text()) for name in ("a", "shipped"))
+    gate = json.loads((root / "docs" / "quality.json").read_text())
+    assert shipped["edits"]["cove"] == gate["edits"]["cove"]  # the gate's own record, COVE's rows
+    assert quality.static_rule(a) == quality.static_rule(shipped) == metrics.MOTION_FOLLOWING_RULE
+    static = [(name, row["static_kind"], row["static_where"])
+              for name, row in zip(a["edits"]["edits"], a["edits"]["cove"]["per_edit"]) if row["static"]]
+    assert static == [("background: on bricks -> on snow", "faint", ["background"])]
+    circle = a["edits"]["edits"].index("colour: purple circle -> yellow circle")
+    assert not a["edits"]["cove"]["per_edit"][circle]["static"]
+    theirs = shipped["edits"]["cove"]
+    assert theirs["static_edits"] == theirs["faint_edits"] == 2
+    verdict = quality.ship_verdict(a, shipped)
+    assert any(why.startswith("edits.cove.warp_to_truth worse") for why in verdict["why"])
+    tiny = " ".join((root / "docs" / "method" / "tiny.md").read_text().split())
+    assert ("one other edit, bricks → snow, is faint in its background, against the shipped model's two "
+            "faint edits") in tiny

@@ -23,6 +23,7 @@ __all__ = [
     "pck_by_offset",
     "warp_error",
     "motion_following",
+    "MOTION_FOLLOWING_RULE",
     "psnr",
     "edit_fidelity",
     "nearest_colour",
@@ -223,56 +224,133 @@ def warp_error(frames, motion, gt_visible=None, *, reduce: bool = True):
     return float(sum(e * c for e, c in zip(errors, counts) if c) / total)
 
 
-def motion_following(frames, motion, reference, *, threshold: float = 10.0, faint: float = 0.25) -> dict:
-    """Does a clip move with the scene, stand still in the image, or barely change? (Static artifacts.)
+MOTION_FOLLOWING_RULE = "regions"  # motion_following's rule, named in the records it judges ("pairs": the
+# rule of records without a name, consecutive frames at the same pixels over the whole frame)
 
-    Over the pixels where ``reference`` (the true edited clip) changes between consecutive
-    frames at the same place by more than ``threshold`` (mean over channels, [0, 255]), that
-    is where the scene visibly moves, compare two errors of ``frames``: along the true motion
-    (``warp_error``'s: frame i against frame i + 1 sampled where each pixel moves to) and
-    standing still (frame i against frame i + 1 at the same pixel). A clip that follows the
-    motion scores far less along it; a pattern fixed to the image, while the scene pans,
-    scores less standing still; a faint one (a washed-out texture, a blank frame) changes little
-    either way, next to the reference standing still.
+
+def motion_following(frames, clip, reference, *, threshold: float = 10.0, faint: float = 0.25,
+                     gap: int | None = None, tolerance: int = 3, smooth: int = 3,
+                     min_share: float = 0.01) -> dict:
+    """Does an edit move with the scene, stand still in the image, or barely change? (Static artifacts.)
+
+    Two errors of ``frames`` between a frame and a later one: *along* the true motion (the later
+    frame sampled where each pixel moves to) and *standing still* (the later frame at the same
+    pixel), summed where the scene moves and visibly changes (by more than ``threshold`` of 255),
+    in two regions judged apart:
+
+    * the **background**, further than ``tolerance`` pixels from every object, where the camera
+      pans: consecutive frames, where ``reference`` (the true edited clip) changes;
+    * the **objects** and the pixels around them, where an edit's shapes may differ from the
+      true edit's by a few pixels: frames ``gap`` apart (half the clip by default, so that the
+      objects move further than that), colours averaged over ``smooth`` x ``smooth`` pixels
+      (pixel noise is no motion), along the best of the true motions within ``tolerance``
+      pixels (an edited object a little larger, smaller or shifted still moves with its
+      scene), where the reference or ``frames`` changes.
+
+    A region that changes less standing still than along the motion is *fixed* to the image (a
+    pattern that stays put while the camera pans, an object left behind); one whose errors are
+    both under ``faint`` times the reference's change standing still is *faint* (a washed-out
+    texture, a blank frame). A region is judged where it holds at least ``min_share`` of the
+    pixels compared; the edit is static where either judged region is.
 
     Args:
-        frames: uint8 (F, H, W, 3); motion: the ShapesWorld ``Clip`` with the true motion;
-        reference: uint8 (F, H, W, 3) that moves with it (the true edit).
+        frames: uint8 (F, H, W, 3), e.g. an edited clip; clip: the ShapesWorld ``Clip`` with the
+            true motion (its ``track`` and ``masks``); reference: uint8 (F, H, W, 3) that moves
+            with it (the true edit).
 
     Returns:
-        {"along": error along the motion, "still": error standing still, "ratio": still /
-         along, "reference_still": the reference's error standing still, "change": still /
-         reference_still, "kind": "faint" where both errors are below ``faint *
-         reference_still``, else "fixed" where ``still <= along``, else None; "static": ``kind``
-         is not None, "pixels": pixels counted}; with no such pixel (nothing visibly moves)
-        ``nan`` errors, ``kind`` None and ``static`` False.
+        {"along", "still" (mean errors over both regions), "ratio": still / along,
+         "reference_still": the reference's error standing still, "change": still /
+         reference_still, "kind": "fixed" where a judged region is fixed, else "faint" where one
+         is faint, else None; "static": ``kind`` is not None, "pixels": pixels counted,
+         "regions": {"background", "objects": the same figures of each region and "judged"}};
+        with no pixel counted (nothing visibly moves) ``nan`` errors, ``kind`` None and
+        ``static`` False.
     """
     frames, reference = as_numpy(frames), as_numpy(reference)
     if frames.ndim != 4 or frames.shape != reference.shape or frames.shape[-1] != 3:
         raise ValueError(f"expected frames and reference of the same shape (F, H, W, 3), got "
                          f"{frames.shape} and {reference.shape}")
+    if not (hasattr(clip, "track") and hasattr(clip, "masks")):
+        raise ValueError(f"clip: expected a ShapesWorld Clip (track and masks), got {type(clip).__name__}")
     F, H, W, _ = frames.shape
-    frames, reference = frames.astype(np.float64), reference.astype(np.float64)
-    along = still = reference_still = 0.0
-    count = 0
-    for i, (positions, visible) in enumerate(_consecutive_motion(motion, None, F, H, W)):
-        moving = visible & (np.abs(reference[i + 1] - reference[i]).mean(-1) > threshold)  # (H, W)
-        if not moving.any():
-            continue
-        warped = bilinear(frames[i + 1], positions[..., 0], positions[..., 1])  # (H, W, 3)
-        along += float(np.abs(warped - frames[i]).mean(-1)[moving].sum())
-        still += float(np.abs(frames[i + 1] - frames[i]).mean(-1)[moving].sum())
-        reference_still += float(np.abs(reference[i + 1] - reference[i]).mean(-1)[moving].sum())
-        count += int(moving.sum())
-    if not count:
-        return {"along": math.nan, "still": math.nan, "ratio": math.nan, "reference_still": math.nan,
-                "change": math.nan, "kind": None, "static": False, "pixels": 0}
-    along, still, reference_still = along / count, still / count, reference_still / count
-    kind = ("faint" if max(along, still) < faint * reference_still
-            else "fixed" if still <= along else None)
-    return {"along": along, "still": still, "ratio": still / along if along else math.inf,
-            "reference_still": reference_still, "change": still / reference_still if reference_still else math.nan,
-            "kind": kind, "static": kind is not None, "pixels": count}
+    if tuple(clip.frames.shape) != frames.shape:
+        raise ValueError(f"expected frames of the clip's shape {tuple(clip.frames.shape)}, got {frames.shape}")
+    gap = max(1, F // 2) if gap is None else int(gap)
+    if not 1 <= gap < F:
+        raise ValueError(f"gap: expected 1 <= gap < {F} frames, got {gap}")
+    if int(tolerance) != tolerance or tolerance < 0 or int(smooth) != smooth or smooth < 1:
+        raise ValueError(f"expected a whole tolerance >= 0 and smooth >= 1 pixels, got {tolerance} and {smooth}")
+    tolerance, smooth = int(tolerance), int(smooth)
+
+    def smoothed(x):  # (F, H, W, 3) float64, a box average per frame
+        x = x.astype(np.float64)
+        return np.stack([cv2.blur(f, (smooth, smooth), borderType=cv2.BORDER_REPLICATE) for f in x]) if smooth > 1 else x
+
+    raw, raw_reference = frames.astype(np.float64), reference.astype(np.float64)
+    frames, reference = smoothed(frames), smoothed(reference)
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
+    kernel = np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8)
+    sums = np.zeros((2, 4))  # (background, objects) x (along, still, reference_still, pixels)
+
+    def near_objects(i):  # bool (H, W): within ``tolerance`` pixels of an object in frame i
+        objects = clip.masks[i].any(0) if clip.masks.shape[1] else np.zeros((H, W), bool)
+        return cv2.dilate(objects.astype(np.uint8), kernel).astype(bool)
+
+    # the background, away from the objects: consecutive frames, each pixel along its own motion
+    for i in range(F - 1):
+        positions, visible = (as_numpy(a) for a in clip.track(i, i + 1))
+        along = np.abs(bilinear(raw[i + 1], positions[..., 0], positions[..., 1]) - raw[i]).mean(-1)
+        still = np.abs(raw[i + 1] - raw[i]).mean(-1)
+        reference_still = np.abs(raw_reference[i + 1] - raw_reference[i]).mean(-1)
+        moving = np.hypot(positions[..., 0] - xs, positions[..., 1] - ys) >= 0.5  # the camera pans
+        region = visible & moving & ~near_objects(i) & ~near_objects(i + 1) & (reference_still > threshold)
+        sums[0] += (along[region].sum(), still[region].sum(), reference_still[region].sum(), region.sum())
+    # the objects and the pixels around them: frames ``gap`` apart, the best true motion within
+    # ``tolerance`` pixels, where the reference or the edit changes
+    for i in range(F - gap):
+        j = i + gap
+        positions, visible = (as_numpy(a) for a in clip.track(i, j))
+        moves = np.where(visible[..., None], positions - np.stack([xs, ys], -1), np.nan)  # (H, W, 2)
+        padded = np.pad(moves, ((tolerance, tolerance), (tolerance, tolerance), (0, 0)), constant_values=np.nan)
+        along = np.full((H, W), np.inf)
+        moving = np.zeros((H, W), bool)
+        for dy in range(2 * tolerance + 1):
+            for dx in range(2 * tolerance + 1):
+                move = padded[dy:dy + H, dx:dx + W]  # a neighbour's true motion at each pixel
+                known = ~np.isnan(move[..., 0])
+                move = np.nan_to_num(move)
+                error = np.abs(bilinear(frames[j], xs + move[..., 0], ys + move[..., 1]) - frames[i]).mean(-1)
+                along = np.where(known & (error < along), error, along)
+                moving |= known & (np.hypot(move[..., 0], move[..., 1]) >= 0.5)
+        still = np.abs(frames[j] - frames[i]).mean(-1)
+        reference_still = np.abs(reference[j] - reference[i]).mean(-1)
+        region = (visible & moving & near_objects(i)
+                  & ((reference_still > threshold) | (still > threshold)))
+        sums[1] += (along[region].sum(), still[region].sum(), reference_still[region].sum(), region.sum())
+
+    def figures(along, still, reference_still, pixels, judged=True):
+        if not pixels:
+            return {"along": math.nan, "still": math.nan, "ratio": math.nan, "reference_still": math.nan,
+                    "change": math.nan, "kind": None, "static": False, "pixels": 0}
+        along, still, reference_still = along / pixels, still / pixels, reference_still / pixels
+        kind = None
+        if judged:
+            kind = "faint" if max(along, still) < faint * reference_still else "fixed" if still <= along else None
+        return {"along": along, "still": still, "ratio": still / along if along else math.inf,
+                "reference_still": reference_still,
+                "change": still / reference_still if reference_still else math.nan,
+                "kind": kind, "static": kind is not None, "pixels": int(pixels)}
+
+    least = (min_share * H * W * (F - 1), min_share * H * W * (F - gap))  # pixels compared, per region
+    regions = {name: {**figures(*sums[r], judged=sums[r][3] >= least[r]), "judged": bool(sums[r][3] >= least[r])}
+               for r, name in enumerate(("background", "objects"))}
+    kinds = [region["kind"] for region in regions.values()]
+    result = figures(*sums.sum(0), judged=False)
+    result["kind"] = "fixed" if "fixed" in kinds else "faint" if "faint" in kinds else None
+    result["static"] = result["kind"] is not None
+    result["regions"] = regions
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -461,7 +461,8 @@ def score_task(frames: np.ndarray, task: dict) -> dict:
     Returns:
         {"landed": share of frames whose target the judge reads, "warp_error" (flicker along
          the true motion), "truth_warp_error" (the true edit's), "warp_to_truth" (their ratio),
-         "static", "static_kind" ("fixed" to the image, "faint" or None), "still_to_motion"
+         "static", "static_kind" ("fixed" to the image, "faint" or None), "static_where" (the
+         regions judged static: "background", "objects"), "still_to_motion"
          and "change_to_truth" (``cove.eval.metrics.motion_following``'s "static", "kind",
          "ratio" and "change"), "psnr" against the true edit}.
     """
@@ -472,6 +473,7 @@ def score_task(frames: np.ndarray, task: dict) -> dict:
     return {"landed": float(landed_frames(frames, task).mean()), "warp_error": warp,
             "truth_warp_error": truth_warp, "warp_to_truth": warp / truth_warp if truth_warp > 0 else math.nan,
             "static": following["static"], "static_kind": following["kind"],
+            "static_where": [name for name, region in following["regions"].items() if region["static"]],
             "still_to_motion": following["ratio"], "change_to_truth": following["change"],
             "psnr": metrics.psnr(frames, truth.frames)}
 
@@ -516,7 +518,8 @@ def measure_edits(pipe, tasks: list[dict], *, config=None, modes=("per-frame", "
     ``presets.edit_negative()``).
 
     Returns:
-        {"edits": ["kind: source -> target"], "config", "negative", mode: {``summarise_edits``,
+        {"edits": ["kind: source -> target"], "config", "negative", "static_rule" (the name of
+         ``motion_following``'s rule, ``metrics.MOTION_FOLLOWING_RULE``), mode: {``summarise_edits``,
          "per_edit": [rows], "seconds": mean per edit}, "truth_warp_error": mean,
          "cove_to_spatiotemporal" / "spatiotemporal_to_per_frame" / "true_to_per_frame":
          ratios of mean warp errors where both modes ran} (+ "frames": {mode: [uint8 clips]}).
@@ -529,7 +532,7 @@ def measure_edits(pipe, tasks: list[dict], *, config=None, modes=("per-frame", "
     edit_negative_prompt("", negative)  # a policy it does not know fails before any work
     result: dict = {"edits": [f"{t['kind']}: {t['source']} -> {t['target']}" for t in tasks],
                     "pans": [t["pan"] for t in tasks], "negative": negative,
-                    "config": config.to_dict()}
+                    "config": config.to_dict(), "static_rule": metrics.MOTION_FOLLOWING_RULE}
     frames_out = {}
     for mode in modes:
         if mode not in EDIT_MODES:

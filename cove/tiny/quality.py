@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..eval import metrics
 from ..eval.bench import jsonable, machine_info
 from ..recommended import read_settings
 from .measures import (
@@ -102,11 +103,16 @@ EDIT_GATES = ("edits.cove.landed_edits", "edits.cove.warp_to_truth", "edits.cove
 def ship_verdict(candidate: dict, shipped: dict) -> dict:
     """Whether a candidate's figures (``quality.json`` of an export) may replace the shipped
     model's: it must be at least as good on every edit gate (``EDIT_GATES``) and better on one,
-    and every gate the shipped model passes it must pass too. Returns {"ships": bool, "why":
+    and every gate the shipped model passes it must pass too; two records whose edits were judged
+    static by other rules (``static_rule``) are not compared. Returns {"ships": bool, "why":
     [reasons it does not], "gates": {gate: {"candidate", "shipped", "better"}}} (``better`` is
     None where either side was not measured; a gate the candidate did not measure blocks it)."""
     mine, theirs = check_gates(candidate), check_gates(shipped)
     gates, why = {}, []
+    rules = static_rule(candidate), static_rule(shipped)
+    if None not in rules and rules[0] != rules[1]:
+        why.append(f"static edits judged by other rules ({rules[0]!r} against {rules[1]!r}): measure the "
+                   f"{'shipped model' if rules[1] != metrics.MOTION_FOLLOWING_RULE else 'candidate'}'s edits again")
     for name, (op, _) in GATES.items():
         a, b = mine.get(name), theirs.get(name)
         better = None
@@ -166,13 +172,17 @@ def pool_edits(records: list[dict], mode: str = "cove") -> dict:
     as one record of all of them: {"edits": {"edits": ["seed S: name"], mode: summarise_edits
     of every per-edit row, with "per_edit"}}, which ``paired_edits`` and ``check_gates`` read
     like a gate's. Raises ``ValueError`` where a record lacks the mode's per-edit rows, where
-    the records differ in model or edit settings, or where two share a seed (the same edits)."""
+    the records differ in model, edit settings or static rule (``static_rule``), or where two
+    share a seed (the same edits)."""
     def measured(record):
         edits = record.get("edits") or {}
         return record.get("model"), edits.get("config"), edits.get("negative")
 
     if len({repr(measured(r)) for r in records}) > 1:
         raise ValueError("pool_edits: the records were measured with other models or edit settings")
+    rules = {static_rule(r) for r in records}
+    if len(rules) > 1:
+        raise ValueError(f"pool_edits: the records judge static edits by other rules: {sorted(map(str, rules))}")
     seeds = [r.get("seed") for r in records]
     if len(set(seeds)) < len(seeds):
         raise ValueError(f"pool_edits: expected records of different seeds, got seeds {seeds}")
@@ -183,7 +193,15 @@ def pool_edits(records: list[dict], mode: str = "cove") -> dict:
             raise ValueError(f"pool_edits: a record of seed {record.get('seed')!r} has no {mode} per-edit rows")
         names += [f"seed {record.get('seed')}: {name}" for name in record["edits"]["edits"]]
         rows += per_edit
-    return {"edits": {"edits": names, mode: {**summarise_edits(rows), "per_edit": rows}}}
+    return {"edits": {"edits": names, "static_rule": rules.pop(), mode: {**summarise_edits(rows), "per_edit": rows}}}
+
+
+def static_rule(record: dict) -> str | None:
+    """The rule a quality record's edits were judged static by (``metrics.MOTION_FOLLOWING_RULE``
+    when measured now; "pairs" for records measured before rules were named); ``None`` without
+    edits."""
+    edits = record.get("edits")
+    return None if not edits else edits.get("static_rule", "pairs")
 
 
 def _per_edit(record: dict, mode: str) -> list[dict] | None:
