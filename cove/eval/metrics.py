@@ -293,18 +293,16 @@ def motion_following(frames, clip, reference, *, threshold: float = 10.0, faint:
     kernel = np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8)
     sums = np.zeros((2, 4))  # (background, objects) x (along, still, reference_still, pixels)
 
-    def near_objects(i):  # bool (H, W): within ``tolerance`` pixels of an object in frame i
-        objects = clip.masks[i].any(0) if clip.masks.shape[1] else np.zeros((H, W), bool)
-        return cv2.dilate(objects.astype(np.uint8), kernel).astype(bool)
+    near = [cv2.dilate((clip.masks[f].any(0) if clip.masks.shape[1] else np.zeros((H, W), bool)).astype(np.uint8),
+                       kernel).astype(bool) for f in range(F)]  # (H, W) each: within ``tolerance`` px of an object
 
     # the background, away from the objects: consecutive frames, each pixel along its own motion
-    for i in range(F - 1):
-        positions, visible = (as_numpy(a) for a in clip.track(i, i + 1))
+    for i, (positions, visible) in enumerate(_consecutive_motion(clip, None, F, H, W)):
         along = np.abs(bilinear(raw[i + 1], positions[..., 0], positions[..., 1]) - raw[i]).mean(-1)
         still = np.abs(raw[i + 1] - raw[i]).mean(-1)
         reference_still = np.abs(raw_reference[i + 1] - raw_reference[i]).mean(-1)
         moving = np.hypot(positions[..., 0] - xs, positions[..., 1] - ys) >= 0.5  # the camera pans
-        region = visible & moving & ~near_objects(i) & ~near_objects(i + 1) & (reference_still > threshold)
+        region = visible & moving & ~near[i] & ~near[i + 1] & (reference_still > threshold)
         sums[0] += (along[region].sum(), still[region].sum(), reference_still[region].sum(), region.sum())
     # the objects and the pixels around them: frames ``gap`` apart, the best true motion within
     # ``tolerance`` pixels, where the reference or the edit changes
@@ -325,7 +323,7 @@ def motion_following(frames, clip, reference, *, threshold: float = 10.0, faint:
                 moving |= known & (np.hypot(move[..., 0], move[..., 1]) >= 0.5)
         still = np.abs(frames[j] - frames[i]).mean(-1)
         reference_still = np.abs(reference[j] - reference[i]).mean(-1)
-        region = (visible & moving & near_objects(i)
+        region = (visible & moving & near[i]
                   & ((reference_still > threshold) | (still > threshold)))
         sums[1] += (along[region].sum(), still[region].sum(), reference_still[region].sum(), region.sum())
 
