@@ -93,12 +93,17 @@ def test_compare_records_curves_and_resumes(tmp_path):
         assert len(curve["points"]) == 1 and curve["points"][0]["step"] >= 1
         assert curve["unet_parameters"] > 1e6
     spent = max(c["points"][0]["cpu_minutes"] for c in first["designs"].values())  # >= 1 step each
-    again = compare.compare(["--minutes", f"{spent + 0.002}"] + common)  # a larger budget goes on
+    budget = spent + 0.002
+    again = compare.compare(["--minutes", f"{budget}"] + common)  # a larger budget goes on
     for name, curve in again["designs"].items():
-        one, two = curve["points"]
-        assert one == first["designs"][name]["points"][0]
-        assert two["step"] > one["step"] and two["cpu_minutes"] > one["cpu_minutes"]
-        assert 0 <= two["prompt"]["all"] <= 1 and 0 <= two["pck"]["px4"] <= 1 and math.isfinite(two["loss"])
+        one, *more = curve["points"]  # as many turns as each design takes to reach the budget
+        assert one == first["designs"][name]["points"][0] and more
+        for before, after in zip(curve["points"], more):
+            assert after["step"] > before["step"] and after["cpu_minutes"] > before["cpu_minutes"]
+        assert more[-1]["cpu_minutes"] >= budget - 1e-3  # stops once the budget is spent, not before
+        assert all(p["cpu_minutes"] < budget - 1e-3 for p in curve["points"][:-1])
+        last = more[-1]
+        assert 0 <= last["prompt"]["all"] <= 1 and 0 <= last["pck"]["px4"] <= 1 and math.isfinite(last["loss"])
     assert json.loads((tmp_path / "curves.json").read_text())["designs"] == again["designs"]
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert 0 <= again["reference"]["flow_pck_px4"] <= 1
