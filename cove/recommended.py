@@ -64,6 +64,9 @@ class ModelSettings:
         words = ("no word swap" if swap == 0 else
                  f"prompt-to-prompt's word swap in {'every step' if swap == run else f'the first {swap} steps'}")
         mask = "no edit mask" if x.mask_threshold is None else f"an edit mask at threshold {x.mask_threshold:g}"
+        if x.mask_threshold is not None:
+            mask += (f" grown by {x.mask_dilate} cell{'s' if x.mask_dilate != 1 else ''}" if x.mask_dilate else ", not grown")
+            mask += ", its holes filled" if x.mask_fill_holes else ""
         layer = c.feature_layer or "the default feature layer"
         return (f"{c.inversion_steps} inversion steps, {steps}, {injection}, {words}, guidance "
                 f"{c.guidance_scale:g} against the {'empty' if self.negative == 'empty' else 'source'} prompt, "

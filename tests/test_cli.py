@@ -359,14 +359,22 @@ def test_demo_quick(tmp_path, capsys):
     assert cli.main(["demo", "-o", str(out_dir), "--quick"]) == 0
     printed = capsys.readouterr().out
     assert "COVE" in printed and "per-frame" in printed and "demo done in" in printed
-    names = {"source.mp4", "edited.mp4", "per_frame.mp4", "side_by_side.mp4", "metrics.json"}
+    names = {"source.mp4", "edited.mp4", "per_frame.mp4", "side_by_side.mp4", "strip.png", "metrics.json"}
     assert {p.name for p in out_dir.iterdir()} == names
     summary = json.loads((out_dir / "metrics.json").read_text())
     F, H, W = summary["frames"]
     assert io.read_video(out_dir / "edited.mp4").shape == (F, H, W, 3)
-    from cove.app.demo import DISPLAY_SCALE
+    from PIL import Image
+
+    from cove.app.demo import DISPLAY_SCALE, STRIP_SCALE
 
     assert io.read_video(out_dir / "side_by_side.mp4").shape[2] == 4 * W * DISPLAY_SCALE
+    strip = np.asarray(Image.open(out_dir / "strip.png").convert("RGB"))  # every second frame, three columns
+    column = STRIP_SCALE * W
+    assert strip.shape[1] == 3 * column and strip.shape[0] > (F + 1) // 2 * STRIP_SCALE * H
+    edited = io.read_video(out_dir / "edited.mp4")  # COVE's column, bottom-aligned under the labels
+    bottom = strip[-STRIP_SCALE * H:, 2 * column:]
+    assert np.abs(bottom[::STRIP_SCALE, ::STRIP_SCALE].astype(int) - edited[2 * ((F - 1) // 2)]).mean() < 8
     for name in ("source", "per_frame", "cove", "ground_truth"):
         assert math.isfinite(summary["metrics"][name]["warp_error"])
     # the ground truth is its own reference: infinite PSNR, stored as the string "inf"

@@ -841,6 +841,72 @@ def test_edit_settings_write_the_chosen_ones_into_the_model_folder(tiny_folder, 
         settings.main(["--model", "org/some-model", "--write"])  # no folder to write into
 
 
+def test_edit_settings_add_candidates_to_a_record(tiny_folder, tmp_path, capsys, monkeypatch):
+    """``--add-to``: only the candidates a record lacks edit, with the record's feature layer and
+    t; they join it, the verdict is chosen again over all (and ``--write`` writes its choice);
+    the record itself is not modified; bad records and mismatched runs stop before any edit."""
+    from cove.recommended import read_settings
+    from cove.tiny import settings
+
+    seen, static = [], {"strength 0.8 set": 1}
+
+    def given_edits(pipe, tasks, config, modes, seed, negative):
+        name = next(n for n in settings.CANDIDATES if n != "edit_config" and
+                    settings.candidate_config(settings.CANDIDATES[n], settings.edit_config(
+                        feature_layer=config.feature_layer, feature_t=config.feature_t)) == config)
+        seen.append((name, config.feature_layer, config.feature_t))
+        figures = {"static_edits": static.get(name, 0), "faint_edits": static.get(name, 0), "landed": 0.75,
+                   "landed_edits": 0.5, "worst_landed": 0.0, "warp_to_truth": 2.0, "worst_warp_to_truth": 3.0}
+        return {modes[0]: figures, "config": config.to_dict(), "negative": negative, "truth_warp_error": 1.0,
+                "edits": []}
+
+    monkeypatch.setattr(settings, "measure_edits", given_edits)
+    record = tmp_path / "record.json"
+    base = ["--model", str(tiny_folder), "--frames", "2"]
+    with pytest.raises(SystemExit):  # its one candidate is static: rejected, nothing written
+        settings.main(base + ["--out", str(record), "--only", "strength 0.8 set", "--write"])
+    features = json.loads(record.read_text())["features"]
+    before, seen[:] = record.read_text(), []
+    capsys.readouterr()
+    monkeypatch.setattr(settings, "measure_features", lambda *a, **k: pytest.fail("the record's features are reused"))
+    merged_path = tmp_path / "merged.json"
+    settings.main(base + ["--out", str(merged_path), "--add-to", str(record), "--only", "strength 0.5 set", "--write"])
+    merged = json.loads(merged_path.read_text())
+    assert seen == [("strength 0.5 set", features["chosen"]["layer"], features["chosen"]["t"])]
+    assert list(merged["candidates"]) == ["strength 0.8 set", "strength 0.5 set"] and merged["features"] == features
+    assert merged["verdict"]["chosen"] == "strength 0.5 set" and "strength 0.8 set" in merged["verdict"]["rejected"]
+    assert [a["candidates"] for a in merged["added"]] == [["strength 0.5 set"]] and record.read_text() == before
+    written = read_settings(tiny_folder)
+    assert "'strength 0.5 set' of 2 candidates on 12" in written.chosen_by and written.config.extras.strength == 0.5
+    # without --only: every candidate the record lacks ("edit_config" only where no candidate holds it)
+    lacking = settings.lacking(merged, settings._base(features))
+    assert set(lacking) == set(settings.CANDIDATES) - {"strength 0.8 set", "strength 0.5 set"} - {"edit_config"}
+    assert settings.lacking({"candidates": dict.fromkeys(settings.CANDIDATES)}) == ()
+    for argv, message in [
+            (["--add-to", str(record), "--only", "strength 0.8 set"], "the record already holds strength 0.8 set"),
+            (["--add-to", str(record), "--frames", "3"], "the record was measured with frames 2 (asked 3)"),
+            (["--add-to", str(tmp_path / "none.json")], "expected a record written by python -m cove.tiny.settings"),
+            (["--add-to", str(tiny_folder / "model_index.json")], "(no candidates)")]:
+        seen[:] = []
+        with pytest.raises(SystemExit) as stop:
+            settings.main(["--model", str(tiny_folder), "--frames", "2", "--out", str(tmp_path / "x.json"), *argv])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert stop.value.code == 2 and message in err and not seen and not (tmp_path / "x.json").exists(), err
+    plain = tmp_path / "plain.json"
+    settings.main(base + ["--out", str(plain), "--only", "strength 0.5 set"])  # measured without --write
+    with pytest.raises(SystemExit):
+        settings.main(base + ["--out", str(tmp_path / "x.json"), "--add-to", str(plain), "--write"])
+    assert "expected a record written with --write" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="the record's seed"):
+        settings.add_to(merged, {**merged, "seed": 7, "candidates": {}})
+    with pytest.raises(ValueError, match="already holds strength 0.5 set"):
+        settings.add_to(merged, merged)
+    assert merged["static_rule"] == metrics.MOTION_FOLLOWING_RULE
+    older = {k: v for k, v in merged.items() if k != "static_rule"}  # measured before rules were named
+    with pytest.raises(ValueError, match="judged static edits by the rule 'pairs'"):
+        settings.add_to(older, {**merged, "candidates": {}})
+
+
 def test_probes_pck_per_block_and_attention_entropy(tiny_pipe):
     pck = measures.measure_feature_pck(tiny_pipe, 1, frames=2, ts=(261,))
     blocks = measures.decoder_blocks(tiny_pipe.unet)
@@ -1015,7 +1081,8 @@ def test_quality_probes_record_the_anchored_clip_gain(tiny_pipe):
 def test_the_paired_figures_the_docs_quote_are_the_records():
     """tiny.md and the benchmarks page quote cove-tiny-a's paired flicker against the shipped model."""
     root = Path(__file__).resolve().parents[1] / "docs"
-    records = [json.loads((root / name).read_text()) for name in ("quality_cove_tiny_a_own_settings.json", "quality.json")]
+    records = [json.loads((root / name).read_text())  # the shipped model with its settings of the comparison
+               for name in ("quality_cove_tiny_a_own_settings.json", "quality_pnp_for_12_steps.json")]
     paired = quality.paired_edits(*records)
     ratio, (low, high) = f"{paired['ratio']:.2f}", (f"{v:.2f}" for v in paired["interval"])
     for page in ("method/tiny.md", "benchmarks.md"):
@@ -1074,8 +1141,8 @@ def test_the_regions_figures_the_docs_quote_are_the_records():
     root = Path(__file__).resolve().parents[1]
     folder = root / "benchmarks" / "cove-tiny-a-vs-shipped" / "regions"
     a, shipped = (json.loads((folder / f"{name}_0.json").read_text()) for name in ("a", "shipped"))
-    gate = json.loads((root / "docs" / "quality.json").read_text())
-    assert shipped["edits"]["cove"] == gate["edits"]["cove"]  # the gate's own record, COVE's rows
+    gate = json.loads((root / "docs" / "quality_pnp_for_12_steps.json").read_text())
+    assert shipped["edits"]["cove"] == gate["edits"]["cove"]  # the gate's record then, COVE's rows
     assert quality.static_rule(a) == quality.static_rule(shipped) == metrics.MOTION_FOLLOWING_RULE
     static = [(name, row["static_kind"], row["static_where"])
               for name, row in zip(a["edits"]["edits"], a["edits"]["cove"]["per_edit"]) if row["static"]]
@@ -1089,3 +1156,33 @@ def test_the_regions_figures_the_docs_quote_are_the_records():
     tiny = " ".join((root / "docs" / "method" / "tiny.md").read_text().split())
     assert ("one other edit, bricks → snow, is faint in its background, against the shipped model's two "
             "faint edits") in tiny
+
+
+def test_the_gate_figures_the_docs_quote_are_the_records():
+    """tiny.md's paragraph on the gate's edits quotes docs/quality.json (the shipped settings)
+    against docs/quality_pnp_for_12_steps.json (the same without the mask)."""
+    root = Path(__file__).resolve().parents[1]
+    gate, before = (json.loads((root / "docs" / name).read_text())["edits"]
+                    for name in ("quality.json", "quality_pnp_for_12_steps.json"))
+    tiny = " ".join((root / "docs" / "method" / "tiny.md").read_text().split())
+    whole = {name: sum(r["landed"] == 1 for r in e["cove"]["per_edit"]) for name, e in (("now", gate), ("before", before))}
+    now, then = gate["cove"], before["cove"]
+    assert (f"the shipped settings with COVE land {whole['now']} of the 12 edits on every frame "
+            f"({now['landed_edits']:.0%}; {now['landed']:.0%} of all frames), against {whole['before']} "
+            f"({then['landed_edits']:.0%}; {then['landed']:.0%}) with PnP for 12 steps without the mask") in tiny
+    assert f"at a median flicker of {now['warp_to_truth']:.2f}× the true edit's ({then['warp_to_truth']:.2f}×;" in tiny
+    snow = gate["edits"].index("background: on stone -> on snow")
+    row, old = now["per_edit"][snow], then["per_edit"][snow]
+    assert (f"stone → snow lands on {round(8 * row['landed'])} of its 8 frames ({round(8 * old['landed'])} without the "
+            f"mask) and flickers {row['warp_to_truth']:.1f}× the true edit's ({old['warp_to_truth']:.1f}×)") in tiny
+    static = [(name, r["static_kind"]) for name, r in zip(gate["edits"], now["per_edit"]) if r["static"]]
+    assert static == [("colour: purple circle -> yellow circle", "faint")] and "fails, by one" in tiny
+    assert all(gate[m]["static_edits"] == 1 for m in ("per-frame", "spatiotemporal", "cove", "cove-true"))
+    ratios = [gate[a]["warp_error"] / gate[b]["warp_error"] for a, b in
+              (("cove", "spatiotemporal"), ("spatiotemporal", "per-frame"), ("cove-true", "per-frame"))]
+    assert (f"COVE's flicker is {ratios[0]:.2f}× spatial-temporal attention's, spatial-temporal attention's "
+            f"{ratios[1]:.2f}× per-frame editing's, and COVE on the true correspondence also {ratios[2]:.2f}×") in tiny
+    readme = (root / "README.md").read_text()
+    figures = " / ".join(f"{gate[m]['warp_error']:.2f}" for m in ("cove", "spatiotemporal", "per-frame", "cove-true"))
+    assert f"| {figures} / {gate['truth_warp_error']:.2f} |" in readme
+    assert f"| {now['landed']:.0%} / {now['landed_edits']:.0%} |" in readme

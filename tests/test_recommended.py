@@ -98,7 +98,10 @@ def test_the_shipped_settings_are_those_the_docs_quote():
     from cove.pipeline import denoise_timesteps
     steps = denoise_timesteps(load_pipeline("cove-tiny"), config)  # PnP's steps end above t = 300: no ResNet
     assert len(steps) == 20 and (steps[0], steps[config.pnp_steps - 1]) == (761, 321)
-    assert settings.negative == "empty" and config.extras.mask_threshold is None
+    assert settings.negative == "empty"
+    assert (config.extras.mask_threshold, config.extras.mask_dilate, config.extras.mask_fill_holes) == (0.4, 1, True)
+    assert settings.describe().endswith("an edit mask at threshold 0.4 grown by 1 cell, its holes filled, "
+                                        "correspondence from up_blocks.0 at t = 50")
 
 
 @pytest.mark.parametrize("record", ["edit_settings.json", "edit_settings_cove_tiny_a.json"])
@@ -133,7 +136,11 @@ def test_settings_describe_themselves_in_words():
     early = replace(late, pnp_steps=25, extras=Extras(strength=0.5, p2p_steps=3, mask_threshold=0.4))
     text = replace(read_settings("cove-tiny"), config=early, negative="source").describe()
     assert "the last 12 of 25 denoising steps (strength 0.5), PnP injection in every step, prompt-to-prompt's " \
-           "word swap in the first 3 steps, guidance 3 against the source prompt, an edit mask at threshold 0.4" in text
+           "word swap in the first 3 steps, guidance 3 against the source prompt, an edit mask at threshold 0.4 " \
+           "grown by 1 cell, correspondence" in text
+    unfilled = replace(early, extras=replace(early.extras, mask_dilate=0, mask_fill_holes=True))
+    assert "an edit mask at threshold 0.4, not grown, its holes filled, correspondence" in \
+        replace(read_settings("cove-tiny"), config=unfilled).describe()
     paper = CoveConfig()
     assert replace(read_settings("cove-tiny"), config=replace(paper, pnp_steps=0)).describe().startswith(
         f"{paper.inversion_steps} inversion steps, {paper.denoise_steps} denoising steps, no PnP injection, no word swap")
@@ -152,3 +159,32 @@ def test_the_settings_command_lists_its_candidates_in_words(capsys):
     assert "(strength 0.5)" in blocks["strength 0.5 set"] and "against the source prompt" in blocks["strength 0.5 set"]
     assert "no PnP injection" in blocks["strength 0.8 set, no PnP"]
     assert "an edit mask at threshold 0.4" in blocks["strength 0.8 set, edit mask"]
+
+
+def test_the_settings_table_the_docs_quote_is_the_record():
+    """tiny.md's table of candidates, and the figures it quotes for the mask, are
+    docs/edit_settings.json's, judged by today's static rule."""
+    from cove import metrics
+
+    root = Path(__file__).resolve().parents[1]
+    result = json.loads((root / "docs" / "edit_settings.json").read_text())
+    assert result["static_rule"] == metrics.MOTION_FOLLOWING_RULE
+    text = (root / "docs" / "method" / "tiny.md").read_text()
+    chosen = result["verdict"]["chosen"]
+    for name, row in result["candidates"].items():
+        shown = f"**{name}**" if name == chosen else name
+        assert (f"| {shown} | {row['landed']:.0%} ({row['worst_landed']:.0%}) | {row['landed_edits']:.0%} | "
+                f"{row['warp_to_truth']:.2f} ({row['worst_warp_to_truth']:.1f}) | {row['fixed_edits']} / "
+                f"{row['faint_edits']} |") in text, name
+    words = " ".join(text.split())
+    mask, plain = (result["candidates"][n] for n in (chosen, "strength 0.8 set, PnP for 12 steps"))
+    edits = mask["edits"]
+    at = {name: edits.index(name) for name in ("colour: red circle -> purple circle", "background: on grass -> on sand")}
+    circle, sand = (mask["per_edit"][i] for i in at.values())
+    assert (f"(1.01× the true change, {plain['per_edit'][at['colour: red circle -> purple circle']]['change_to_truth']:.2f}× "
+            f"without the mask) and its flicker falls from "
+            f"{plain['per_edit'][at['colour: red circle -> purple circle']]['warp_to_truth']:.2f}× the true edit's to "
+            f"{circle['warp_to_truth']:.2f}×") in words and f"{circle['change_to_truth']:.2f}" == "1.01"
+    assert f"grass → sand flickers {sand['warp_to_truth']:.1f}× the true edit's" in words
+    assert f"PSNR against the true edit from {plain['psnr']:.1f} to {mask['psnr']:.1f} dB" in words
+    assert f"the median from {plain['warp_to_truth']:.2f}× to {mask['warp_to_truth']:.2f}×" in words

@@ -32,6 +32,7 @@ QUICK_CONFIG = CoveConfig(inversion_steps=3, denoise_steps=2, pnp_steps=1)
 QUICK_FRAMES = 4
 SEED = 0
 DISPLAY_SCALE = 4  # side_by_side.mp4 shows the 64x64 clips enlarged (nearest) to 256x256
+STRIP_SCALE = 2  # strip.png: every second frame of source, per-frame and COVE, enlarged twice
 PCK_THRESHOLD = 1.0  # cells: a match within one cell of the truth counts as correct
 
 
@@ -51,7 +52,8 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
 
     Writes into ``out_dir``: ``source.mp4``, ``edited.mp4`` (COVE), ``per_frame.mp4``,
     ``side_by_side.mp4`` (source | per-frame | COVE | ground truth, labelled, enlarged by
-    ``DISPLAY_SCALE``) and
+    ``DISPLAY_SCALE``), ``strip.png`` (source | per-frame | COVE, frames 0, 2, 4, ... from the
+    top, enlarged by ``STRIP_SCALE``: the picture of README and the docs' home page) and
     ``metrics.json`` (the returned summary). Outputs are written only once everything is
     computed, all or none (``cove.app.io.write_all``).
 
@@ -67,6 +69,9 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
         ``ground_truth``; ``pck`` {``diffusion``, ``flow``}; ``timings`` (seconds);
         ``config``; ``machine``; ``files``. NaN is ``None`` and infinity ``"inf"`` (strict JSON).
     """
+    import numpy as np
+    from PIL import Image
+
     from .. import world
     from ..extras.flow import flow_correspondence
     from ..loading import load_pipeline
@@ -133,11 +138,15 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
     labels = ["source", "per-frame", "COVE", "ground truth"]
     big = [enlarge(c, DISPLAY_SCALE) for c in clips.values()]  # (F, s H, s W, 3) each
     panel = io.side_by_side(*big, labels=labels)  # (F, bar + s H, 4 s W, 3)
+    tall = [np.concatenate(list(enlarge(clips[name][::2], STRIP_SCALE)), axis=0)[None]  # (1, ceil(F/2) s H, s W, 3)
+            for name in ("source", "per_frame", "cove")]
+    strip = io.side_by_side(*tall, labels=labels[:3])[0]  # (bar + ceil(F/2) s H, 3 s W, 3)
     files = {
         "source": out_dir / "source.mp4",
         "cove": out_dir / "edited.mp4",
         "per_frame": out_dir / "per_frame.mp4",
         "side_by_side": out_dir / "side_by_side.mp4",
+        "strip": out_dir / "strip.png",
         "metrics": out_dir / "metrics.json",
     }
     timings["total"] = time.perf_counter() - start
@@ -162,6 +171,7 @@ def run_demo(out_dir="cove-demo", *, quick: bool = False, device=None) -> dict:
         files["cove"]: cove_result.frames,
         files["per_frame"]: per_frame.frames,
         files["side_by_side"]: panel,
+        files["strip"]: lambda path: Image.fromarray(strip).save(path, optimize=True),
         files["metrics"]: lambda path: Path(path).write_text(dumps(summary)),
     }, fps=4)
     return summary

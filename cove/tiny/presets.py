@@ -51,11 +51,12 @@ def edit_config(**overrides):
 
     Chosen by ``python -m cove.tiny.settings`` on 12 validation edits (``docs/edit_settings.json``;
     ``tiny_settings().chosen_by`` says how); the shipped ones ("strength 0.8 set, PnP for 12
-    steps"): the last 20 steps of a 25-step schedule (strength 0.8) after 50 inversion steps,
-    PnP injection in the first 12 of them (t = 761 ... 321; its ResNet features only below
-    t = 300, so only attention's queries and keys are injected),
+    steps, edit mask grown 1 px"): the last 20 steps of a 25-step schedule (strength 0.8) after
+    50 inversion steps, PnP injection in the first 12 of them (t = 761 ... 321; its ResNet
+    features only below t = 300, so only attention's queries and keys are injected),
     prompt-to-prompt's word swap in every step, guidance 3 against the empty negative prompt,
-    no edit mask, and correspondence from ``up_blocks.0`` at t = 50. The feature block is
+    an edit mask (``cove.extras.masking``: threshold 0.4, grown by 1 pixel, its holes filled),
+    and correspondence from ``up_blocks.0`` at t = 50. The feature block is
     measured and named rather than left to ``default_feature_layer``, which picks the last
     block on the finest attention grid: for a model with attention at 32x32 (training design
     ``a``) that is the block next to the output, whose PCK is below 0.3 at every t.

@@ -14,6 +14,10 @@ With ``--write``, the feature layer and t are measured first (``choose_features`
 them, and the chosen settings go into the model folder's ``cove_settings.json``
 (``cove.recommended``): what ``cove.tiny.presets.edit_config`` reads for cove-tiny, so a model
 ships with the settings measured on it.
+
+With ``--add-to RECORD`` only the candidates an earlier run's record lacks (or ``--only``'s) edit,
+with the record's feature layer and t; they join the record and the verdict is chosen again
+over all, so a new candidate costs minutes, not the hour of all of them.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 from ..eval.bench import jsonable, machine_info
+from ..eval.metrics import MOTION_FOLLOWING_RULE
 from .measures import edit_tasks, measure_edits, static_count
 from .presets import edit_config, edit_negative
 
@@ -45,10 +50,11 @@ MASK = {"mask_threshold": 0.4, "mask_dilate": 0, "mask_fill_holes": True}
 # PnP for 12 steps was chosen). "strength 0.8 set": strength 0.8, guidance 3 against the empty
 # prompt, PnP in every step run, its ResNet features only below t = 300. Their variants change
 # one thing.
+NO_MASK = {"mask_threshold": None, "mask_dilate": 1, "mask_fill_holes": False}
 EARLY = {"guidance_scale": 6.0, "negative": "source", "pnp_steps": 25,
-         "extras": {"strength": 0.5, "pnp_resnet_max_t": None, "p2p_steps": 25}}
+         "extras": {"strength": 0.5, "pnp_resnet_max_t": None, "p2p_steps": 25, **NO_MASK}}
 LATE = {"guidance_scale": 3.0, "negative": "empty", "pnp_steps": 25,
-        "extras": {"strength": 0.8, "pnp_resnet_max_t": 300, "p2p_steps": 25}}
+        "extras": {"strength": 0.8, "pnp_resnet_max_t": 300, "p2p_steps": 25, **NO_MASK}}
 
 
 def _variant(base: dict, **changes) -> dict:
@@ -82,6 +88,10 @@ CANDIDATES: dict[str, dict] = {
     "strength 0.8 set, PnP for 12 steps": _late(pnp_steps=12),
     "strength 0.8 set, PnP for 6 steps": _late(pnp_steps=6),
     "strength 0.8 set, no PnP": _late(pnp_steps=0),
+    # the two that leave different edits faint together: PnP for 12 steps draws the background
+    # swaps, the mask keeps a recolour's background the source's
+    "strength 0.8 set, PnP for 12 steps, edit mask": _late(pnp_steps=12, extras=MASK),
+    "strength 0.8 set, PnP for 12 steps, edit mask grown 1 px": _late(pnp_steps=12, extras={**MASK, "mask_dilate": 1}),
 }
 
 
@@ -153,7 +163,8 @@ def run(pipe, *, names=tuple(CANDIDATES), n: int = 12, frames: int = 8, attentio
     base = _base(features)
     names = distinct(names, base)
     out: dict = {"machine": machine_info(pipe), "seed": seed, "edits": n, "frames": frames,
-                 "attention": attention, "features": features, "candidates": {}}
+                 "attention": attention, "static_rule": MOTION_FOLLOWING_RULE, "features": features,
+                 "candidates": {}}
     for name in names:
         start = time.perf_counter()
         config = candidate_config(CANDIDATES[name], base)
@@ -183,6 +194,49 @@ def distinct(names, base=None) -> tuple:
     return tuple(names)
 
 
+def add_to(record: dict, result: dict) -> dict:
+    """``record`` (an earlier ``run``'s result) with ``result``'s candidates added and the verdict
+    chosen again over all; ``"added"`` lists each addition's candidates and machine. A one-line
+    ValueError when the two differ in seed, edits, frames, attention, static rule (a record
+    without one was judged by ``"pairs"``) or features, or share a candidate."""
+    rules = {key: r.get("static_rule", "pairs") for key, r in (("record", record), ("result", result))}
+    if rules["record"] != rules["result"]:
+        raise ValueError(f"the record judged static edits by the rule {rules['record']!r}, this run by "
+                         f"{rules['result']!r}; measure the record again")
+    for key in ("seed", "edits", "frames", "attention", "features"):
+        if record.get(key) != result.get(key):
+            raise ValueError(f"the record's {key} ({record.get(key)!r:.60}) differ from this run's "
+                             f"({result.get(key)!r:.60}); add only candidates measured alike")
+    shared = sorted(set(record["candidates"]) & set(result["candidates"]))
+    if shared:
+        raise ValueError(f"the record already holds {', '.join(shared)}")
+    out = {**record, "candidates": {**record["candidates"], **result["candidates"]},
+           "added": [*record.get("added", []), {"candidates": list(result["candidates"]), "machine": result["machine"]}]}
+    out["verdict"] = choose(out["candidates"])
+    return out
+
+
+def lacking(record: dict, base=None) -> tuple:
+    """The candidates of ``CANDIDATES`` that ``record`` lacks ("edit_config" only when no
+    candidate holds its settings)."""
+    names = distinct(tuple(record["candidates"]) + tuple(n for n in CANDIDATES if n not in record["candidates"]), base)
+    return tuple(n for n in names if n not in record["candidates"])
+
+
+def _read_record(path: Path) -> dict:
+    """An earlier run's JSON, or a one-line ValueError that says what was expected."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"expected a record written by python -m cove.tiny.settings, got {path} ({error})") from None
+    if not isinstance(record, dict) or not {"candidates", "seed", "edits", "frames", "attention"} <= set(record):
+        raise ValueError(f"expected a record written by python -m cove.tiny.settings, got {path} (no candidates)")
+    unknown = sorted(set(record["candidates"]) - set(CANDIDATES))
+    if unknown:
+        raise ValueError(f"{path} holds candidates the code no longer names: {', '.join(unknown)}")
+    return record
+
+
 def _base(features: dict | None):
     """``edit_config()``, reading the feature layer and t ``measure_features`` chose if given."""
     if features is None:
@@ -199,7 +253,8 @@ def chosen_settings(result: dict):
                          "nothing to write")
     row = result["candidates"][name]
     config = candidate_config(CANDIDATES[name], _base(result.get("features")))
-    chosen_by = (f"python -m cove.tiny.settings --write ({result['machine'].get('date', '')[:10]}): "
+    date = max(m.get("date", "") for m in [result["machine"], *(a["machine"] for a in result.get("added", []))])
+    chosen_by = (f"python -m cove.tiny.settings --write ({date[:10]}): "
                  f"'{name}' of {len(result['candidates'])} candidates on {result['edits']} validation edits "
                  f"(seed {result['seed']}, {result['attention']}): frames landed {row['landed']:.2f}, median "
                  f"warp error {row['warp_to_truth']:.2f}x the true edit's, none static")
@@ -220,8 +275,12 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=8, help="frames a clip")
     parser.add_argument("--attention", default="per-frame", choices=("per-frame", "spatiotemporal", "cove"),
                         help="the edits' attention mode")
-    parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES), metavar="NAME",
-                        help="candidates to measure, by name (--list prints them; default: all)")
+    parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), metavar="NAME",
+                        help="candidates to measure, by name (--list prints them; default: all, or with "
+                             "--add-to those the record lacks)")
+    parser.add_argument("--add-to", type=Path, metavar="RECORD",
+                        help="an earlier run's JSON (same edits, frames and attention): measure only candidates "
+                             "it lacks, add them and choose again over all (--write reuses its feature layer and t)")
     parser.add_argument("--list", action="store_true", help="print every candidate's name and settings, and exit")
     parser.add_argument("--write", action="store_true",
                         help="measure the feature layer and t first, and write the chosen settings into the "
@@ -238,10 +297,33 @@ def main(argv=None) -> int:
     folder = Path(check_model(args.model))
     if args.write and not folder.is_dir():
         parser.error(f"--write: expected a model folder to write into, got {args.model}")
+    names, record = tuple(args.only or CANDIDATES), None
+    if args.add_to:
+        try:
+            record = _read_record(args.add_to)
+        except ValueError as error:
+            parser.error(f"--add-to: {error}")
+        asked = {"edits": args.edits, "frames": args.frames, "attention": args.attention}
+        differ = [f"{k} {record[k]} (asked {v})" for k, v in asked.items() if record[k] != v]
+        if differ:
+            parser.error(f"--add-to: the record was measured with {', '.join(differ)}")
+        if args.write and not record.get("features"):
+            parser.error("--add-to with --write: expected a record written with --write (it holds no feature layer and t)")
+        measured = sorted(set(names) & set(record["candidates"]))
+        if args.only and measured:
+            parser.error(f"--add-to: the record already holds {', '.join(measured)}")
+        names = names if args.only else lacking(record, _base(record.get("features")))
+        if not names:
+            parser.error("--add-to: the record holds every candidate; nothing to measure")
     pipe = load_pipeline(args.model)
-    features = measure_features(pipe, frames=args.frames) if args.write else None
-    result = run(pipe, names=tuple(args.only), n=args.edits, frames=args.frames, attention=args.attention,
+    if record is not None:
+        features = record.get("features")
+    else:
+        features = measure_features(pipe, frames=args.frames) if args.write else None
+    result = run(pipe, names=names, n=args.edits, frames=args.frames, attention=args.attention,
                  features=features)
+    if record is not None:
+        result = add_to(record, result)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(jsonable(result, 4), indent=2) + "\n")
